@@ -1,0 +1,128 @@
+// The one place where C++ and PostgreSQL error handling meet.
+//
+// PostgreSQL reports errors with longjmp; C++ with exceptions. Either one
+// crossing the other's frames is undefined behaviour that ends in a crashed
+// backend (and a crashed backend restarts the whole server). Two guards keep
+// them apart, and no other file hand-writes PG_TRY or sigsetjmp:
+//
+//   ks_guard(f)    PostgreSQL calls C++: run f; a C++ exception escaping it is
+//                  turned into ereport(ERROR) *after* every destructor ran.
+//   pg_call(f)     C++ calls PostgreSQL: run f under a local sigsetjmp; a
+//                  PostgreSQL ERROR becomes a PgError exception carrying the
+//                  copied ErrorData, so C++ unwinding proceeds normally.
+//
+// A PgError that reaches ks_guard is re-thrown as the original PostgreSQL
+// error (same SQLSTATE, detail, hint), so users see PostgreSQL's own words.
+#pragma once
+
+extern "C" {
+#include "postgres.h"
+
+#include "utils/elog.h"
+#include "utils/memutils.h"
+}
+
+#include <csetjmp>
+#include <exception>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace kafka_sync {
+
+// A PostgreSQL ERROR caught by pg_call, travelling as a C++ exception.
+class PgError : public std::exception {
+  public:
+    explicit PgError(ErrorData *edata) : edata_(edata) {}
+    const char *what() const noexcept override { return edata_ && edata_->message ? edata_->message : "PostgreSQL error"; }
+    ErrorData *edata() const { return edata_; }
+
+  private:
+    ErrorData *edata_; // palloc'd in the context that was current at pg_call
+};
+
+// Raise the error carried out of a guarded block. Lives out of line so that
+// ks_guard's frame holds no C++ object when it longjmps.
+[[noreturn]] void raise_guarded_error(ErrorData *pg_error, const char *cpp_message);
+
+template <typename F>
+auto pg_call(F &&f) -> decltype(f()) {
+    using R = decltype(f());
+    sigjmp_buf *volatile saved_stack = PG_exception_stack;
+    ErrorContextCallback *volatile saved_context = error_context_stack;
+    MemoryContext volatile saved_mcxt = CurrentMemoryContext;
+    sigjmp_buf local;
+    ErrorData *volatile edata = nullptr;
+
+    if constexpr (std::is_void_v<R>) {
+        if (sigsetjmp(local, 0) == 0) {
+            PG_exception_stack = &local;
+            f();
+        } else {
+            MemoryContextSwitchTo(saved_mcxt);
+            edata = CopyErrorData();
+            FlushErrorState();
+        }
+        PG_exception_stack = saved_stack;
+        error_context_stack = saved_context;
+        if (edata)
+            throw PgError(edata);
+    } else {
+        // Written between sigsetjmp and a possible longjmp: volatile.
+        static_assert(std::is_scalar_v<R>, "pg_call returns plain values only");
+        volatile R result{};
+        if (sigsetjmp(local, 0) == 0) {
+            PG_exception_stack = &local;
+            result = f();
+        } else {
+            MemoryContextSwitchTo(saved_mcxt);
+            edata = CopyErrorData();
+            FlushErrorState();
+        }
+        PG_exception_stack = saved_stack;
+        error_context_stack = saved_context;
+        if (edata)
+            throw PgError(edata);
+        return static_cast<R>(result);
+    }
+}
+
+// Run f (which may throw) from a frame that PostgreSQL called. Returns f's
+// value; on an exception, raises ERROR once all of f's objects are destroyed.
+template <typename F>
+auto ks_guard(F &&f) -> decltype(f()) {
+    using R = decltype(f());
+    ErrorData *pg_error = nullptr;
+    char cpp_message[512];
+    cpp_message[0] = '\0';
+    if constexpr (std::is_void_v<R>) {
+        try {
+            f();
+            return;
+        } catch (const PgError &e) {
+            pg_error = e.edata();
+        } catch (const std::bad_alloc &) {
+            strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
+        } catch (const std::exception &e) {
+            strlcpy(cpp_message, e.what(), sizeof(cpp_message));
+        } catch (...) {
+            strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
+        }
+    } else {
+        try {
+            return f();
+        } catch (const PgError &e) {
+            pg_error = e.edata();
+        } catch (const std::bad_alloc &) {
+            strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
+        } catch (const std::exception &e) {
+            strlcpy(cpp_message, e.what(), sizeof(cpp_message));
+        } catch (...) {
+            strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
+        }
+    }
+    raise_guarded_error(pg_error, cpp_message);
+}
+
+} // namespace kafka_sync

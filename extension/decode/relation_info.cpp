@@ -1,0 +1,303 @@
+// Per-relation metadata cache (see relation_info.hpp).
+#include "decode/relation_info.hpp"
+
+#include "boundary/pg_boundary.hpp"
+#include "encode/record_encoder.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "access/sysattr.h"
+#include "access/table.h"
+#include "catalog/partition.h"
+#include "catalog/pg_publication.h"
+#include "catalog/pg_publication_rel.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "nodes/bitmapset.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+}
+
+namespace {
+
+HTAB *relation_cache = nullptr;
+MemoryContext relation_cache_context = nullptr;
+RelationInfoSettings session; /* strings live in relation_cache_context */
+const char *session_db = nullptr;
+bool callbacks_registered = false;
+
+void release_entry(RelationInfo *entry) {
+    delete entry->encoder;
+    entry->encoder = nullptr;
+    if (entry->attnums)
+        pfree(entry->attnums);
+    if (entry->is_key)
+        pfree(entry->is_key);
+    if (entry->out_funcs)
+        pfree(entry->out_funcs);
+    entry->attnums = nullptr;
+    entry->is_key = nullptr;
+    entry->out_funcs = nullptr;
+    entry->ncolumns = 0;
+    entry->valid = false;
+}
+
+void invalidate_relation(Datum, Oid relid) {
+    if (!relation_cache)
+        return;
+    if (relid == InvalidOid) {
+        HASH_SEQ_STATUS status;
+        hash_seq_init(&status, relation_cache);
+        while (auto *entry = static_cast<RelationInfo *>(hash_seq_search(&status)))
+            entry->valid = false;
+        return;
+    }
+    auto *entry = static_cast<RelationInfo *>(hash_search(relation_cache, &relid, HASH_FIND, nullptr));
+    if (entry)
+        entry->valid = false;
+}
+
+/* Publication membership can change without a relcache event on the table. */
+void invalidate_all(Datum arg, int, uint32) { invalidate_relation(arg, InvalidOid); }
+
+void ensure_cache() {
+    if (relation_cache)
+        return;
+    relation_cache_context = AllocSetContextCreate(CacheMemoryContext, "kafka_sync relation cache", ALLOCSET_DEFAULT_SIZES);
+    HASHCTL ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.keysize = sizeof(Oid);
+    ctl.entrysize = sizeof(RelationInfo);
+    ctl.hcxt = relation_cache_context;
+    relation_cache = hash_create("kafka_sync relations", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    if (!callbacks_registered) {
+        CacheRegisterRelcacheCallback(invalidate_relation, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONOID, invalidate_all, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONRELMAP, invalidate_all, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONNAMESPACEMAP, invalidate_all, (Datum)0);
+        callbacks_registered = true;
+    }
+}
+
+Publication *lookup_publication(const char *name) {
+    Publication *pub = GetPublicationByName(name, true);
+    if (!pub)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("publication \"%s\" does not exist", name),
+                        errdetail("kafka_sync publishes the tables of the publication named by the node."),
+                        errhint("Create it with CREATE PUBLICATION %s FOR ALL TABLES (or FOR TABLE ...).",
+                                quote_identifier(name))));
+    return pub;
+}
+
+/*
+ * The relation through which rel belongs to pub (rel itself or a partition
+ * ancestor), InvalidOid if it does not. *via_table is set when membership
+ * comes from a FOR TABLE entry, which is where row filters and column lists
+ * live.
+ */
+Oid publication_member(Relation rel, Publication *pub, bool *via_table) {
+    *via_table = false;
+    if (pub->alltables)
+        return RelationGetRelid(rel);
+    List *chain = list_make1_oid(RelationGetRelid(rel));
+    if (rel->rd_rel->relispartition)
+        chain = list_concat(chain, get_partition_ancestors(RelationGetRelid(rel)));
+    ListCell *lc;
+    foreach (lc, chain) {
+        Oid relid = lfirst_oid(lc);
+        if (list_member_oid(GetRelationPublications(relid), pub->oid)) {
+            *via_table = true;
+            return relid;
+        }
+        if (list_member_oid(GetSchemaPublications(get_rel_namespace(relid)), pub->oid))
+            return relid;
+    }
+    return InvalidOid;
+}
+
+/* Column list of a FOR TABLE entry (NULL = all columns); rejects row filters. */
+Bitmapset *publication_columns(Oid member_relid, Relation rel, Publication *pub) {
+    HeapTuple tup = SearchSysCache2(PUBLICATIONRELMAP, ObjectIdGetDatum(member_relid), ObjectIdGetDatum(pub->oid));
+    if (!HeapTupleIsValid(tup))
+        return nullptr;
+    bool isnull;
+    SysCacheGetAttr(PUBLICATIONRELMAP, tup, Anum_pg_publication_rel_prqual, &isnull);
+    if (!isnull) {
+        ReleaseSysCache(tup);
+        ereport(ERROR,
+                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                 errmsg("publication \"%s\" has a row filter on table \"%s\"", pub->name, RelationGetRelationName(rel)),
+                 errdetail("kafka_sync publishes whole tables; row filters are not supported."),
+                 errhint("Remove the WHERE clause with ALTER PUBLICATION %s SET TABLE ..., or publish a view of the "
+                         "rows through another table.",
+                         quote_identifier(pub->name))));
+    }
+    Datum cols = SysCacheGetAttr(PUBLICATIONRELMAP, tup, Anum_pg_publication_rel_prattrs, &isnull);
+    Bitmapset *result = isnull ? nullptr : pub_collist_to_bitmapset(nullptr, cols, CurrentMemoryContext);
+    ReleaseSysCache(tup);
+    return result;
+}
+
+/* Plain C description of the columns, turned into a TableEncoder under the guard. */
+struct ColumnSpec {
+    const char *name;
+    const char *type_name;
+    bool optional;
+    bool is_key;
+};
+
+kafka_sync::TableEncoder *make_encoder(const char *schema, const char *table, const ColumnSpec *cols, int ncols,
+                                       bool has_key) {
+    return kafka_sync::ks_guard([&]() {
+        kafka_sync::TableDesc desc;
+        desc.node = session.node_name;
+        desc.db = session_db;
+        desc.schema = schema;
+        desc.table = table;
+        desc.has_key = has_key;
+        for (int i = 0; i < ncols; i++)
+            desc.columns.push_back({cols[i].name, cols[i].type_name, cols[i].optional, cols[i].is_key});
+        kafka_sync::EncodeOptions opts;
+        opts.include_schema = session.include_schema;
+        opts.include_xids = session.include_xids;
+        opts.include_lsn = session.include_lsn;
+        opts.include_timestamps = session.include_timestamps;
+        return new kafka_sync::TableEncoder(std::move(desc), opts);
+    });
+}
+
+void build_entry(RelationInfo *entry, Relation rel) {
+    release_entry(entry);
+    entry->published = false;
+    entry->pub_insert = entry->pub_update = entry->pub_delete = entry->pub_truncate = false;
+    entry->txn_seen = 0;
+    entry->txn_changes = 0;
+
+    /* Our own bookkeeping tables are never published. */
+    char *nspname = get_namespace_name(RelationGetNamespace(rel));
+    if (strcmp(nspname, "kafka_sync") == 0 || !is_publishable_relation(rel)) {
+        entry->valid = true;
+        return;
+    }
+
+    Publication *pub = lookup_publication(session.publication);
+    bool via_table;
+    Oid member = publication_member(rel, pub, &via_table);
+    if (!OidIsValid(member)) {
+        entry->valid = true;
+        return;
+    }
+    Bitmapset *columns = via_table ? publication_columns(member, rel, pub) : nullptr;
+
+    Bitmapset *key_attrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+    if (bms_is_empty(key_attrs))
+        key_attrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+
+    TupleDesc tupdesc = RelationGetDescr(rel);
+    MemoryContext old = MemoryContextSwitchTo(relation_cache_context);
+    auto *attnums = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * Max(tupdesc->natts, 1)));
+    auto *is_key = static_cast<bool *>(palloc(sizeof(bool) * Max(tupdesc->natts, 1)));
+    auto *out_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(tupdesc->natts, 1)));
+    MemoryContextSwitchTo(old);
+
+    auto *specs = static_cast<ColumnSpec *>(palloc(sizeof(ColumnSpec) * Max(tupdesc->natts, 1)));
+    int n = 0;
+    bool has_key = false;
+    for (int i = 0; i < tupdesc->natts; i++) {
+        Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+        if (att->attisdropped || att->attgenerated)
+            continue;
+        if (columns && !bms_is_member(att->attnum, columns))
+            continue;
+        Oid typoutput;
+        bool isvarlena;
+        getTypeOutputInfo(att->atttypid, &typoutput, &isvarlena);
+        fmgr_info_cxt(typoutput, &out_funcs[n], relation_cache_context);
+        attnums[n] = att->attnum;
+        is_key[n] = bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, key_attrs);
+        has_key |= is_key[n];
+        specs[n].name = NameStr(att->attname);
+        specs[n].type_name = format_type_with_typemod(att->atttypid, att->atttypmod);
+        specs[n].optional = !att->attnotnull;
+        specs[n].is_key = is_key[n];
+        n++;
+    }
+
+    entry->encoder = make_encoder(nspname, RelationGetRelationName(rel), specs, n, has_key);
+    entry->attnums = attnums;
+    entry->is_key = is_key;
+    entry->out_funcs = out_funcs;
+    entry->ncolumns = n;
+    entry->has_key = has_key;
+    entry->published = true;
+    entry->pub_insert = pub->pubactions.pubinsert;
+    entry->pub_update = pub->pubactions.pubupdate;
+    entry->pub_delete = pub->pubactions.pubdelete;
+    entry->pub_truncate = pub->pubactions.pubtruncate;
+    entry->valid = true;
+}
+
+} // namespace
+
+void relation_info_reset(void) {
+    if (!relation_cache)
+        return;
+    HASH_SEQ_STATUS status;
+    hash_seq_init(&status, relation_cache);
+    while (auto *entry = static_cast<RelationInfo *>(hash_seq_search(&status)))
+        release_entry(entry);
+    hash_destroy(relation_cache);
+    relation_cache = nullptr;
+    MemoryContextDelete(relation_cache_context);
+    relation_cache_context = nullptr;
+    session_db = nullptr;
+}
+
+void relation_info_begin_session(const RelationInfoSettings *settings) {
+    relation_info_reset();
+    ensure_cache();
+    session.node_name = MemoryContextStrdup(relation_cache_context, settings->node_name);
+    session.publication = MemoryContextStrdup(relation_cache_context, settings->publication);
+    session.include_schema = settings->include_schema;
+    session.include_xids = settings->include_xids;
+    session.include_lsn = settings->include_lsn;
+    session.include_timestamps = settings->include_timestamps;
+}
+
+RelationInfo *relation_info_get(Relation rel) {
+    Assert(relation_cache != nullptr);
+    if (!session_db) {
+        char *db = get_database_name(MyDatabaseId);
+        session_db = MemoryContextStrdup(relation_cache_context, db ? db : "");
+    }
+    Oid relid = RelationGetRelid(rel);
+    bool found;
+    auto *entry = static_cast<RelationInfo *>(hash_search(relation_cache, &relid, HASH_ENTER, &found));
+    if (!found) {
+        memset(reinterpret_cast<char *>(entry) + sizeof(Oid), 0, sizeof(RelationInfo) - sizeof(Oid));
+        entry->relid = relid;
+    }
+    if (!entry->valid)
+        build_entry(entry, rel);
+    return entry;
+}
+
+void relation_info_check_publication(const char *publication) {
+    Publication *pub = lookup_publication(publication);
+    if (pub->alltables)
+        return;
+    /* Row filters are rejected up front rather than at the first change. */
+    List *relids = GetPublicationRelations(pub->oid, PUBLICATION_PART_ROOT);
+    ListCell *lc;
+    foreach (lc, relids) {
+        /* An error here aborts the transaction, which releases the relation. */
+        Relation rel = table_open(lfirst_oid(lc), AccessShareLock);
+        publication_columns(RelationGetRelid(rel), rel, pub);
+        table_close(rel, AccessShareLock);
+    }
+}

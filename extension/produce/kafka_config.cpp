@@ -1,0 +1,106 @@
+// Validation of a node's kafka_config (see kafka_config.hpp).
+#include "produce/kafka_config.hpp"
+
+#include <librdkafka/rdkafka.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+namespace kafka_sync {
+
+namespace {
+
+// Set by kafka_sync itself: changing them would break the delivery promise.
+const char *const kFixedProperties[] = {"acks", "request.required.acks", "enable.idempotence", "bootstrap.servers",
+                                        "metadata.broker.list", "dr_cb", "dr_msg_cb", "log.queue"};
+
+bool parse_bool(const std::string &v, bool &out) {
+    if (v == "true" || v == "on" || v == "1") {
+        out = true;
+        return true;
+    }
+    if (v == "false" || v == "off" || v == "0") {
+        out = false;
+        return true;
+    }
+    return false;
+}
+
+bool parse_int(const std::string &v, long lo, long hi, int &out) {
+    if (v.empty())
+        return false;
+    char *end = nullptr;
+    long n = strtol(v.c_str(), &end, 10);
+    if (*end != '\0' || n < lo || n > hi)
+        return false;
+    out = static_cast<int>(n);
+    return true;
+}
+
+bool own_setting(const std::string &key, const std::string &value, NodeKafkaSettings &out, std::string &error,
+                 std::string &hint) {
+    const std::string name = key.substr(strlen("kafka_sync."));
+    bool ok;
+    if (name == "schemas")
+        ok = parse_bool(value, out.schemas);
+    else if (name == "tombstones")
+        ok = parse_bool(value, out.tombstones);
+    else if (name == "topic_partitions")
+        ok = parse_int(value, 1, 100000, out.topic_partitions);
+    else if (name == "topic_replication_factor")
+        ok = parse_int(value, -1, 1000, out.topic_replication_factor) && out.topic_replication_factor != 0;
+    else {
+        error = "unknown kafka_sync setting \"" + key + "\"";
+        hint = "kafka_sync settings are kafka_sync.schemas, kafka_sync.tombstones, kafka_sync.topic_partitions and "
+               "kafka_sync.topic_replication_factor.";
+        return false;
+    }
+    if (!ok) {
+        error = "invalid value \"" + value + "\" for \"" + key + "\"";
+        hint = name == "schemas" || name == "tombstones" ? "Use true or false." : "Use a positive integer (-1 for the broker default replication factor).";
+    }
+    return ok;
+}
+
+} // namespace
+
+bool is_secret_config_key(const std::string &key) {
+    static const char *const markers[] = {"password", "secret", "key", "jaas", "token", "credential"};
+    for (const char *m : markers)
+        if (key.find(m) != std::string::npos)
+            return true;
+    return false;
+}
+
+bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint) {
+    out = NodeKafkaSettings();
+    std::unique_ptr<rd_kafka_conf_t, void (*)(rd_kafka_conf_t *)> conf(rd_kafka_conf_new(), rd_kafka_conf_destroy);
+    for (const auto &[key, value] : in) {
+        if (key.rfind("kafka_sync.", 0) == 0) {
+            if (!own_setting(key, value, out, error, hint))
+                return false;
+            continue;
+        }
+        for (const char *fixed : kFixedProperties) {
+            if (key == fixed) {
+                error = "the Kafka property \"" + key + "\" cannot be set in kafka_config";
+                hint = "kafka_sync always produces with acks=all and the idempotent producer, and takes the "
+                       "brokers from the brokers argument.";
+                return false;
+            }
+        }
+        char errstr[512];
+        if (rd_kafka_conf_set(conf.get(), key.c_str(), value.c_str(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+            // librdkafka echoes the value in its message: keep secrets out.
+            error = is_secret_config_key(key) ? "invalid value for Kafka property \"" + key + "\"" : std::string(errstr);
+            hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the kafka_sync.* "
+                   "settings.";
+            return false;
+        }
+        out.rdkafka.emplace_back(key, value);
+    }
+    return true;
+}
+
+} // namespace kafka_sync

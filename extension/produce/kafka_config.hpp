@@ -1,0 +1,30 @@
+// The kafka_config of a node: librdkafka properties plus kafka_sync's own
+// "kafka_sync.*" settings, validated up front so that create_node() rejects a
+// typo instead of the worker failing later. Messages never contain the value
+// of a property that may be a secret.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kafka_sync {
+
+using ConfigPairs = std::vector<std::pair<std::string, std::string>>;
+
+struct NodeKafkaSettings {
+    ConfigPairs rdkafka;            // passed to librdkafka as is
+    bool schemas = true;            // Kafka Connect schema in every record
+    bool tombstones = false;        // a null-value record after each delete
+    int topic_partitions = 1;       // when kafka_sync creates the topic
+    int topic_replication_factor = -1; // -1: the broker's default
+};
+
+// True for properties whose values must never be shown (passwords, keys...).
+bool is_secret_config_key(const std::string &key);
+
+// Validates and splits a node's kafka_config. On failure returns false and
+// sets error (safe to show) and hint.
+bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint);
+
+} // namespace kafka_sync

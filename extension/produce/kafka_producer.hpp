@@ -1,0 +1,95 @@
+// KafkaProducer: the librdkafka side of the producer worker.
+//
+// Pure C++ (no PostgreSQL headers): librdkafka's threads never come near the
+// backend. Delivery reports, errors and log lines are only *recorded* by the
+// callbacks, which librdkafka runs inside poll() on the worker's own thread;
+// the worker reads them afterwards. Every call is bounded in time.
+#pragma once
+
+#include "produce/inflight.hpp"
+#include "produce/kafka_config.hpp"
+
+#include <librdkafka/rdkafka.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kafka_sync {
+
+struct ProducerSettings {
+    std::string brokers;
+    std::string topic;
+    std::string node_name;
+    NodeKafkaSettings kafka;
+};
+
+struct RecordHeaders {
+    uint64_t commit_lsn;
+    uint32_t xid;
+    int64_t commit_ts_ms;
+    int64_t txn_end_count; // < 0: not the last record of its transaction
+};
+
+enum class ProduceStatus {
+    Ok,
+    QueueFull, // back-pressure: poll and retry
+    Failed,    // permanent: see error()
+};
+
+class KafkaProducer {
+  public:
+    // Throws std::runtime_error with a message safe to show.
+    KafkaProducer(const ProducerSettings &settings, InflightTransactions &inflight);
+    ~KafkaProducer();
+    KafkaProducer(const KafkaProducer &) = delete;
+    KafkaProducer &operator=(const KafkaProducer &) = delete;
+
+    // Makes sure the topic exists (creating it when missing). Returns false
+    // and sets error() when it neither exists nor could be created.
+    bool ensure_topic(int timeout_ms);
+
+    // Produces one record of transaction seq to partition 0 (a node's stream
+    // must stay totally ordered). key/value may be null (tombstone).
+    ProduceStatus produce(InflightTransactions::Seq seq, const char *key, size_t key_len, const char *value,
+                          size_t value_len, const RecordHeaders &headers);
+
+    // Serves delivery reports and logs for up to timeout_ms.
+    void poll(int timeout_ms);
+
+    // Messages librdkafka still holds (queued or in flight).
+    int outq_len() const;
+
+    // A record failed permanently: the in-flight ring can never complete.
+    bool delivery_failed() const { return delivery_failed_; }
+    const std::string &error() const { return error_; }
+
+    // Broker-level trouble seen since the last successful delivery.
+    bool brokers_unavailable() const { return brokers_down_; }
+    int64_t last_delivery_ms() const { return last_delivery_ms_; }
+    uint64_t acknowledged() const { return acknowledged_; }
+
+    // Log lines collected from librdkafka since the last call.
+    std::vector<std::string> take_log_lines();
+
+  private:
+    static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
+    static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+    static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
+    ProducerSettings settings_;
+    InflightTransactions &inflight_;
+    rd_kafka_t *rk_ = nullptr;
+    rd_kafka_topic_t *rkt_ = nullptr;
+    bool delivery_failed_ = false;
+    bool brokers_down_ = false;
+    std::string error_;
+    int64_t last_delivery_ms_ = 0;
+    uint64_t acknowledged_ = 0;
+    std::vector<std::string> log_lines_;
+};
+
+// "16/B374D848" as PostgreSQL prints an LSN.
+std::string format_lsn(uint64_t lsn);
+
+} // namespace kafka_sync

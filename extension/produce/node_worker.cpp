@@ -1,0 +1,619 @@
+// The producer worker: one per node, owns the node's logical slot.
+//
+// It decodes WAL in-process (no SQL polling, no re-decoding), hands each
+// record the output plugin makes to librdkafka, and confirms a transaction's
+// commit LSN on the slot only once Kafka acknowledged every record of it and
+// of everything before it (InflightTransactions). A crash or restart at any
+// point therefore re-decodes from the last confirmed position: records may
+// be produced twice (same commit LSN, detectable), never lost.
+#include "produce/node_worker.hpp"
+
+#include "boundary/pg_boundary.hpp"
+#include "decode/plugin_frames.hpp"
+#include "produce/kafka_producer.hpp"
+#include "produce/launcher.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "catalog/namespace.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/value.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/slot.h"
+#include "replication/snapbuild.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+}
+
+#include <stdexcept>
+#include <string>
+
+/* LSN_FORMAT_ARGS of PostgreSQL 15 does not compile as C++. */
+#define KS_LSN_ARGS(lsn) (uint32)((lsn) >> 32), (uint32)(lsn)
+
+int kafka_sync_poll_interval_ms = 10;
+
+namespace {
+
+/* No acknowledgement for this long while records wait: Kafka is unavailable. */
+constexpr int kUnavailableAfterMs = 5000;
+/* Confirming the slot costs a spinlock and, sometimes, a slot file write. */
+constexpr int kConfirmIntervalMs = 100;
+constexpr int kTopicRetryMs = 5000;
+
+struct NodeConfig {
+    char *node_name;
+    char *brokers;
+    char *publication;
+    char *topic_prefix;
+    char *slot_name;
+    bool snapshot;
+    bool snapshot_done;
+};
+
+} // namespace
+
+struct NodeWorker {
+    NodeSlot *slot;
+    NodeConfig cfg;
+    kafka_sync::InflightTransactions *inflight;
+    kafka_sync::KafkaProducer *producer;
+    bool schemas;
+    bool tombstones;
+
+    /* the open source transaction */
+    kafka_sync::InflightTransactions::Seq seq;
+    kafka_sync::RecordHeaders headers;
+    bool in_txn;
+
+    /* the held-back record (see node_worker_add_record) */
+    std::string *held_key;
+    std::string *held_value;
+    bool held;
+    bool held_has_key;
+    bool held_has_value;
+
+    uint64 produced;
+    XLogRecPtr confirmable;
+    XLogRecPtr confirmed;
+    TimestampTz last_confirm;
+    bool streaming; /* a decoding slot is acquired and may be confirmed */
+};
+
+namespace {
+
+NodeWorker *worker = nullptr;
+
+char *copy_text(SPITupleTable *tt, int col) {
+    char *v = SPI_getvalue(tt->vals[0], tt->tupdesc, col);
+    return MemoryContextStrdup(TopMemoryContext, v ? v : "");
+}
+
+/*
+ * Reads the node row. Returns false when this database is not a node (no
+ * extension, or no row). Also returns kafka_config as key/value text pairs.
+ */
+bool load_node_config(NodeConfig *cfg, List **pairs_pg) {
+    bool found = false;
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    PushActiveSnapshot(GetTransactionSnapshot());
+    Oid nsp = get_namespace_oid("kafka_sync", true);
+    if (OidIsValid(nsp) && OidIsValid(get_relname_relid("node", nsp))) {
+        SPI_connect();
+        int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name, snapshot, snapshot_done "
+                             "FROM kafka_sync.node",
+                             true, 1);
+        if (rc == SPI_OK_SELECT && SPI_processed == 1) {
+            found = true;
+            cfg->node_name = copy_text(SPI_tuptable, 1);
+            cfg->brokers = copy_text(SPI_tuptable, 2);
+            cfg->publication = copy_text(SPI_tuptable, 3);
+            cfg->topic_prefix = copy_text(SPI_tuptable, 4);
+            cfg->slot_name = copy_text(SPI_tuptable, 5);
+            cfg->snapshot = strcmp(copy_text(SPI_tuptable, 6), "t") == 0;
+            cfg->snapshot_done = strcmp(copy_text(SPI_tuptable, 7), "t") == 0;
+            rc = SPI_execute("SELECT key, value FROM kafka_sync.node, jsonb_each_text(kafka_config) ORDER BY key", true, 0);
+            if (rc != SPI_OK_SELECT)
+                elog(ERROR, "could not read kafka_config of node %s", cfg->node_name);
+            MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+            *pairs_pg = NIL;
+            for (uint64 i = 0; i < SPI_processed; i++) {
+                char *k = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+                char *v = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+                *pairs_pg = lappend(*pairs_pg, pstrdup(k));
+                *pairs_pg = lappend(*pairs_pg, pstrdup(v ? v : ""));
+            }
+            MemoryContextSwitchTo(old);
+        }
+        SPI_finish();
+    }
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    return found;
+}
+
+void set_state(NodeWorker *w, NodeWorkerState state, const char *error) {
+    NodeSlot *slot = w->slot;
+    SpinLockAcquire(&slot->mutex);
+    slot->state = state;
+    if (error) {
+        strlcpy(slot->last_error, error, sizeof(slot->last_error));
+        slot->last_error_time = GetCurrentTimestamp();
+    }
+    slot->records_produced = w->produced;
+    slot->records_acknowledged = w->producer ? w->producer->acknowledged() : 0;
+    if (w->producer && w->producer->last_delivery_ms() > 0)
+        slot->last_ack_time = (TimestampTz)w->producer->last_delivery_ms() * 1000 -
+                              (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+    slot->confirmed_lsn = w->confirmed;
+    slot->inflight_transactions = w->inflight ? w->inflight->size() : 0;
+    SpinLockRelease(&slot->mutex);
+}
+
+void log_librdkafka_lines(NodeWorker *w) {
+    kafka_sync::ks_guard([&]() {
+        for (const auto &line : w->producer->take_log_lines())
+            kafka_sync::pg_call([&]() { ereport(LOG, (errmsg("kafka_sync node %s: %s", w->cfg.node_name, line.c_str()))); });
+    });
+}
+
+const char *producer_error(NodeWorker *w) {
+    return kafka_sync::ks_guard([&]() {
+        const char *msg = w->producer->error().c_str();
+        return kafka_sync::pg_call([&]() { return pstrdup(msg); });
+    });
+}
+
+void confirm(NodeWorker *w, bool force) {
+    if (!w->streaming || w->confirmable <= w->confirmed)
+        return;
+    TimestampTz now = GetCurrentTimestamp();
+    if (!force && !TimestampDifferenceExceeds(w->last_confirm, now, kConfirmIntervalMs))
+        return;
+    LogicalConfirmReceivedLocation(w->confirmable);
+    /* confirmed_flush alone does not dirty the slot; make a clean restart keep it */
+    ReplicationSlotMarkDirty();
+    w->confirmed = w->confirmable;
+    w->last_confirm = now;
+}
+
+/* Serve librdkafka, take what Kafka acknowledged, publish status. */
+void service_producer(NodeWorker *w, int timeout_ms) {
+    uint64 lsn = kafka_sync::ks_guard([&]() {
+        w->producer->poll(timeout_ms);
+        return w->inflight->take_confirmable();
+    });
+    if (lsn > w->confirmable)
+        w->confirmable = lsn;
+    log_librdkafka_lines(w);
+    bool failed = kafka_sync::ks_guard([&]() { return w->producer->delivery_failed(); });
+    if (failed)
+        ereport(ERROR, (errcode(ERRCODE_CONNECTION_FAILURE), errmsg("kafka_sync node %s: %s", w->cfg.node_name, producer_error(w)),
+                        errdetail("The slot was not confirmed past this record."),
+                        errhint("The worker restarts and sends again from the last confirmed position.")));
+    confirm(w, false);
+
+    bool waiting = kafka_sync::ks_guard([&]() { return w->inflight->unacknowledged_records() > 0; });
+    int64 last_ack_ms = kafka_sync::ks_guard([&]() { return w->producer->last_delivery_ms(); });
+    bool down = kafka_sync::ks_guard([&]() { return w->producer->brokers_unavailable(); });
+    int64 now_ms = (GetCurrentTimestamp() / 1000) + (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+    NodeWorkerState state = w->slot->state;
+    if (waiting && (down || now_ms - last_ack_ms > kUnavailableAfterMs))
+        set_state(w, NODE_STATE_KAFKA_UNAVAILABLE, producer_error(w));
+    else if (state == NODE_STATE_KAFKA_UNAVAILABLE || state == NODE_STATE_STARTING || state == NODE_STATE_ERROR)
+        set_state(w, w->streaming ? NODE_STATE_STREAMING : NODE_STATE_SNAPSHOT, nullptr);
+    else
+        set_state(w, state, nullptr);
+}
+
+void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value, size_t value_len,
+                    bool has_value, int64 txn_end) {
+    w->headers.txn_end_count = txn_end;
+    for (;;) {
+        auto status = kafka_sync::ks_guard([&]() {
+            return w->producer->produce(w->seq, has_key ? key : nullptr, key_len, has_value ? value : nullptr,
+                                        value_len, w->headers);
+        });
+        if (status == kafka_sync::ProduceStatus::Ok) {
+            w->produced++;
+            return;
+        }
+        if (status == kafka_sync::ProduceStatus::Failed)
+            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                            errmsg("kafka_sync node %s could not produce a record: %s", w->cfg.node_name, producer_error(w)),
+                            errhint("For large rows raise message.max.bytes in the node's kafka_config and the topic's "
+                                    "max.message.bytes. WAL is retained until the record is sent.")));
+        /* QueueFull: librdkafka holds as much as we allow; let it drain. */
+        service_producer(w, 100);
+        CHECK_FOR_INTERRUPTS();
+        if (!PostmasterIsAlive())
+            proc_exit(1);
+    }
+}
+
+void flush_held(NodeWorker *w, int64 txn_end) {
+    if (!w->held)
+        return;
+    produce_record(w, w->held_key->data(), w->held_key->size(), w->held_has_key, w->held_value->data(),
+                   w->held_value->size(), w->held_has_value, txn_end);
+    w->held = false;
+}
+
+} // namespace
+
+void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms) {
+    w->seq = kafka_sync::ks_guard([&]() { return w->inflight->begin(commit_lsn); });
+    w->headers.commit_lsn = commit_lsn;
+    w->headers.xid = xid;
+    w->headers.commit_ts_ms = commit_ts_ms;
+    w->in_txn = true;
+    w->held = false;
+}
+
+void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value,
+                            size_t value_len, bool has_value) {
+    flush_held(w, -1);
+    kafka_sync::ks_guard([&]() {
+        w->held_key->assign(key ? key : "", has_key ? key_len : 0);
+        w->held_value->assign(value ? value : "", has_value ? value_len : 0);
+    });
+    w->held_has_key = has_key;
+    w->held_has_value = has_value;
+    w->held = true;
+}
+
+void node_worker_end_txn(NodeWorker *w, uint64 nrecords) {
+    flush_held(w, (int64)nrecords);
+    kafka_sync::ks_guard([&]() { w->inflight->end(w->seq); });
+    w->in_txn = false;
+}
+
+void node_worker_wait_for_acks(NodeWorker *w) {
+    for (;;) {
+        bool empty = kafka_sync::ks_guard([&]() { return w->inflight->unacknowledged_records() == 0; });
+        if (empty)
+            break;
+        service_producer(w, 100);
+        CHECK_FOR_INTERRUPTS();
+        if (!PostmasterIsAlive())
+            proc_exit(1);
+    }
+    service_producer(w, 0);
+}
+
+void node_worker_set_state(NodeWorker *w, NodeWorkerState state, const char *error) { set_state(w, state, error); }
+const char *node_worker_node_name(NodeWorker *w) { return w->cfg.node_name; }
+const char *node_worker_publication(NodeWorker *w) { return w->cfg.publication; }
+bool node_worker_schemas(NodeWorker *w) { return w->schemas; }
+
+namespace {
+
+/* ---- decoding: the output plugin writes frames, we produce them ---- */
+
+void frames_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) { resetStringInfo(ctx->out); }
+
+void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) {
+    auto *w = static_cast<NodeWorker *>(ctx->output_writer_private);
+    const char *data = ctx->out->data;
+    const size_t len = static_cast<size_t>(ctx->out->len);
+    if (len < 1)
+        elog(ERROR, "kafka_sync: empty frame from the output plugin");
+    switch (data[0]) {
+    case kafka_sync::kFrameBegin: {
+        kafka_sync::BeginFrame f;
+        if (len != 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed begin frame");
+        memcpy(&f, data + 1, sizeof(f));
+        node_worker_begin_txn(w, f.commit_lsn, f.xid, f.commit_ts_ms);
+        break;
+    }
+    case kafka_sync::kFrameRecord: {
+        kafka_sync::RecordFrame f;
+        if (len < 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed record frame");
+        memcpy(&f, data + 1, sizeof(f));
+        const bool has_key = f.key_len != kafka_sync::kFrameNull;
+        const bool has_value = f.value_len != kafka_sync::kFrameNull;
+        const size_t key_len = has_key ? f.key_len : 0;
+        const size_t value_len = has_value ? f.value_len : 0;
+        if (len != 1 + sizeof(f) + key_len + value_len)
+            elog(ERROR, "kafka_sync: malformed record frame");
+        const char *key = data + 1 + sizeof(f);
+        node_worker_add_record(w, key, key_len, has_key, key + key_len, value_len, has_value);
+        break;
+    }
+    case kafka_sync::kFrameCommit: {
+        kafka_sync::CommitFrame f;
+        if (len != 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed commit frame");
+        memcpy(&f, data + 1, sizeof(f));
+        node_worker_end_txn(w, f.nrecords);
+        break;
+    }
+    default:
+        elog(ERROR, "kafka_sync: unknown frame kind %d", data[0]);
+    }
+}
+
+List *plugin_options(NodeWorker *w) {
+    List *opts = NIL;
+    opts = lappend(opts, makeDefElem(pstrdup("node_name"), (Node *)makeString(pstrdup(w->cfg.node_name)), -1));
+    opts = lappend(opts, makeDefElem(pstrdup("publication"), (Node *)makeString(pstrdup(w->cfg.publication)), -1));
+    opts = lappend(opts, makeDefElem(pstrdup("framing"), (Node *)makeString(pstrdup("kafka")), -1));
+    opts = lappend(opts, makeDefElem(pstrdup("include_schema"),
+                                     (Node *)makeString(pstrdup(w->schemas ? "true" : "false")), -1));
+    opts = lappend(opts, makeDefElem(pstrdup("tombstones"),
+                                     (Node *)makeString(pstrdup(w->tombstones ? "true" : "false")), -1));
+    return opts;
+}
+
+XLogReaderRoutine *local_wal_reader() {
+    static XLogReaderRoutine routine;
+    routine.page_read = read_local_xlog_page;
+    routine.segment_open = wal_segment_open;
+    routine.segment_close = wal_segment_close;
+    return &routine;
+}
+
+void mark_snapshot_done(NodeWorker *w) {
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    PushActiveSnapshot(GetTransactionSnapshot());
+    SPI_connect();
+    if (SPI_execute("UPDATE kafka_sync.node SET snapshot_done = true", false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "could not record the end of the initial snapshot of node %s", w->cfg.node_name);
+    SPI_finish();
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    w->cfg.snapshot_done = true;
+}
+
+/*
+ * Creates the node's slot, and with snapshot => true publishes the rows that
+ * exist at the slot's consistent point, read under exactly that snapshot: the
+ * stream then starts where the snapshot ends, with no gap and no overlap.
+ * The slot stays ephemeral until the snapshot is acknowledged, so a crash in
+ * between drops it and the next start begins again from scratch.
+ */
+void create_slot(NodeWorker *w) {
+    ereport(LOG, (errmsg("kafka_sync node %s: creating replication slot %s", w->cfg.node_name, w->cfg.slot_name)));
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    /* SnapBuildInitialSnapshot needs a repeatable-read transaction with no snapshot yet */
+    XactIsoLevel = XACT_REPEATABLE_READ;
+    CheckLogicalDecodingRequirements();
+    ReplicationSlotCreate(w->cfg.slot_name, true, RS_EPHEMERAL, false);
+    LogicalDecodingContext *ctx = CreateInitDecodingContext("kafka_sync", plugin_options(w), true, InvalidXLogRecPtr,
+                                                            local_wal_reader(), nullptr, nullptr, nullptr);
+    DecodingContextFindStartpoint(ctx);
+    XLogRecPtr consistent = MyReplicationSlot->data.confirmed_flush;
+    if (w->cfg.snapshot) {
+        InvalidateCatalogSnapshot();
+        Snapshot snap = SnapBuildInitialSnapshot(ctx->snapshot_builder);
+        RestoreTransactionSnapshot(snap, MyProc);
+    }
+    FreeDecodingContext(ctx);
+    if (w->cfg.snapshot) {
+        set_state(w, NODE_STATE_SNAPSHOT, nullptr);
+        publish_initial_snapshot(w, consistent);
+        node_worker_wait_for_acks(w);
+    }
+    ReplicationSlotPersist();
+    ReplicationSlotRelease();
+    CommitTransactionCommand();
+    if (w->cfg.snapshot)
+        mark_snapshot_done(w);
+    w->confirmed = consistent;
+    ereport(LOG, (errmsg("kafka_sync node %s: slot %s consistent at %X/%X%s", w->cfg.node_name, w->cfg.slot_name,
+                         KS_LSN_ARGS(consistent), w->cfg.snapshot ? ", initial snapshot published" : "")));
+}
+
+void ensure_topic(NodeWorker *w) {
+    for (;;) {
+        bool ok = kafka_sync::ks_guard([&]() { return w->producer->ensure_topic(10000); });
+        if (ok)
+            return;
+        const char *err = producer_error(w);
+        ereport(WARNING, (errmsg("kafka_sync node %s: %s", w->cfg.node_name, err),
+                          errhint("Create the topic with one partition, or check the brokers and kafka_config; "
+                                  "retrying in %d s.",
+                                  kTopicRetryMs / 1000)));
+        set_state(w, NODE_STATE_KAFKA_UNAVAILABLE, err);
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kTopicRetryMs, PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+        CHECK_FOR_INTERRUPTS();
+    }
+}
+
+void check_drop_requested(NodeWorker *w) {
+    SpinLockAcquire(&w->slot->mutex);
+    bool drop = w->slot->drop_requested;
+    SpinLockRelease(&w->slot->mutex);
+    if (drop) {
+        ereport(LOG, (errmsg("kafka_sync node %s: stopping for drop_node()", w->cfg.node_name)));
+        proc_exit(0);
+    }
+}
+
+void stream(NodeWorker *w) {
+    ReplicationSlotAcquire(w->cfg.slot_name, true);
+    LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, local_wal_reader(),
+                                                        frames_prepare_write, frames_write, nullptr);
+    ctx->output_writer_private = w;
+    XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
+    w->confirmed = MyReplicationSlot->data.confirmed_flush;
+    w->confirmable = w->confirmed;
+    w->streaming = true;
+    set_state(w, NODE_STATE_STREAMING, nullptr);
+    ereport(LOG, (errmsg("kafka_sync node %s: streaming to topic %s.%s from %X/%X", w->cfg.node_name,
+                         w->cfg.topic_prefix, w->cfg.node_name, KS_LSN_ARGS(w->confirmed))));
+
+    for (;;) {
+        CHECK_FOR_INTERRUPTS();
+        if (ConfigReloadPending) {
+            ConfigReloadPending = false;
+            ProcessConfigFile(PGC_SIGHUP);
+        }
+        check_drop_requested(w);
+
+        XLogRecPtr flush = GetFlushRecPtr(nullptr);
+        int nrecords = 0;
+        while (ctx->reader->EndRecPtr < flush && nrecords < 10000) {
+            char *errm = nullptr;
+            XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
+            if (errm)
+                ereport(ERROR, (errmsg("kafka_sync node %s could not read WAL: %s", w->cfg.node_name, errm)));
+            if (record)
+                LogicalDecodingProcessRecord(ctx, ctx->reader);
+            if ((++nrecords & 255) == 0) {
+                service_producer(w, 0);
+                CHECK_FOR_INTERRUPTS();
+            }
+        }
+
+        /*
+         * Between records no transaction is half-produced. With nothing in
+         * flight, everything read so far is done with: confirm it, or WAL
+         * that holds no published change would be retained forever.
+         */
+        bool idle = kafka_sync::ks_guard([&]() { return w->inflight->empty(); });
+        if (idle && ctx->reader->EndRecPtr > w->confirmable)
+            w->confirmable = ctx->reader->EndRecPtr;
+        bool caught_up = ctx->reader->EndRecPtr >= flush;
+        if (!caught_up) {
+            service_producer(w, 0);
+            continue;
+        }
+        if (idle) {
+            service_producer(w, 0);
+            (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kafka_sync_poll_interval_ms,
+                            PG_WAIT_EXTENSION);
+            ResetLatch(MyLatch);
+        } else {
+            /* waiting for acknowledgements: sleep inside librdkafka */
+            service_producer(w, kafka_sync_poll_interval_ms);
+            if (!PostmasterIsAlive())
+                proc_exit(1);
+        }
+    }
+}
+
+void cleanup_worker(int, Datum) {
+    NodeWorker *w = worker;
+    if (!w)
+        return;
+    delete w->producer;
+    w->producer = nullptr;
+    if (w->slot) {
+        SpinLockAcquire(&w->slot->mutex);
+        w->slot->worker_pid = 0;
+        if (w->slot->state != NODE_STATE_ERROR)
+            w->slot->state = NODE_STATE_STOPPED;
+        SpinLockRelease(&w->slot->mutex);
+    }
+    worker = nullptr;
+}
+
+void run_node_worker(Oid dboid) {
+    BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+    pgstat_report_appname("kafka_sync producer");
+
+    NodeConfig cfg;
+    List *pairs = NIL;
+    if (!load_node_config(&cfg, &pairs))
+        proc_exit(0); /* not a node: the launcher remembers */
+
+    NodeSlot *slot = node_slot_for(MyDatabaseId, true);
+    if (!slot)
+        ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                        errmsg("kafka_sync node %s cannot start: every node slot is in use", cfg.node_name),
+                        errhint("Raise kafka_sync.max_nodes (needs a server restart).")));
+
+    auto *w = static_cast<NodeWorker *>(MemoryContextAllocZero(TopMemoryContext, sizeof(NodeWorker)));
+    w->slot = slot;
+    w->cfg = cfg;
+    worker = w;
+    before_shmem_exit(cleanup_worker, (Datum)0);
+    SpinLockAcquire(&slot->mutex);
+    slot->worker_pid = MyProcPid;
+    SpinLockRelease(&slot->mutex);
+    check_drop_requested(w);
+    set_state(w, NODE_STATE_STARTING, nullptr);
+
+    /* librdkafka objects; deleted by cleanup_worker at exit */
+    kafka_sync::ks_guard([&]() {
+        kafka_sync::ConfigPairs config;
+        ListCell *lc;
+        for (lc = list_head(pairs); lc != nullptr; lc = lnext(pairs, lnext(pairs, lc))) {
+            const char *k = static_cast<const char *>(lfirst(lc));
+            const char *v = static_cast<const char *>(lfirst(lnext(pairs, lc)));
+            config.emplace_back(k, v);
+        }
+        kafka_sync::ProducerSettings ps;
+        std::string error, hint;
+        if (!kafka_sync::parse_node_kafka_config(config, ps.kafka, error, hint))
+            throw std::runtime_error("invalid kafka_config: " + error);
+        ps.brokers = w->cfg.brokers;
+        ps.node_name = w->cfg.node_name;
+        ps.topic = std::string(w->cfg.topic_prefix) + "." + w->cfg.node_name;
+        w->schemas = ps.kafka.schemas;
+        w->tombstones = ps.kafka.tombstones;
+        w->inflight = new kafka_sync::InflightTransactions();
+        w->held_key = new std::string();
+        w->held_value = new std::string();
+        w->producer = new kafka_sync::KafkaProducer(ps, *w->inflight);
+    });
+
+    ensure_topic(w);
+
+    ReplicationSlot *existing = SearchNamedReplicationSlot(w->cfg.slot_name, true);
+    if (existing && w->cfg.snapshot && !w->cfg.snapshot_done) {
+        /* an earlier start died after persisting the slot, before recording the snapshot */
+        ereport(LOG, (errmsg("kafka_sync node %s: initial snapshot incomplete, starting over", w->cfg.node_name)));
+        ReplicationSlotDrop(w->cfg.slot_name, true);
+        existing = nullptr;
+    }
+    if (!existing)
+        create_slot(w);
+    stream(w);
+}
+
+} // namespace
+
+void kafka_sync_node_worker_main(Datum main_arg) {
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    pqsignal(SIGTERM, die);
+    BackgroundWorkerUnblockSignals();
+    Oid dboid = DatumGetObjectId(main_arg);
+
+    /*
+     * Any ERROR ends the worker (the launcher starts it again after a
+     * pause); first it is recorded for kafka_sync.node_status.
+     */
+    kafka_sync::ks_guard([&]() {
+        try {
+            kafka_sync::pg_call([&]() { run_node_worker(dboid); });
+        } catch (const kafka_sync::PgError &e) {
+            if (worker && worker->slot)
+                set_state(worker, NODE_STATE_ERROR, e.what());
+            throw;
+        }
+    });
+}

@@ -1,0 +1,280 @@
+// Unit tests of the pure C++ parts: in-flight accounting, record encoding,
+// kafka_config validation. No PostgreSQL, no Kafka: run with `make unit-test`.
+#include "encode/record_encoder.hpp"
+#include "produce/inflight.hpp"
+#include "produce/kafka_config.hpp"
+
+#include <jansson.h>
+
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+int checks = 0;
+
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        checks++;                                                                                                      \
+        if (!(cond)) {                                                                                                 \
+            failures++;                                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
+        }                                                                                                              \
+    } while (0)
+
+using namespace kafka_sync;
+
+void slot_confirms_only_a_fully_acknowledged_prefix() {
+    InflightTransactions t;
+    auto a = t.begin(100);
+    t.record_produced(a);
+    t.record_produced(a);
+    t.end(a);
+    auto b = t.begin(200);
+    t.record_produced(b);
+    t.end(b);
+    CHECK(t.take_confirmable() == 0);
+    // b acknowledged first: still nothing, a is older and incomplete
+    t.record_acknowledged(b);
+    CHECK(t.take_confirmable() == 0);
+    t.record_acknowledged(a);
+    CHECK(t.take_confirmable() == 0);
+    t.record_acknowledged(a);
+    CHECK(t.take_confirmable() == 200);
+    CHECK(t.empty());
+    CHECK(t.unacknowledged_records() == 0);
+}
+
+void open_transaction_blocks_confirmation_even_when_acknowledged() {
+    InflightTransactions t;
+    auto a = t.begin(100);
+    t.record_produced(a);
+    t.record_acknowledged(a);
+    CHECK(t.take_confirmable() == 0); // more records of a may still come
+    t.end(a);
+    CHECK(t.take_confirmable() == 100);
+}
+
+void empty_transactions_confirm_in_order() {
+    InflightTransactions t;
+    auto a = t.begin(100);
+    t.record_produced(a);
+    t.end(a);
+    auto b = t.begin(150);
+    t.end(b); // no records
+    CHECK(t.take_confirmable() == 0);
+    t.record_acknowledged(a);
+    CHECK(t.take_confirmable() == 150);
+}
+
+void inflight_rejects_out_of_order_and_unknown() {
+    InflightTransactions t;
+    auto a = t.begin(100);
+    bool threw = false;
+    try {
+        t.begin(50);
+    } catch (const std::logic_error &) {
+        threw = true;
+    }
+    CHECK(threw);
+    threw = false;
+    try {
+        t.record_acknowledged(a + 7);
+    } catch (const std::logic_error &) {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
+std::string json_escape(const std::string &s) {
+    std::string out;
+    append_json_string(out, s.data(), s.size());
+    return out;
+}
+
+void json_strings_are_escaped_and_roundtrip() {
+    CHECK(json_escape("plain") == "\"plain\"");
+    CHECK(json_escape("a\"b\\c") == "\"a\\\"b\\\\c\"");
+    CHECK(json_escape(std::string("x\0y", 3)) == "\"x\\u0000y\"");
+    CHECK(json_escape("\n\t\x01") == "\"\\n\\t\\u0001\"");
+    const std::string unicode = "h\xc3\xa9llo \xf0\x9f\x98\x80";
+    std::string doc = "[" + json_escape(unicode) + "]";
+    json_error_t err;
+    json_t *j = json_loads(doc.c_str(), 0, &err);
+    CHECK(j != nullptr);
+    if (j) {
+        CHECK(std::string(json_string_value(json_array_get(j, 0))) == unicode);
+        json_decref(j);
+    }
+}
+
+TableDesc users_table() {
+    TableDesc d;
+    d.node = "chat1";
+    d.db = "chat";
+    d.schema = "public";
+    d.table = "user_table";
+    d.has_key = true;
+    d.columns = {{"user_id", "text", false, true}, {"user_name", "text", true, false}, {"note", "text", true, false}};
+    return d;
+}
+
+json_t *parse(const std::string &s) {
+    json_error_t err;
+    json_t *j = json_loads(s.c_str(), 0, &err);
+    if (!j)
+        fprintf(stderr, "invalid JSON (%s): %s\n", err.text, s.c_str());
+    return j;
+}
+
+void update_record_has_debezium_envelope_and_omits_absent_columns() {
+    EncodeOptions opts;
+    TableEncoder enc(users_table(), opts);
+    FieldValue after_vals[3];
+    after_vals[0] = {FieldValue::State::Present, "u1", 2};
+    after_vals[1] = {FieldValue::State::Null, nullptr, 0};
+    after_vals[2] = {FieldValue::State::Absent, nullptr, 0}; // unchanged TOAST
+    RowImage after{after_vals, 3};
+    ChangeEvent ev;
+    ev.op = Op::Update;
+    ev.after = &after;
+    ev.source.commit_ts_ms = 1700000000123;
+    ev.source.xid = 42;
+    ev.source.lsn = 0x1234;
+    ev.total_order = 3;
+    ev.data_collection_order = 2;
+    std::string key, value;
+    CHECK(enc.encode_key(after, key));
+    enc.encode_value(ev, value);
+
+    json_t *k = parse(key);
+    json_t *v = parse(value);
+    CHECK(k && v);
+    if (!k || !v)
+        return;
+    json_t *kp = json_object_get(k, "payload");
+    CHECK(std::string(json_string_value(json_object_get(kp, "user_id"))) == "u1");
+    CHECK(json_object_size(kp) == 1);
+    CHECK(std::string(json_string_value(json_object_get(json_object_get(k, "schema"), "name"))) ==
+          "chat1.public.user_table.Key");
+
+    json_t *p = json_object_get(v, "payload");
+    CHECK(std::string(json_string_value(json_object_get(p, "op"))) == "u");
+    CHECK(json_is_null(json_object_get(p, "before")));
+    json_t *a = json_object_get(p, "after");
+    CHECK(json_is_null(json_object_get(a, "user_name")));
+    CHECK(json_object_get(a, "note") == nullptr); // absent, not a placeholder
+    json_t *src = json_object_get(p, "source");
+    CHECK(std::string(json_string_value(json_object_get(src, "connector"))) == "kafka_sync");
+    CHECK(std::string(json_string_value(json_object_get(src, "origin"))) == "chat1");
+    CHECK(json_integer_value(json_object_get(src, "txId")) == 42);
+    CHECK(json_integer_value(json_object_get(src, "lsn")) == 0x1234);
+    CHECK(json_integer_value(json_object_get(src, "ts_ms")) == 1700000000123);
+    json_t *txn = json_object_get(p, "transaction");
+    CHECK(std::string(json_string_value(json_object_get(txn, "id"))) == "42:4660");
+    CHECK(json_integer_value(json_object_get(txn, "total_order")) == 3);
+    json_t *schema = json_object_get(v, "schema");
+    CHECK(std::string(json_string_value(json_object_get(schema, "name"))) == "chat1.public.user_table.Envelope");
+    json_decref(k);
+    json_decref(v);
+}
+
+void schemaless_records_are_bare_payloads_without_volatile_fields() {
+    EncodeOptions opts;
+    opts.include_schema = false;
+    opts.include_xids = false;
+    opts.include_lsn = false;
+    opts.include_timestamps = false;
+    TableEncoder enc(users_table(), opts);
+    FieldValue vals[3] = {{FieldValue::State::Present, "u\"1", 3},
+                          {FieldValue::State::Present, "Ann", 3},
+                          {FieldValue::State::Present, "", 0}};
+    RowImage row{vals, 3};
+    ChangeEvent ev;
+    ev.op = Op::Delete;
+    ev.before = &row;
+    ev.total_order = 1;
+    ev.data_collection_order = 1;
+    std::string key, value;
+    enc.encode_key(row, key);
+    enc.encode_value(ev, value);
+    CHECK(key == "{\"user_id\":\"u\\\"1\"}");
+    CHECK(value == "{\"before\":{\"user_id\":\"u\\\"1\",\"user_name\":\"Ann\",\"note\":\"\"},\"after\":null,"
+                   "\"source\":{\"version\":\"kafka_sync-1\",\"connector\":\"kafka_sync\",\"name\":\"chat1\","
+                   "\"snapshot\":\"false\",\"db\":\"chat\",\"schema\":\"public\",\"table\":\"user_table\","
+                   "\"origin\":\"chat1\"},\"op\":\"d\",\"transaction\":{\"id\":null,\"total_order\":1,"
+                   "\"data_collection_order\":1}}");
+}
+
+void table_without_key_has_no_kafka_key() {
+    TableDesc d = users_table();
+    d.has_key = false;
+    for (auto &c : d.columns)
+        c.is_key = false;
+    TableEncoder enc(d, EncodeOptions());
+    FieldValue vals[3] = {};
+    RowImage row{vals, 3};
+    std::string key;
+    CHECK(!enc.encode_key(row, key));
+}
+
+void kafka_config_accepts_librdkafka_properties_and_own_settings() {
+    NodeKafkaSettings s;
+    std::string err, hint;
+    CHECK(parse_node_kafka_config({{"linger.ms", "20"}, {"kafka_sync.tombstones", "true"},
+                                   {"kafka_sync.topic_partitions", "3"}, {"sasl.password", "hunter2"}},
+                                  s, err, hint));
+    CHECK(s.tombstones);
+    CHECK(s.topic_partitions == 3);
+    CHECK(s.rdkafka.size() == 2);
+}
+
+void kafka_config_rejects_typos_and_fixed_properties_without_leaking_secrets() {
+    NodeKafkaSettings s;
+    std::string err, hint;
+    CHECK(!parse_node_kafka_config({{"linger.mss", "20"}}, s, err, hint));
+    CHECK(err.find("linger.mss") != std::string::npos);
+    CHECK(!parse_node_kafka_config({{"acks", "1"}}, s, err, hint));
+    CHECK(!parse_node_kafka_config({{"enable.idempotence", "false"}}, s, err, hint));
+    CHECK(!parse_node_kafka_config({{"kafka_sync.schemaz", "true"}}, s, err, hint));
+    CHECK(!parse_node_kafka_config({{"kafka_sync.topic_partitions", "0"}}, s, err, hint));
+    CHECK(!parse_node_kafka_config({{"ssl.key.password", ""}, {"sasl.mechanism", "s3cr3t-value"}}, s, err, hint) ||
+          err.find("s3cr3t") == std::string::npos);
+    CHECK(is_secret_config_key("sasl.password"));
+    CHECK(is_secret_config_key("ssl.key.pem"));
+    CHECK(!is_secret_config_key("linger.ms"));
+}
+
+} // namespace
+
+int main() {
+    const std::vector<std::pair<const char *, std::function<void()>>> tests = {
+        {"slot confirms only a fully acknowledged prefix", slot_confirms_only_a_fully_acknowledged_prefix},
+        {"open transaction blocks confirmation even when acknowledged",
+         open_transaction_blocks_confirmation_even_when_acknowledged},
+        {"empty transactions confirm in order", empty_transactions_confirm_in_order},
+        {"inflight rejects out-of-order and unknown", inflight_rejects_out_of_order_and_unknown},
+        {"JSON strings are escaped and round-trip", json_strings_are_escaped_and_roundtrip},
+        {"update record has the Debezium envelope and omits absent columns",
+         update_record_has_debezium_envelope_and_omits_absent_columns},
+        {"schemaless records are bare payloads without volatile fields",
+         schemaless_records_are_bare_payloads_without_volatile_fields},
+        {"table without key has no Kafka key", table_without_key_has_no_kafka_key},
+        {"kafka_config accepts librdkafka properties and own settings",
+         kafka_config_accepts_librdkafka_properties_and_own_settings},
+        {"kafka_config rejects typos and fixed properties without leaking secrets",
+         kafka_config_rejects_typos_and_fixed_properties_without_leaking_secrets},
+    };
+    for (const auto &[name, fn] : tests) {
+        int before = failures;
+        fn();
+        printf("%s %s\n", failures == before ? "ok  " : "FAIL", name);
+    }
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}
