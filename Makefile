@@ -16,7 +16,10 @@ OBJS        = $(EXT_SRCS:.cpp=.o)
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/extension -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers
-SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
+# jansson is linked in statically with its symbols made local: PostgreSQL's
+# own json_object() (the SQL function) would otherwise win the dynamic symbol
+# lookup over jansson's and be called with jansson's arguments.
+SHLIB_LINK  = -lrdkafka -Wl,--exclude-libs,libjansson.a -Wl,-Bstatic -ljansson -Wl,-Bdynamic -lstdc++
 
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.
 override with_llvm = no

@@ -65,7 +65,7 @@ bool valid_node_name(const char *name) {
     return true;
 }
 
-void parse_options(PluginState *state, List *options) {
+void parse_options(PluginState *state, List *options, bool is_init) {
     state->settings.publication = "kafka_sync";
     state->settings.node_name = nullptr;
     state->settings.include_schema = true;
@@ -115,6 +115,9 @@ void parse_options(PluginState *state, List *options) {
                             errhint("Valid options are node_name, publication, include_schema, include_xids, "
                                     "include_lsn, include_timestamps and tombstones.")));
     }
+    /* Creating a slot decodes nothing: options matter only when reading it. */
+    if (state->settings.node_name == nullptr && is_init)
+        state->settings.node_name = "unnamed";
     if (state->settings.node_name == nullptr)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("output plugin kafka_sync needs the option \"node_name\""),
@@ -168,11 +171,11 @@ void emit_record(LogicalDecodingContext *ctx, PluginState *state, bool tombstone
     state->txn_records++;
 }
 
-void kafka_sync_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool) {
+void kafka_sync_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init) {
     auto *state = static_cast<PluginState *>(MemoryContextAllocZero(ctx->context, sizeof(PluginState)));
     state->change_context = AllocSetContextCreate(ctx->context, "kafka_sync change", ALLOCSET_DEFAULT_SIZES);
     ctx->output_plugin_private = state;
-    parse_options(state, ctx->output_plugin_options);
+    parse_options(state, ctx->output_plugin_options, is_init);
     opt->output_type = state->kafka_framing ? OUTPUT_PLUGIN_BINARY_OUTPUT : OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
     opt->receive_rewrites = false;
     relation_info_begin_session(&state->settings);

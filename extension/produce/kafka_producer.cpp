@@ -97,9 +97,15 @@ KafkaProducer::~KafkaProducer() {
     }
 }
 
-bool KafkaProducer::ensure_topic(int timeout_ms) {
+bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
+    constexpr int kSliceMs = 250;
     const rd_kafka_metadata_t *md = nullptr;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk_, 0, rkt_, &md, timeout_ms);
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    for (int waited = 0; waited < timeout_ms && !should_stop(); waited += kSliceMs) {
+        err = rd_kafka_metadata(rk_, 0, rkt_, &md, kSliceMs);
+        if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT)
+            break;
+    }
     if (err) {
         error_ = "could not read the metadata of topic " + settings_.topic + ": " + rd_kafka_err2str(err);
         brokers_down_ = true;
@@ -127,7 +133,9 @@ bool KafkaProducer::ensure_topic(int timeout_ms) {
     rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, errstr, sizeof(errstr));
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk_);
     rd_kafka_CreateTopics(rk_, &nt, 1, opts, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+    rd_kafka_event_t *ev = nullptr;
+    for (int waited = 0; !ev && waited < timeout_ms + 1000 && !should_stop(); waited += kSliceMs)
+        ev = rd_kafka_queue_poll(q, kSliceMs);
     bool ok = false;
     if (!ev) {
         error_ = "topic " + settings_.topic + " does not exist and creating it timed out";

@@ -46,8 +46,10 @@ class KafkaProducer {
     KafkaProducer &operator=(const KafkaProducer &) = delete;
 
     // Makes sure the topic exists (creating it when missing). Returns false
-    // and sets error() when it neither exists nor could be created.
-    bool ensure_topic(int timeout_ms);
+    // and sets error() when it neither exists nor could be created. Waits in
+    // short slices and gives up early when should_stop() says so, so that a
+    // worker asked to exit never hangs in a Kafka call.
+    bool ensure_topic(int timeout_ms, bool (*should_stop)());
 
     // Produces one record of transaction seq to partition 0 (a node's stream
     // must stay totally ordered). key/value may be null (tombstone).

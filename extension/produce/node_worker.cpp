@@ -55,7 +55,7 @@ namespace {
 constexpr int kUnavailableAfterMs = 5000;
 /* Confirming the slot costs a spinlock and, sometimes, a slot file write. */
 constexpr int kConfirmIntervalMs = 100;
-constexpr int kTopicRetryMs = 5000;
+constexpr int kTopicRetryMs = 2000;
 
 struct NodeConfig {
     char *node_name;
@@ -425,9 +425,13 @@ void create_slot(NodeWorker *w) {
                          KS_LSN_ARGS(consistent), w->cfg.snapshot ? ", initial snapshot published" : "")));
 }
 
+/* Read by librdkafka waits, on our own thread: only flags, no PostgreSQL calls. */
+bool exit_requested() { return ProcDiePending || InterruptPending; }
+
 void ensure_topic(NodeWorker *w) {
     for (;;) {
-        bool ok = kafka_sync::ks_guard([&]() { return w->producer->ensure_topic(10000); });
+        bool ok = kafka_sync::ks_guard([&]() { return w->producer->ensure_topic(10000, exit_requested); });
+        CHECK_FOR_INTERRUPTS();
         if (ok)
             return;
         const char *err = producer_error(w);

@@ -1,0 +1,57 @@
+-- The node SQL API: argument checks with clear errors, one node per
+-- database, secrets kept out of sight, superuser-only management.
+CREATE TABLE chat_users (user_id text PRIMARY KEY, user_name text);
+
+-- bad arguments
+SELECT kafka_sync.create_node('Chat-1', 'localhost:9092');
+SELECT kafka_sync.create_node('chat1', '  ');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', topic_prefix => 'bad prefix');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092');
+CREATE PUBLICATION kafka_sync FOR ALL TABLES;
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '[1]');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"linger.mss": 5}');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"acks": "1"}');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"security.protocol": "carrier_pigeon"}');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"sasl.password": {"nested": true}}');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"kafka_sync.topic_partitions": 0}');
+CREATE TABLE filtered (id int PRIMARY KEY);
+CREATE PUBLICATION with_filter FOR TABLE filtered WHERE (id > 10);
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', publication => 'with_filter');
+DROP PUBLICATION with_filter;
+
+-- a node; its broker is unreachable here, which the worker reports and retries
+SELECT kafka_sync.create_node('chat1', 'localhost:1',
+    kafka_config => '{"sasl.password": "hunter2", "linger.ms": 1, "kafka_sync.schemas": false}',
+    snapshot => false);
+SELECT node_name, topic, publication, snapshot FROM kafka_sync.node_status JOIN kafka_sync.node USING (node_name);
+
+-- one node per database
+SELECT kafka_sync.create_node('chat2', 'localhost:1');
+
+-- management is for superusers; the node table (with kafka_config) too
+CREATE ROLE kafka_sync_tester;
+SET ROLE kafka_sync_tester;
+SELECT kafka_sync.create_node('chat3', 'localhost:1');
+SELECT kafka_sync.drop_node();
+SELECT * FROM kafka_sync.node;
+SELECT node_name FROM kafka_sync.node_status;
+RESET ROLE;
+
+-- monitoring roles see the status, which never shows kafka_config
+GRANT pg_monitor TO kafka_sync_tester;
+SET ROLE kafka_sync_tester;
+SELECT node_name, topic FROM kafka_sync.node_status;
+SELECT count(*) AS rows_mentioning_the_password FROM kafka_sync.node_status s WHERE s::text LIKE '%hunter2%';
+RESET ROLE;
+
+-- drop_node cannot be rolled back, so it refuses to run in a transaction block
+BEGIN;
+SELECT kafka_sync.drop_node();
+ROLLBACK;
+SELECT kafka_sync.drop_node();
+SELECT count(*) AS slots_left FROM pg_replication_slots WHERE slot_name = 'kafka_sync_chat1';
+SELECT kafka_sync.drop_node();
+
+DROP ROLE kafka_sync_tester;
+DROP PUBLICATION kafka_sync;
+DROP TABLE chat_users, filtered;
