@@ -12,6 +12,7 @@ CREATE TABLE kafka_sync.node (
     kafka_config  jsonb NOT NULL DEFAULT '{}',
     snapshot      boolean NOT NULL,
     snapshot_done boolean NOT NULL DEFAULT false,
+    enabled       boolean NOT NULL DEFAULT true,
     slot_name     name NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -25,7 +26,7 @@ CREATE FUNCTION kafka_sync._check_publication(publication name) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'kafka_sync_check_publication';
 CREATE FUNCTION kafka_sync._node_created() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_node_created';
-CREATE FUNCTION kafka_sync._stop_node_worker() RETURNS void
+CREATE FUNCTION kafka_sync._stop_node_worker(for_drop boolean) RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_stop_node_worker';
 CREATE FUNCTION kafka_sync._worker_status(
     OUT state text, OUT last_error text, OUT records_produced bigint,
@@ -117,28 +118,56 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
     END IF;
-    PERFORM kafka_sync._stop_node_worker();
+    PERFORM kafka_sync._stop_node_worker(true);
     DELETE FROM kafka_sync.node;
     IF EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n.slot_name) THEN
         PERFORM pg_drop_replication_slot(n.slot_name);
     END IF;
 END $$;
 
+-- Pausing stops publishing; WAL is retained (see retained_wal_bytes) and
+-- everything committed meanwhile is published after resume_node().
+CREATE FUNCTION kafka_sync.pause_node() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE kafka_sync.node SET enabled = false;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this database is not a kafka_sync node'
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
+    END IF;
+    PERFORM kafka_sync._stop_node_worker(false);
+END $$;
+
+CREATE FUNCTION kafka_sync.resume_node() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE kafka_sync.node SET enabled = true;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this database is not a kafka_sync node'
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
+    END IF;
+    PERFORM kafka_sync._node_created();
+END $$;
+
 REVOKE ALL ON FUNCTION kafka_sync.create_node(text, text, name, text, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.pause_node() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.resume_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.drop_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_requirements() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._validate_kafka_config(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_kafka_config(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_publication(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._node_created() FROM PUBLIC;
-REVOKE ALL ON FUNCTION kafka_sync._stop_node_worker() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._stop_node_worker(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._worker_status() FROM PUBLIC;
 
 -- Status of this database's node. Never shows kafka_config.
 CREATE VIEW kafka_sync.node_status AS
 SELECT n.node_name,
        n.topic_prefix || '.' || n.node_name AS topic,
-       w.state,
+       CASE WHEN n.enabled THEN w.state ELSE 'paused' END AS state,
        w.last_error,
        s.confirmed_flush_lsn AS confirmed_lsn,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_wal_bytes,

@@ -25,6 +25,12 @@ SELECT kafka_sync.create_node('chat1', 'localhost:1',
     snapshot => false);
 SELECT node_name, topic, publication, snapshot FROM kafka_sync.node_status JOIN kafka_sync.node USING (node_name);
 
+-- pausing stops the worker (WAL is retained), resuming restarts it
+SELECT kafka_sync.pause_node();
+SELECT state, worker_pid FROM kafka_sync.node_status;
+SELECT kafka_sync.resume_node();
+SELECT state <> 'paused' AS resumed FROM kafka_sync.node_status;
+
 -- one node per database
 SELECT kafka_sync.create_node('chat2', 'localhost:1');
 

@@ -39,21 +39,21 @@ constexpr int kStopTimeoutMs = 30000;
 
 bool xact_callback_registered = false;
 bool wake_at_commit = false;
-bool dropping_node = false;
+bool stopping_worker = false;
 
 void at_transaction_end(XactEvent event, void *) {
     if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_COMMIT &&
         event != XACT_EVENT_PARALLEL_ABORT)
         return;
     const bool committed = event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT;
-    if (dropping_node) {
+    if (stopping_worker) {
         if (committed) {
             node_slot_release(MyDatabaseId);
         } else {
             NodeSlot *slot = node_slot_for(MyDatabaseId, false);
             if (slot) {
                 SpinLockAcquire(&slot->mutex);
-                slot->drop_requested = false;
+                slot->stop_requested = false;
                 SpinLockRelease(&slot->mutex);
             }
         }
@@ -62,7 +62,7 @@ void at_transaction_end(XactEvent event, void *) {
     if (wake_at_commit)
         wake_launcher(committed);
     wake_at_commit = false;
-    dropping_node = false;
+    stopping_worker = false;
 }
 
 void ensure_xact_callback() {
@@ -144,12 +144,14 @@ Datum kafka_sync_node_created(PG_FUNCTION_ARGS) {
 }
 
 /*
- * Called by drop_node() before it drops the slot: stop this database's
- * worker and keep the launcher from starting it again until the transaction
- * ends (committed: the node is gone; aborted: the worker comes back).
+ * Called by drop_node() before it drops the slot, and by pause_node(): stop
+ * this database's worker and keep the launcher from starting it again until
+ * the transaction ends (committed: the node is gone or paused; aborted: the
+ * worker comes back).
  */
 Datum kafka_sync_stop_node_worker(PG_FUNCTION_ARGS) {
-    if (IsTransactionBlock())
+    const bool for_drop = PG_GETARG_BOOL(0);
+    if (for_drop && IsTransactionBlock())
         ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
                         errmsg("kafka_sync.drop_node() cannot run inside a transaction block"),
                         errdetail("Dropping the replication slot cannot be rolled back.")));
@@ -157,9 +159,9 @@ Datum kafka_sync_stop_node_worker(PG_FUNCTION_ARGS) {
     NodeSlot *slot = node_slot_for(MyDatabaseId, true);
     if (!slot)
         PG_RETURN_VOID();
-    dropping_node = true;
+    stopping_worker = true;
     SpinLockAcquire(&slot->mutex);
-    slot->drop_requested = true;
+    slot->stop_requested = true;
     SpinLockRelease(&slot->mutex);
 
     TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), kStopTimeoutMs);

@@ -57,7 +57,7 @@ NodeSlot *node_slot_for(Oid dboid, bool create) {
         free_slot->dboid = dboid;
         free_slot->in_use = true;
         free_slot->worker_pid = 0;
-        free_slot->drop_requested = false;
+        free_slot->stop_requested = false;
         free_slot->no_node = false;
         free_slot->state = NODE_STATE_STOPPED;
         free_slot->last_error[0] = '\0';
@@ -83,7 +83,7 @@ void node_slot_release(Oid dboid) {
         if (slot->in_use && slot->dboid == dboid) {
             SpinLockAcquire(&slot->mutex);
             slot->in_use = false;
-            slot->drop_requested = false;
+            slot->stop_requested = false;
             SpinLockRelease(&slot->mutex);
         }
     }

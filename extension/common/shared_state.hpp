@@ -30,7 +30,7 @@ struct NodeSlot {
 
     /* coordination */
     pid_t worker_pid;
-    bool drop_requested;  /* drop_node() in progress: do not (re)start */
+    bool stop_requested;  /* drop_node() or pause_node() in progress: do not (re)start */
     bool no_node;         /* worker found no node here at generation ... */
     uint64 no_node_generation;
 

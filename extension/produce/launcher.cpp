@@ -129,26 +129,28 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
         return;
 
     NodeSlot *slot = node_slot_for(dboid, false);
+    bool stopping = false;
+    if (slot) {
+        SpinLockAcquire(&slot->mutex);
+        stopping = slot->stop_requested;
+        SpinLockRelease(&slot->mutex);
+    }
     if (w->handle) {
         /* The worker stopped. Without a shared slot it found no node. */
         if (!slot) {
             w->known_no_node = true;
             w->no_node_generation = w->started_generation;
-        } else if (w->not_before == 0) {
+        } else if (!stopping && w->not_before == 0) {
+            /* it failed: pause before the next attempt */
             w->not_before = TimestampTzPlusMilliseconds(now, kRestartDelayMs);
         }
         pfree(w->handle);
         w->handle = nullptr;
     }
+    if (stopping)
+        return; /* drop_node() or pause_node() is in progress */
     if (w->known_no_node && w->no_node_generation >= generation)
         return;
-    if (slot) {
-        SpinLockAcquire(&slot->mutex);
-        bool dropping = slot->drop_requested;
-        SpinLockRelease(&slot->mutex);
-        if (dropping)
-            return;
-    }
     if (w->not_before != 0 && now < w->not_before)
         return;
     if (start_worker(w, generation)) {

@@ -117,8 +117,9 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg) {
     Oid nsp = get_namespace_oid("kafka_sync", true);
     if (OidIsValid(nsp) && OidIsValid(get_relname_relid("node", nsp))) {
         SPI_connect();
+        /* a paused node is, for the worker, no node: it exits quietly */
         int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name, snapshot, snapshot_done "
-                             "FROM kafka_sync.node",
+                             "FROM kafka_sync.node WHERE enabled",
                              true, 1);
         if (rc == SPI_OK_SELECT && SPI_processed == 1) {
             found = true;
@@ -129,7 +130,7 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg) {
             cfg->slot_name = copy_text(SPI_tuptable, 5);
             cfg->snapshot = strcmp(copy_text(SPI_tuptable, 6), "t") == 0;
             cfg->snapshot_done = strcmp(copy_text(SPI_tuptable, 7), "t") == 0;
-            rc = SPI_execute("SELECT key, value FROM kafka_sync.node, jsonb_each_text(kafka_config) ORDER BY key", true, 0);
+            rc = SPI_execute("SELECT key, value FROM kafka_sync.node, jsonb_each_text(kafka_config) WHERE enabled ORDER BY key", true, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "could not read kafka_config of node %s", cfg->node_name);
             MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -446,12 +447,12 @@ void ensure_topic(NodeWorker *w) {
     }
 }
 
-void check_drop_requested(NodeWorker *w) {
+void check_stop_requested(NodeWorker *w) {
     SpinLockAcquire(&w->slot->mutex);
-    bool drop = w->slot->drop_requested;
+    bool drop = w->slot->stop_requested;
     SpinLockRelease(&w->slot->mutex);
     if (drop) {
-        ereport(LOG, (errmsg("kafka_sync node %s: stopping for drop_node()", w->cfg.node_name)));
+        ereport(LOG, (errmsg("kafka_sync node %s: stopping for drop_node() or pause_node()", w->cfg.node_name)));
         proc_exit(0);
     }
 }
@@ -475,7 +476,7 @@ void stream(NodeWorker *w) {
             ConfigReloadPending = false;
             ProcessConfigFile(PGC_SIGHUP);
         }
-        check_drop_requested(w);
+        check_stop_requested(w);
 
         XLogRecPtr flush = GetFlushRecPtr(nullptr);
         int nrecords = 0;
@@ -558,7 +559,7 @@ void run_node_worker(Oid dboid) {
     SpinLockAcquire(&slot->mutex);
     slot->worker_pid = MyProcPid;
     SpinLockRelease(&slot->mutex);
-    check_drop_requested(w);
+    check_stop_requested(w);
     set_state(w, NODE_STATE_STARTING, nullptr);
 
     /* librdkafka objects; deleted by cleanup_worker at exit */
