@@ -1,0 +1,119 @@
+"""Fixtures of the kafka_sync end-to-end suite.
+
+One PostgreSQL cluster and one Kafka (the mock cluster, or $KAFKA_BROKERS)
+serve the whole session; every test gets its own database, node name and
+topic prefix, and its node is dropped afterwards so no producer worker of
+an earlier test keeps running (or keeps a replication slot) behind it.
+Tests that break Kafka on purpose get a private mock cluster instead.
+"""
+
+import itertools
+import os
+import re
+import uuid
+
+import pytest
+
+from kafka_env import MockKafka, kafka_for_tests
+from ks_helpers import USER_TABLE_DDL, Node
+from pg_env import PgCluster
+
+NODE_SERVER_CONF = {
+    "shared_preload_libraries": "kafka_sync",
+    "wal_level": "logical",
+    "track_commit_timestamp": True,
+    # This Debian build only loads output plugins listed here.
+    "output_plugin_libraries": "pgoutput, test_decoding, kafka_sync",
+    "max_replication_slots": 10,
+    "max_wal_senders": 10,
+    "max_worker_processes": 16,
+    "log_min_messages": "info",
+}
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    k = kafka_for_tests()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def private_kafka():
+    """A mock cluster of the test's own, for fault injection (down/up)."""
+    if os.environ.get("KAFKA_BROKERS"):
+        pytest.skip("fault injection needs the mock cluster")
+    k = MockKafka()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    cluster = PgCluster(f"ks_e2e_{os.getpid()}", extra_conf=NODE_SERVER_CONF)
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_running(pg):
+    """The session cluster, started again if an earlier test left it down."""
+    if not pg.is_running():
+        pg.start()
+    return pg
+
+
+def _short_name(request):
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())
+    base = base.removeprefix("test_")[:18].strip("_")
+    return f"{base}_{next(_counter)}"
+
+
+@pytest.fixture
+def node_factory(pg_running, kafka, request):
+    """make_node(kafka=None, tables=(USER_TABLE_DDL,)) -> Node (not created yet).
+
+    Creates a fresh database with the given tables and the publication
+    kafka_sync FOR ALL TABLES. The node name is unique per test (slot names
+    are per server), the topic prefix unique per run (so a real Kafka works).
+    Teardown drops the node and the database.
+    """
+    pg = pg_running
+    nodes = []
+    run = uuid.uuid4().hex[:8]
+
+    def make_node(kafka_cluster=None, tables=(USER_TABLE_DDL,), node_name=None):
+        short = _short_name(request)
+        db = f"db_{short}"
+        pg.create_database(db)
+        pg.sql("CREATE EXTENSION kafka_sync", dbname=db)
+        for ddl in tables:
+            pg.sql(ddl, dbname=db)
+        pg.sql("CREATE PUBLICATION kafka_sync FOR ALL TABLES", dbname=db)
+        node = Node(pg, kafka_cluster or kafka, db, node_name or f"n_{short}"[:40],
+                    f"ks_pytest_{run}_{short}")
+        nodes.append(node)
+        return node
+
+    yield make_node
+
+    if not pg.is_running():
+        pg.start()
+    for node in nodes:
+        try:
+            if node.sql("SELECT count(*) FROM kafka_sync.node")[0][0]:
+                node.drop()
+        except Exception as e:  # keep tearing down; the test result stands
+            print(f"teardown: drop_node in {node.db} failed: {e!r}")
+        try:
+            if pg.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (node.slot,)):
+                pg.sql("SELECT pg_drop_replication_slot(%s)", (node.slot,))
+        except Exception as e:
+            print(f"teardown: dropping slot {node.slot} failed: {e!r}")
+        try:
+            pg.sql(f'DROP DATABASE IF EXISTS "{node.db}" WITH (FORCE)')
+        except Exception as e:
+            print(f"teardown: dropping database {node.db} failed: {e!r}")
