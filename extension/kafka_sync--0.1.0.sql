@@ -185,3 +185,254 @@ GRANT EXECUTE ON FUNCTION kafka_sync._worker_status() TO pg_monitor;
 
 -- Objects are protected one by one; the schema itself may be looked into.
 GRANT USAGE ON SCHEMA kafka_sync TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Subscriptions: this database applies a peer node's topic.
+-- ---------------------------------------------------------------------------
+
+-- One row per subscription. next_offset (the Kafka offset of partition 0 to
+-- apply next) changes in the same transaction as the applied rows; so does
+-- the replication origin's progress. kafka_config may hold secrets.
+CREATE TABLE kafka_sync.subscription (
+    sub_name           text PRIMARY KEY,
+    peer_node          text NOT NULL UNIQUE,
+    brokers            text NOT NULL,
+    topic_prefix       text NOT NULL,
+    start              text NOT NULL,
+    on_error           text NOT NULL CHECK (on_error IN ('pause', 'skip')),
+    kafka_config       jsonb NOT NULL DEFAULT '{}',
+    enabled            boolean NOT NULL DEFAULT true,
+    paused_by_error    boolean NOT NULL DEFAULT false,
+    origin_name        text NOT NULL,
+    next_offset        bigint,
+    last_applied_lsn   pg_lsn,
+    last_source_commit timestamptz,
+    last_applied_at    timestamptz,
+    rows_applied       bigint NOT NULL DEFAULT 0,
+    conflicts          bigint NOT NULL DEFAULT 0,
+    last_error         text,
+    last_error_at      timestamptz,
+    high_water         bigint,
+    consumer_error     text,
+    last_contact       timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON kafka_sync.subscription FROM PUBLIC;
+
+-- Records that could not be applied, kept as they arrived.
+CREATE TABLE kafka_sync.dead_letters (
+    id              bigserial PRIMARY KEY,
+    sub_name        text NOT NULL,
+    topic           text NOT NULL,
+    kafka_partition int NOT NULL,
+    kafka_offset    bigint NOT NULL,
+    key             bytea,
+    value           bytea,
+    headers         jsonb NOT NULL DEFAULT '{}',
+    error           text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON kafka_sync.dead_letters (sub_name, kafka_offset);
+REVOKE ALL ON kafka_sync.dead_letters FROM PUBLIC;
+
+CREATE FUNCTION kafka_sync._notify_sidecar(sub_name text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_notify('kafka_sync_subscriptions', sub_name) $$;
+
+CREATE FUNCTION kafka_sync.create_subscription(
+    sub_name     text,
+    peer_node    text,
+    brokers      text,
+    topic_prefix text  DEFAULT 'kafka_sync',
+    start        text  DEFAULT 'earliest',
+    on_error     text  DEFAULT 'pause',
+    kafka_config jsonb DEFAULT '{}')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    local_node text;
+    other text;
+    origin text := 'kafka_sync_' || peer_node;
+BEGIN
+    PERFORM kafka_sync._check_requirements();
+    IF sub_name IS NULL OR sub_name !~ '^[a-z0-9_]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid subscription name "%"', sub_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A subscription name has 1 to 63 characters: lower-case letters, digits and underscores.';
+    END IF;
+    IF peer_node IS NULL OR peer_node !~ '^[a-z0-9_]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid peer node name "%"', peer_node
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A node name has 1 to 40 characters: lower-case letters, digits and underscores.';
+    END IF;
+    SELECT n.node_name INTO local_node FROM kafka_sync.node n;
+    IF peer_node = local_node THEN
+        RAISE EXCEPTION 'a node cannot subscribe to itself ("%")', peer_node
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Subscribe to the other nodes of the mesh.';
+    END IF;
+    IF brokers IS NULL OR btrim(brokers) = '' THEN
+        RAISE EXCEPTION 'brokers must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the Kafka bootstrap servers, e.g. ''kafka1:9092,kafka2:9092''.';
+    END IF;
+    IF topic_prefix IS NULL OR topic_prefix !~ '^[A-Za-z0-9._-]{1,200}$' THEN
+        RAISE EXCEPTION 'invalid topic prefix "%"', topic_prefix
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Kafka topic names use letters, digits, ".", "_" and "-".';
+    END IF;
+    IF start IS NULL OR start !~ '^(earliest|latest|[0-9]{1,18})$' THEN
+        RAISE EXCEPTION 'invalid start "%"', start
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''earliest'' (the whole topic), ''latest'' (only new records) or a Kafka offset.';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('pause', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''pause'' (stop at a bad record until resumed) or ''skip'' (keep it in kafka_sync.dead_letters and go on).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM kafka_sync.subscription s WHERE s.sub_name = create_subscription.sub_name) THEN
+        RAISE EXCEPTION 'subscription "%" already exists', sub_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    SELECT s.sub_name INTO other FROM kafka_sync.subscription s WHERE s.peer_node = create_subscription.peer_node;
+    IF other IS NOT NULL THEN
+        RAISE EXCEPTION 'this database already subscribes to node "%" (subscription "%")', peer_node, other
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Each peer is applied under its own replication origin, by one subscription.';
+    END IF;
+    PERFORM kafka_sync._check_kafka_config(kafka_config);
+
+    -- A left-over origin of a dropped subscription starts over from nothing.
+    IF EXISTS (SELECT 1 FROM pg_replication_origin o WHERE o.roname = origin) THEN
+        PERFORM pg_replication_origin_advance(origin, '0/0');
+    ELSE
+        PERFORM pg_replication_origin_create(origin);
+    END IF;
+    INSERT INTO kafka_sync.subscription (sub_name, peer_node, brokers, topic_prefix, start, on_error,
+                                         kafka_config, origin_name)
+    VALUES (sub_name, peer_node, brokers, topic_prefix, start, on_error, kafka_config, origin);
+    PERFORM kafka_sync._notify_sidecar(sub_name);
+    RETURN topic_prefix || '.' || peer_node;
+END $$;
+
+CREATE FUNCTION kafka_sync._subscription_exists(sub_name text) RETURNS kafka_sync.subscription
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription;
+BEGIN
+    SELECT * INTO s FROM kafka_sync.subscription x WHERE x.sub_name = _subscription_exists.sub_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription "%" does not exist', sub_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'See SELECT name FROM kafka_sync.subscription_status.';
+    END IF;
+    RETURN s;
+END $$;
+
+CREATE FUNCTION kafka_sync.drop_subscription(sub_name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription := kafka_sync._subscription_exists(sub_name);
+BEGIN
+    DELETE FROM kafka_sync.subscription x WHERE x.sub_name = s.sub_name;
+    DELETE FROM kafka_sync.dead_letters d WHERE d.sub_name = s.sub_name;
+    PERFORM kafka_sync._notify_sidecar(s.sub_name);
+    BEGIN
+        PERFORM pg_replication_origin_drop(s.origin_name);
+    EXCEPTION WHEN object_in_use THEN
+        -- the sidecar still holds it; a new subscription to this peer resets it
+        RAISE NOTICE 'replication origin "%" is still in use by the sidecar and is kept', s.origin_name;
+    END;
+END $$;
+
+CREATE FUNCTION kafka_sync.pause_subscription(sub_name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription := kafka_sync._subscription_exists(sub_name);
+BEGIN
+    UPDATE kafka_sync.subscription x SET enabled = false, paused_by_error = false WHERE x.sub_name = s.sub_name;
+    PERFORM kafka_sync._notify_sidecar(s.sub_name);
+END $$;
+
+-- skip_failed: continue after the record that paused the subscription (it
+-- stays in kafka_sync.dead_letters); otherwise that record is tried again.
+CREATE FUNCTION kafka_sync.resume_subscription(sub_name text, skip_failed boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription := kafka_sync._subscription_exists(sub_name);
+    failed_offset bigint;
+BEGIN
+    IF skip_failed THEN
+        SELECT max(d.kafka_offset) INTO failed_offset FROM kafka_sync.dead_letters d
+         WHERE d.sub_name = s.sub_name AND d.kafka_offset >= coalesce(s.next_offset, 0);
+        IF failed_offset IS NULL THEN
+            RAISE EXCEPTION 'subscription "%" has no failed record to skip', sub_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        UPDATE kafka_sync.subscription x SET next_offset = failed_offset + 1 WHERE x.sub_name = s.sub_name;
+    END IF;
+    UPDATE kafka_sync.subscription x SET enabled = true, paused_by_error = false, last_error = NULL
+     WHERE x.sub_name = s.sub_name;
+    PERFORM kafka_sync._notify_sidecar(s.sub_name);
+END $$;
+
+-- For the sidecar: what to run, and from where.
+CREATE FUNCTION kafka_sync.sidecar_subscriptions(
+    OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
+    OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
+           s.kafka_config, s.next_offset
+      FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
+$$;
+
+CREATE FUNCTION kafka_sync.apply_chunk(
+    sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[], careful boolean,
+    OUT applied bigint, OUT skipped bigint, OUT conflicts bigint, OUT dead_letters bigint,
+    OUT failed_offset bigint, OUT failed_error text)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
+
+CREATE FUNCTION kafka_sync.record_failure(
+    sub_name text, kafka_offset int8, key bytea, value bytea, headers bytea, error text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
+
+CREATE FUNCTION kafka_sync.report_progress(sub_name text, high_water bigint, consumer_error text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE kafka_sync.subscription s
+       SET high_water = report_progress.high_water, consumer_error = report_progress.consumer_error,
+           last_contact = now()
+     WHERE s.sub_name = report_progress.sub_name
+$$;
+
+REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.drop_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.pause_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.resume_subscription(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._subscription_exists(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._notify_sidecar(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.sidecar_subscriptions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.report_progress(text, bigint, text) FROM PUBLIC;
+
+-- Status of the subscriptions, as last reported by the sidecar. Never shows kafka_config.
+CREATE VIEW kafka_sync.subscription_status AS
+SELECT s.sub_name AS name,
+       s.peer_node AS peer,
+       s.topic_prefix || '.' || s.peer_node AS topic,
+       CASE WHEN s.enabled THEN 'running' WHEN s.paused_by_error THEN 'error' ELSE 'paused' END AS state,
+       coalesce(s.last_error, s.consumer_error) AS last_error,
+       s.next_offset - 1 AS applied_offset,
+       s.high_water,
+       greatest(s.high_water - coalesce(s.next_offset, 0), 0) AS lag,
+       s.last_applied_lsn,
+       s.last_source_commit,
+       s.last_applied_at - s.last_source_commit AS apply_latency,
+       s.rows_applied,
+       s.conflicts,
+       (SELECT count(*) FROM kafka_sync.dead_letters d WHERE d.sub_name = s.sub_name) AS dead_letters,
+       s.last_contact
+  FROM kafka_sync.subscription s;
+REVOKE ALL ON kafka_sync.subscription_status FROM PUBLIC;
+GRANT SELECT ON kafka_sync.subscription_status TO pg_monitor;

@@ -46,6 +46,12 @@ class PgError : public std::exception {
 // ks_guard's frame holds no C++ object when it longjmps.
 [[noreturn]] void raise_guarded_error(ErrorData *pg_error, const char *cpp_message);
 
+// Runs fn(arg) in an internal subtransaction (as a PL/pgSQL EXCEPTION block
+// does). Returns nullptr when it succeeded; when it raised an ERROR, rolls
+// the subtransaction back and returns the copied error. fn must be plain C
+// style: no C++ object with a destructor may live in its frames.
+ErrorData *run_in_subtransaction(void (*fn)(void *), void *arg);
+
 template <typename F>
 auto pg_call(F &&f) -> decltype(f()) {
     using R = decltype(f());

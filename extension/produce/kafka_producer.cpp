@@ -173,6 +173,10 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     rd_kafka_header_add(hdrs, "kafka_sync.xid", -1, num, n);
     n = snprintf(num, sizeof(num), "%" PRId64, h.commit_ts_ms);
     rd_kafka_header_add(hdrs, "kafka_sync.commit_ts", -1, num, n);
+    // Lets a consumer see a transaction start over (a partial copy from
+    // before a producer restart, followed by the complete one).
+    n = snprintf(num, sizeof(num), "%" PRIu64, h.seq);
+    rd_kafka_header_add(hdrs, "kafka_sync.seq", -1, num, n);
     if (h.txn_end_count >= 0) {
         n = snprintf(num, sizeof(num), "%" PRId64, h.txn_end_count);
         rd_kafka_header_add(hdrs, "kafka_sync.txn_end", -1, num, n);

@@ -28,6 +28,7 @@ struct RecordHeaders {
     uint64_t commit_lsn;
     uint32_t xid;
     int64_t commit_ts_ms;
+    uint64_t seq;          // 1-based position of the record in its transaction
     int64_t txn_end_count; // < 0: not the last record of its transaction
 };
 

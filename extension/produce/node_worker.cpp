@@ -81,6 +81,7 @@ struct NodeWorker {
     kafka_sync::InflightTransactions::Seq seq;
     kafka_sync::RecordHeaders headers;
     bool in_txn;
+    uint64 txn_seq; /* records produced of the open transaction */
 
     /* the held-back record (see node_worker_add_record) */
     std::string *held_key;
@@ -227,6 +228,7 @@ void service_producer(NodeWorker *w, int timeout_ms) {
 void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value, size_t value_len,
                     bool has_value, int64 txn_end) {
     w->headers.txn_end_count = txn_end;
+    w->headers.seq = ++w->txn_seq;
     for (;;) {
         auto status = kafka_sync::ks_guard([&]() {
             return w->producer->produce(w->seq, has_key ? key : nullptr, key_len, has_value ? value : nullptr,
@@ -266,6 +268,7 @@ void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 c
     w->headers.commit_ts_ms = commit_ts_ms;
     w->in_txn = true;
     w->held = false;
+    w->txn_seq = 0;
 }
 
 void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value,

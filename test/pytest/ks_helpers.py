@@ -29,6 +29,14 @@ class WaitTimeout(AssertionError):
     pass
 
 
+def connection_lost(exc):
+    """True for errors that mean "the server went away" (a restart), not a
+    problem with the statement: psycopg2 reports an abruptly closed
+    connection as a bare DatabaseError."""
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or (
+        type(exc) is psycopg2.DatabaseError)
+
+
 def wait_until(predicate, timeout, what, interval=0.1, diagnostics=None):
     """Poll predicate() until it returns a truthy value; return that value.
 
@@ -43,7 +51,9 @@ def wait_until(predicate, timeout, what, interval=0.1, diagnostics=None):
             last_exc = None
             if last:
                 return last
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+        except psycopg2.Error as e:
+            if not connection_lost(e):
+                raise
             # The server may be restarting; keep polling.
             last_exc = e
         if time.monotonic() >= deadline:
@@ -523,7 +533,9 @@ class Writer(threading.Thread):
                     stage = "commit"
                     conn.commit()
                 t["outcome"] = "committed"
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            except psycopg2.Error as e:
+                if not connection_lost(e):
+                    raise
                 t["outcome"] = "unknown" if stage == "commit" else "failed"
                 t["error"] = repr(e)
                 self.errors.append(e)

@@ -1,0 +1,470 @@
+// The apply functions the sidecar calls: apply_chunk and record_failure.
+//
+// apply_chunk runs inside the local transaction the sidecar opened, under the
+// replication origin kafka_sync_<peer>: the rows it writes carry the origin
+// (so the output plugin never republishes them), and the origin's progress
+// (source commit LSN and time) plus the subscription's Kafka offset are set
+// in that same transaction, so they commit atomically with the rows.
+// A record at or below the origin's committed progress is skipped: Kafka
+// duplicates and sidecar restarts change nothing.
+#include "apply/record_decoder.hpp"
+#include "apply/table_apply.hpp"
+
+#include "boundary/pg_boundary.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "replication/origin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(kafka_sync_apply_chunk);
+PG_FUNCTION_INFO_V1(kafka_sync_record_failure);
+}
+
+namespace {
+
+struct Subscription {
+    char *name;
+    char *peer;
+    char *origin_name;
+    char *topic;
+    bool skip_on_error;
+    char *local_node; /* NULL when this database is not a node */
+};
+
+/* One record of the chunk, and what applying it found. */
+struct ChunkRecord {
+    int64 offset;
+    const char *key;
+    int key_len; /* -1: none */
+    const char *value;
+    int value_len; /* -1: tombstone */
+    const char *headers;
+    int headers_len;
+};
+
+struct ApplyContext {
+    Subscription *sub;
+    ApplyCounters counters;
+    XLogRecPtr progress; /* origin progress committed before this transaction */
+    XLogRecPtr max_lsn;
+    int64 max_lsn_commit_ms;
+    const ChunkRecord *current;
+    const char *current_table;
+    char current_op;
+    List *pending_truncates; /* relids of consecutive "t" records */
+    bool careful;
+    MemoryContext record_context; /* reset after every record */
+    MemoryContext call_context;   /* lives for the whole call */
+};
+
+/* Ties a C++ object's lifetime to a memory context: deleted when it goes. */
+template <typename T>
+T *new_in_context(MemoryContext cxt) {
+    T *obj = kafka_sync::ks_guard([]() { return new T(); });
+    auto *cb = static_cast<MemoryContextCallback *>(MemoryContextAlloc(cxt, sizeof(MemoryContextCallback)));
+    cb->func = [](void *arg) { delete static_cast<T *>(arg); };
+    cb->arg = obj;
+    MemoryContextRegisterResetCallback(cxt, cb);
+    return obj;
+}
+
+int64 unix_ms_to_timestamptz(int64 ms) {
+    return (ms - (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000) * 1000;
+}
+
+SPIPlanPtr keep(const char *sql, int nargs, Oid *types) {
+    SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
+    if (!plan)
+        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+    SPI_keepplan(plan);
+    return plan;
+}
+
+char *text_col(int row, int col) {
+    char *v = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+    return v;
+}
+
+Subscription *load_subscription(const char *name) {
+    static SPIPlanPtr plan = nullptr;
+    if (!plan) {
+        Oid types[1] = {TEXTOID};
+        plan = keep("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
+                    "(SELECT n.node_name FROM kafka_sync.node n) FROM kafka_sync.subscription s WHERE s.sub_name = $1",
+                    1, types);
+    }
+    Datum arg = CStringGetTextDatum(name);
+    if (SPI_execute_plan(plan, &arg, nullptr, true, 1) != SPI_OK_SELECT)
+        elog(ERROR, "kafka_sync could not read subscription %s", name);
+    if (SPI_processed == 0)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("subscription \"%s\" does not exist", name)));
+    if (strcmp(text_col(0, 5), "t") != 0)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("subscription \"%s\" is paused", name),
+                        errhint("Resume it with kafka_sync.resume_subscription('%s').", name)));
+    auto *sub = static_cast<Subscription *>(palloc0(sizeof(Subscription)));
+    sub->name = pstrdup(name);
+    sub->peer = text_col(0, 1);
+    sub->origin_name = text_col(0, 2);
+    sub->topic = text_col(0, 3);
+    sub->skip_on_error = strcmp(text_col(0, 4), "skip") == 0;
+    sub->local_node = text_col(0, 6);
+    return sub;
+}
+
+void use_origin(const Subscription *sub) {
+    RepOriginId id = replorigin_by_name(sub->origin_name, true);
+    if (id == InvalidRepOriginId)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+                        errmsg("replication origin \"%s\" of subscription \"%s\" is missing", sub->origin_name,
+                               sub->name),
+                        errhint("Drop and re-create the subscription.")));
+    if (replorigin_session_origin == id)
+        return;
+    if (replorigin_session_origin != InvalidRepOriginId) {
+        replorigin_session_reset();
+        replorigin_session_origin = InvalidRepOriginId;
+    }
+    replorigin_session_setup(id);
+    replorigin_session_origin = id;
+}
+
+void apply_error_context(void *arg) {
+    auto *ctx = static_cast<ApplyContext *>(arg);
+    if (!ctx->current)
+        return;
+    if (ctx->current_table)
+        errcontext("applying a \"%c\" record to table %s from peer %s (topic %s, offset " INT64_FORMAT ")",
+                   ctx->current_op, ctx->current_table, ctx->sub->peer, ctx->sub->topic, ctx->current->offset);
+    else
+        errcontext("applying the record at offset " INT64_FORMAT " of topic %s from peer %s", ctx->current->offset,
+                   ctx->sub->topic, ctx->sub->peer);
+}
+
+void flush_truncates(ApplyContext *ctx) {
+    if (ctx->pending_truncates == NIL)
+        return;
+    apply_truncate(ctx->pending_truncates);
+    ctx->counters.applied += list_length(ctx->pending_truncates);
+    list_free(ctx->pending_truncates);
+    ctx->pending_truncates = NIL;
+}
+
+/* Applies ctx->current; raises ERROR when it cannot. Plain C style: it may run inside a subtransaction. */
+void apply_record(void *arg) {
+    auto *ctx = static_cast<ApplyContext *>(arg);
+    const ChunkRecord *r = ctx->current;
+    ctx->current_table = nullptr;
+
+    auto *headers = new_in_context<kafka_sync::DecodedHeaders>(ctx->record_context);
+    char errbuf[512];
+    bool headers_ok = kafka_sync::ks_guard([&]() {
+        std::string error;
+        bool ok = kafka_sync::decode_headers(r->headers, r->headers_len, *headers, error);
+        strlcpy(errbuf, error.c_str(), sizeof(errbuf));
+        return ok;
+    });
+    if (!headers_ok)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
+    if (headers->has_lsn && headers->lsn <= ctx->progress) {
+        ctx->counters.skipped++; /* applied before: a duplicate in the topic */
+        return;
+    }
+    if (r->value_len < 0) {
+        ctx->counters.skipped++; /* tombstone: only for topic compaction */
+        return;
+    }
+    if (ctx->sub->local_node && strcmp(headers->origin.c_str(), ctx->sub->local_node) == 0)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("the record originated at this node (%s) and is not applied again",
+                               ctx->sub->local_node),
+                        errdetail("A node's own changes must never come back to it.")));
+
+    auto *decoder = new_in_context<kafka_sync::RecordDecoder>(ctx->record_context);
+    auto *rec = new_in_context<kafka_sync::DecodedRecord>(ctx->record_context);
+    bool value_ok = kafka_sync::ks_guard([&]() {
+        std::string error;
+        bool ok = decoder->decode_value(r->value, r->value_len, *rec, error);
+        strlcpy(errbuf, error.c_str(), sizeof(errbuf));
+        return ok;
+    });
+    if (!value_ok)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION), errmsg("%s", errbuf)));
+    if (ctx->sub->local_node && rec->origin && strcmp(rec->origin, ctx->sub->local_node) == 0)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("the record originated at this node (%s) and is not applied again",
+                               ctx->sub->local_node)));
+
+    ctx->current_op = rec->op;
+    ctx->current_table = psprintf("%s.%s", quote_identifier(rec->schema), quote_identifier(rec->table));
+    Oid relid = apply_target_relid(rec->schema, rec->table);
+    if (rec->op == 't') {
+        MemoryContext old = MemoryContextSwitchTo(ctx->call_context);
+        ctx->pending_truncates = lappend_oid(ctx->pending_truncates, relid);
+        MemoryContextSwitchTo(old);
+        if (ctx->careful)
+            flush_truncates(ctx);
+    } else {
+        flush_truncates(ctx);
+        apply_row_change(relid, rec, &ctx->counters);
+    }
+    if (headers->has_lsn && headers->lsn > ctx->max_lsn) {
+        ctx->max_lsn = headers->lsn;
+        ctx->max_lsn_commit_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
+    }
+}
+
+void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const char *error) {
+    static SPIPlanPtr plan = nullptr;
+    if (!plan) {
+        Oid types[8] = {TEXTOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID};
+        plan = keep("INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
+                    "headers, error) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
+                    8, types);
+    }
+    auto *headers = new_in_context<kafka_sync::DecodedHeaders>(CurrentMemoryContext);
+    kafka_sync::ks_guard([&]() {
+        std::string ignored;
+        kafka_sync::decode_headers(r->headers, r->headers_len, *headers, ignored);
+    });
+    Datum values[8];
+    char nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+    values[0] = CStringGetTextDatum(sub->name);
+    values[1] = CStringGetTextDatum(sub->topic);
+    values[2] = Int32GetDatum(0);
+    values[3] = Int64GetDatum(r->offset);
+    auto to_bytea = [](const char *data, int len) {
+        bytea *b = static_cast<bytea *>(palloc(VARHDRSZ + len));
+        SET_VARSIZE(b, VARHDRSZ + len);
+        memcpy(VARDATA(b), data, len);
+        return PointerGetDatum(b);
+    };
+    if (r->key_len >= 0)
+        values[4] = to_bytea(r->key, r->key_len);
+    else
+        nulls[4] = 'n';
+    if (r->value_len >= 0)
+        values[5] = to_bytea(r->value, r->value_len);
+    else
+        nulls[5] = 'n';
+    values[6] = CStringGetTextDatum(headers->as_json.empty() ? "{}" : headers->as_json.c_str());
+    values[7] = CStringGetTextDatum(error);
+    if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "kafka_sync could not store a dead letter");
+}
+
+char *describe_error(ErrorData *edata) {
+    StringInfoData s;
+    initStringInfo(&s);
+    appendStringInfoString(&s, edata->message ? edata->message : "unknown error");
+    if (edata->detail)
+        appendStringInfo(&s, " (%s)", edata->detail);
+    if (edata->context)
+        appendStringInfo(&s, "; %s", edata->context);
+    return s.data;
+}
+
+void save_progress(const ApplyContext *ctx, int64 next_offset) {
+    static SPIPlanPtr plan = nullptr;
+    if (!plan) {
+        Oid types[6] = {TEXTOID, INT8OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, INT8OID};
+        plan = keep("UPDATE kafka_sync.subscription SET next_offset = $2, "
+                    "last_applied_lsn = coalesce($3, last_applied_lsn), "
+                    "last_source_commit = coalesce($4, last_source_commit), last_applied_at = now(), "
+                    "rows_applied = rows_applied + $5, conflicts = conflicts + $6 WHERE sub_name = $1",
+                    6, types);
+    }
+    Datum values[6];
+    char nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+    values[0] = CStringGetTextDatum(ctx->sub->name);
+    values[1] = Int64GetDatum(next_offset);
+    values[2] = LSNGetDatum(ctx->max_lsn);
+    nulls[2] = ctx->max_lsn ? ' ' : 'n';
+    values[3] = TimestampTzGetDatum(unix_ms_to_timestamptz(ctx->max_lsn_commit_ms));
+    nulls[3] = ctx->max_lsn_commit_ms ? ' ' : 'n';
+    values[4] = Int64GetDatum(ctx->counters.applied);
+    values[5] = Int64GetDatum(ctx->counters.conflicts);
+    if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "kafka_sync could not record the progress of subscription %s", ctx->sub->name);
+}
+
+void deconstruct(ArrayType *arr, Oid type, const char *what, int expected, Datum **values, bool **nulls) {
+    int n;
+    int16 typlen;
+    bool typbyval;
+    char typalign;
+    get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+    deconstruct_array(arr, type, typlen, typbyval, typalign, values, nulls, &n);
+    if (n != expected)
+        ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+                        errmsg("apply_chunk: %s has %d elements, offsets has %d", what, n, expected)));
+}
+
+} // namespace
+
+extern "C" {
+
+/*
+ * apply_chunk(sub_name text, offsets int8[], keys bytea[], vals bytea[],
+ *             headers bytea[], careful bool,
+ *             OUT applied int8, OUT skipped int8, OUT conflicts int8,
+ *             OUT dead_letters int8, OUT failed_offset int8, OUT failed_error text)
+ */
+Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
+    if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_chunk arguments must not be null")));
+    if (!IsTransactionBlock())
+        ereport(ERROR, (errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+                        errmsg("kafka_sync.apply_chunk() must run inside a transaction block"),
+                        errdetail("A source transaction is applied whole, in one local transaction.")));
+    char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+    ArrayType *offsets_arr = PG_GETARG_ARRAYTYPE_P(1);
+    const int n = ArrayGetNItems(ARR_NDIM(offsets_arr), ARR_DIMS(offsets_arr));
+    Datum *offsets, *keys, *vals, *hdrs;
+    bool *offset_nulls, *key_nulls, *val_nulls, *hdr_nulls;
+    deconstruct(offsets_arr, INT8OID, "offsets", n, &offsets, &offset_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(2), BYTEAOID, "keys", n, &keys, &key_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(3), BYTEAOID, "vals", n, &vals, &val_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(4), BYTEAOID, "headers", n, &hdrs, &hdr_nulls);
+    const bool careful = !PG_ARGISNULL(5) && PG_GETARG_BOOL(5);
+
+    TupleDesc tupdesc;
+    if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "return type must be a row type");
+
+    MemoryContext call_context = CurrentMemoryContext;
+    SPI_connect();
+    ApplyContext ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.sub = load_subscription(sub_name);
+    ctx.careful = careful;
+    use_origin(ctx.sub);
+    ctx.progress = replorigin_session_get_progress(false);
+    ctx.record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
+    ctx.call_context = call_context;
+
+    ErrorContextCallback errcallback;
+    errcallback.callback = apply_error_context;
+    errcallback.arg = &ctx;
+    errcallback.previous = error_context_stack;
+    error_context_stack = &errcallback;
+
+    int64 dead = 0;
+    int64 next_offset = -1;
+    bool failed = false;
+    int64 failed_offset = 0;
+    char *failed_error = nullptr;
+    for (int i = 0; i < n; i++) {
+        if (offset_nulls[i])
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_chunk: offsets must not be null")));
+        ChunkRecord r;
+        r.offset = DatumGetInt64(offsets[i]);
+        r.key = key_nulls[i] ? nullptr : VARDATA_ANY(DatumGetByteaPP(keys[i]));
+        r.key_len = key_nulls[i] ? -1 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(keys[i]));
+        r.value = val_nulls[i] ? nullptr : VARDATA_ANY(DatumGetByteaPP(vals[i]));
+        r.value_len = val_nulls[i] ? -1 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(vals[i]));
+        r.headers = hdr_nulls[i] ? "" : VARDATA_ANY(DatumGetByteaPP(hdrs[i]));
+        r.headers_len = hdr_nulls[i] ? 0 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(hdrs[i]));
+        ctx.current = &r;
+        MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
+        if (!careful) {
+            apply_record(&ctx);
+        } else {
+            ErrorData *edata = kafka_sync::run_in_subtransaction(apply_record, &ctx);
+            if (edata) {
+                MemoryContextSwitchTo(call_context);
+                char *message = describe_error(edata);
+                if (!ctx.sub->skip_on_error) {
+                    /* pause: the sidecar rolls back and records the failure */
+                    failed = true;
+                    failed_offset = r.offset;
+                    failed_error = message;
+                    MemoryContextSwitchTo(old);
+                    break;
+                }
+                ctx.current = nullptr;
+                insert_dead_letter(ctx.sub, &r, message);
+                dead++;
+            }
+        }
+        MemoryContextSwitchTo(old);
+        MemoryContextReset(ctx.record_context);
+        next_offset = Max(next_offset, r.offset + 1);
+        ctx.current = nullptr;
+    }
+    if (!failed) {
+        flush_truncates(&ctx);
+        if (next_offset >= 0)
+            save_progress(&ctx, next_offset);
+        if (ctx.max_lsn) {
+            /* recorded with the commit of this local transaction */
+            replorigin_session_origin_lsn = ctx.max_lsn;
+            replorigin_session_origin_timestamp = unix_ms_to_timestamptz(ctx.max_lsn_commit_ms);
+        }
+    }
+    error_context_stack = errcallback.previous;
+
+    MemoryContext spi_context = MemoryContextSwitchTo(call_context);
+    Datum values[6];
+    bool nulls[6] = {false, false, false, false, !failed, !failed};
+    values[0] = Int64GetDatum(ctx.counters.applied);
+    values[1] = Int64GetDatum(ctx.counters.skipped);
+    values[2] = Int64GetDatum(ctx.counters.conflicts);
+    values[3] = Int64GetDatum(dead);
+    values[4] = Int64GetDatum(failed_offset);
+    values[5] = failed ? CStringGetTextDatum(failed_error) : (Datum)0;
+    HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
+    MemoryContextSwitchTo(spi_context);
+    SPI_finish();
+    PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}
+
+/*
+ * record_failure(sub_name text, kafka_offset int8, key bytea, value bytea,
+ *                headers bytea, error text): keeps the record that could not
+ * be applied and pauses the subscription (on_error = 'pause').
+ */
+Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
+    if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(5))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                        errmsg("record_failure needs a subscription, an offset and an error")));
+    char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+    ChunkRecord r;
+    r.offset = PG_GETARG_INT64(1);
+    bytea *key = PG_ARGISNULL(2) ? nullptr : PG_GETARG_BYTEA_PP(2);
+    bytea *value = PG_ARGISNULL(3) ? nullptr : PG_GETARG_BYTEA_PP(3);
+    bytea *headers = PG_ARGISNULL(4) ? nullptr : PG_GETARG_BYTEA_PP(4);
+    r.key = key ? VARDATA_ANY(key) : nullptr;
+    r.key_len = key ? (int)VARSIZE_ANY_EXHDR(key) : -1;
+    r.value = value ? VARDATA_ANY(value) : nullptr;
+    r.value_len = value ? (int)VARSIZE_ANY_EXHDR(value) : -1;
+    r.headers = headers ? VARDATA_ANY(headers) : "";
+    r.headers_len = headers ? (int)VARSIZE_ANY_EXHDR(headers) : 0;
+    char *error = text_to_cstring(PG_GETARG_TEXT_PP(5));
+
+    SPI_connect();
+    Subscription *sub = load_subscription(sub_name);
+    insert_dead_letter(sub, &r, error);
+    Oid types[2] = {TEXTOID, TEXTOID};
+    Datum args[2] = {CStringGetTextDatum(sub_name), CStringGetTextDatum(error)};
+    if (SPI_execute_with_args("UPDATE kafka_sync.subscription SET enabled = false, paused_by_error = true, "
+                              "last_error = $2, last_error_at = now() WHERE sub_name = $1",
+                              2, types, args, nullptr, false, 0) != SPI_OK_UPDATE ||
+        SPI_execute_with_args("SELECT pg_notify('kafka_sync_subscriptions', $1)", 1, types, args, nullptr, false,
+                              0) != SPI_OK_SELECT)
+        elog(ERROR, "kafka_sync could not pause subscription %s", sub_name);
+    SPI_finish();
+    PG_RETURN_VOID();
+}
+}

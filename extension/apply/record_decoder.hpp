@@ -1,0 +1,70 @@
+// Decoding of incoming Kafka records (value JSON and headers) for the apply
+// side. Pure C++ with jansson, no PostgreSQL headers, unit-tested.
+//
+// Input is whatever a peer topic holds, including hostile bytes: every
+// failure is a returned error message, never an exception escaping, never a
+// crash. The decoded strings point into the decoder's own storage, so the
+// decoder must outlive their use (the apply side ties its lifetime to a
+// PostgreSQL memory context).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+typedef struct json_t json_t;
+
+namespace kafka_sync {
+
+struct DecodedColumn {
+    const char *name;
+    const char *value; // nullptr: SQL NULL
+};
+
+struct DecodedRecord {
+    char op = 0; // c u d r t
+    const char *schema = nullptr;
+    const char *table = nullptr;
+    const char *origin = nullptr; // source.origin (or source.name)
+    bool has_before = false;
+    bool has_after = false;
+    std::vector<DecodedColumn> before;
+    std::vector<DecodedColumn> after;
+};
+
+struct DecodedHeaders {
+    bool has_lsn = false;
+    uint64_t lsn = 0;
+    bool has_commit_ts = false;
+    int64_t commit_ts_ms = 0;
+    std::string origin;       // empty when absent
+    std::string as_json;      // every header, for dead letters
+};
+
+class RecordDecoder {
+  public:
+    RecordDecoder() = default;
+    ~RecordDecoder();
+    RecordDecoder(const RecordDecoder &) = delete;
+    RecordDecoder &operator=(const RecordDecoder &) = delete;
+
+    // Decodes a change-event value (Debezium envelope, with or without the
+    // Kafka Connect schema wrapper). Returns false with error set.
+    bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error) noexcept;
+
+  private:
+    bool read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error);
+    json_t *root_ = nullptr;
+    std::deque<std::string> owned_; // texts of non-string JSON values (stable addresses)
+};
+
+// Headers as the sidecar passes them: repeated (u32 BE name length, name,
+// u32 BE value length or 0xFFFFFFFF for null, value).
+bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error) noexcept;
+
+// "16/B374D848" -> LSN; false when malformed.
+bool parse_lsn(const std::string &text, uint64_t &out);
+
+} // namespace kafka_sync

@@ -1,0 +1,422 @@
+// Applying one decoded change to a local table (see table_apply.hpp).
+#include "apply/table_apply.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "nodes/bitmapset.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+}
+
+namespace {
+
+/* Per target table: names, key, input functions. */
+struct TargetInfo {
+    Oid relid; /* hash key */
+    bool valid;
+    char *qualified_name; /* quoted schema.table */
+    int natts;
+    char **quoted_names;   /* by attnum - 1; NULL for dropped/generated */
+    Oid *types;
+    FmgrInfo *in_funcs;
+    Oid *ioparams;
+    int32 *typmods;
+    int nkeys;
+    AttrNumber *key_attnums; /* primary key (or replica identity index) */
+};
+
+constexpr int kPlanKeyLen = 512;
+struct PlanEntry {
+    char key[kPlanKeyLen]; /* "relid:op:attnums" */
+    SPIPlanPtr plan;
+};
+
+MemoryContext apply_cache_context = nullptr;
+HTAB *targets = nullptr;
+HTAB *plans = nullptr;
+
+void forget_plans_of(Oid relid) {
+    if (!plans)
+        return;
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "%u:", relid);
+    HASH_SEQ_STATUS status;
+    hash_seq_init(&status, plans);
+    while (auto *p = static_cast<PlanEntry *>(hash_seq_search(&status))) {
+        if (relid == InvalidOid || strncmp(p->key, prefix, strlen(prefix)) == 0) {
+            SPI_freeplan(p->plan);
+            hash_search(plans, p->key, HASH_REMOVE, nullptr);
+        }
+    }
+}
+
+/* Only mark: rebuilt (and plans freed) on next use, outside any SPI call. */
+void invalidate_target(Datum, Oid relid) {
+    if (!targets)
+        return;
+    HASH_SEQ_STATUS status;
+    hash_seq_init(&status, targets);
+    while (auto *t = static_cast<TargetInfo *>(hash_seq_search(&status)))
+        if (relid == InvalidOid || t->relid == relid)
+            t->valid = false;
+}
+
+void ensure_caches() {
+    if (targets)
+        return;
+    apply_cache_context = AllocSetContextCreate(CacheMemoryContext, "kafka_sync apply cache", ALLOCSET_DEFAULT_SIZES);
+    HASHCTL ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.keysize = sizeof(Oid);
+    ctl.entrysize = sizeof(TargetInfo);
+    ctl.hcxt = apply_cache_context;
+    targets = hash_create("kafka_sync apply targets", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.keysize = kPlanKeyLen;
+    ctl.entrysize = sizeof(PlanEntry);
+    ctl.hcxt = apply_cache_context;
+    plans = hash_create("kafka_sync apply plans", 256, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+    CacheRegisterRelcacheCallback(invalidate_target, (Datum)0);
+}
+
+void build_target(TargetInfo *t) {
+    forget_plans_of(t->relid);
+    Relation rel = table_open(t->relid, RowExclusiveLock);
+    TupleDesc desc = RelationGetDescr(rel);
+    MemoryContext old = MemoryContextSwitchTo(apply_cache_context);
+    t->qualified_name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+                                                   RelationGetRelationName(rel));
+    t->natts = desc->natts;
+    t->quoted_names = static_cast<char **>(palloc0(sizeof(char *) * Max(desc->natts, 1)));
+    t->types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
+    t->in_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(desc->natts, 1)));
+    t->ioparams = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
+    t->typmods = static_cast<int32 *>(palloc0(sizeof(int32) * Max(desc->natts, 1)));
+    for (int i = 0; i < desc->natts; i++) {
+        Form_pg_attribute att = TupleDescAttr(desc, i);
+        if (att->attisdropped || att->attgenerated)
+            continue;
+        t->quoted_names[i] = pstrdup(quote_identifier(NameStr(att->attname)));
+        t->types[i] = att->atttypid;
+        t->typmods[i] = att->atttypmod;
+        Oid infunc;
+        getTypeInputInfo(att->atttypid, &infunc, &t->ioparams[i]);
+        fmgr_info_cxt(infunc, &t->in_funcs[i], apply_cache_context);
+    }
+    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    if (bms_is_empty(keys))
+        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+    t->nkeys = bms_num_members(keys);
+    t->key_attnums = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * Max(t->nkeys, 1)));
+    int k = 0, member = -1;
+    while ((member = bms_next_member(keys, member)) >= 0)
+        t->key_attnums[k++] = member + FirstLowInvalidHeapAttributeNumber;
+    MemoryContextSwitchTo(old);
+    table_close(rel, NoLock); /* keep the lock until the end of the transaction */
+    t->valid = true;
+}
+
+TargetInfo *target_for(Oid relid) {
+    ensure_caches();
+    bool found;
+    auto *t = static_cast<TargetInfo *>(hash_search(targets, &relid, HASH_ENTER, &found));
+    if (!found) {
+        memset(reinterpret_cast<char *>(t) + sizeof(Oid), 0, sizeof(TargetInfo) - sizeof(Oid));
+        t->relid = relid;
+    }
+    if (!t->valid)
+        build_target(t);
+    return t;
+}
+
+/* One column of a statement: attnum and its text value. */
+struct ColumnParam {
+    AttrNumber attnum;
+    const char *value;
+};
+
+AttrNumber column_attnum(TargetInfo *t, const char *name) {
+    AttrNumber attnum = get_attnum(t->relid, name);
+    if (attnum == InvalidAttrNumber || attnum < 1)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("column \"%s\" of the record does not exist in table %s", name, t->qualified_name),
+                        errhint("Tables must have the same columns on every node.")));
+    return attnum;
+}
+
+/* Columns of a row image that exist (and are writable) here. */
+List *row_params(TargetInfo *t, const std::vector<kafka_sync::DecodedColumn> &row) {
+    List *params = NIL;
+    for (const auto &col : row) {
+        AttrNumber attnum = column_attnum(t, col.name);
+        if (!t->quoted_names[attnum - 1])
+            continue; /* generated column: computed here */
+        auto *p = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        p->attnum = attnum;
+        p->value = col.value;
+        params = lappend(params, p);
+    }
+    return params;
+}
+
+bool is_key(TargetInfo *t, AttrNumber attnum) {
+    for (int i = 0; i < t->nkeys; i++)
+        if (t->key_attnums[i] == attnum)
+            return true;
+    return false;
+}
+
+/* Key values from a row image: all key columns must be present. */
+List *key_params(TargetInfo *t, List *row, bool required) {
+    List *keys = NIL;
+    for (int i = 0; i < t->nkeys; i++) {
+        ColumnParam *found = nullptr;
+        ListCell *lc;
+        foreach (lc, row) {
+            auto *p = static_cast<ColumnParam *>(lfirst(lc));
+            if (p->attnum == t->key_attnums[i])
+                found = p;
+        }
+        if (!found) {
+            if (!required)
+                return NIL;
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("the record lacks key column %s of table %s",
+                                   t->quoted_names[t->key_attnums[i] - 1], t->qualified_name)));
+        }
+        keys = lappend(keys, found);
+    }
+    return keys;
+}
+
+void append_plan_key(StringInfo key, List *params) {
+    ListCell *lc;
+    foreach (lc, params)
+        appendStringInfo(key, "%d,", static_cast<ColumnParam *>(lfirst(lc))->attnum);
+    appendStringInfoChar(key, ';');
+}
+
+/*
+ * Runs sql (built only when not cached) with params = set ++ where, typed as
+ * their columns. Returns the number of rows processed; *first_bool receives
+ * the first column of the first returned row when the statement returns one.
+ */
+uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetInfo *, List *, List *, StringInfo),
+           bool *first_bool) {
+    StringInfoData key;
+    initStringInfo(&key);
+    appendStringInfo(&key, "%u:%c:", t->relid, op);
+    append_plan_key(&key, set);
+    append_plan_key(&key, where);
+
+    const int nparams = list_length(set) + list_length(where);
+    List *all = list_concat_copy(set, where);
+    PlanEntry *entry = nullptr;
+    SPIPlanPtr plan = nullptr;
+    const bool cacheable = key.len < kPlanKeyLen;
+    if (cacheable)
+        entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_FIND, nullptr));
+    if (entry) {
+        plan = entry->plan;
+    } else {
+        StringInfoData sql;
+        initStringInfo(&sql);
+        build(t, set, where, &sql);
+        Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * Max(nparams, 1)));
+        int i = 0;
+        ListCell *lc;
+        foreach (lc, all)
+            types[i++] = t->types[static_cast<ColumnParam *>(lfirst(lc))->attnum - 1];
+        plan = SPI_prepare(sql.data, nparams, types);
+        if (!plan)
+            elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
+        if (cacheable) {
+            SPI_keepplan(plan);
+            entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_ENTER, nullptr));
+            entry->plan = plan;
+        }
+    }
+
+    Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * Max(nparams, 1)));
+    char *nulls = static_cast<char *>(palloc(Max(nparams, 1)));
+    int i = 0;
+    ListCell *lc;
+    foreach (lc, all) {
+        auto *p = static_cast<ColumnParam *>(lfirst(lc));
+        const int a = p->attnum - 1;
+        nulls[i] = p->value ? ' ' : 'n';
+        values[i] = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+        i++;
+    }
+    int rc = SPI_execute_plan(plan, values, nulls, false, 0);
+    if (rc < 0)
+        elog(ERROR, "kafka_sync could not apply a change to %s: %s", t->qualified_name, SPI_result_code_string(rc));
+    if (first_bool && SPI_processed > 0 && SPI_tuptable) {
+        bool isnull;
+        Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        *first_bool = !isnull && DatumGetBool(d);
+    }
+    uint64 processed = SPI_processed;
+    if (!cacheable)
+        SPI_freeplan(plan);
+    return processed;
+}
+
+void append_column_list(TargetInfo *t, List *params, StringInfo sql, const char *sep, const char *fmt, int first_param) {
+    int n = first_param;
+    ListCell *lc;
+    foreach (lc, params) {
+        const char *name = t->quoted_names[static_cast<ColumnParam *>(lfirst(lc))->attnum - 1];
+        if (n > first_param)
+            appendStringInfoString(sql, sep);
+        appendStringInfo(sql, fmt, name, n, name);
+        n++;
+    }
+}
+
+void build_upsert(TargetInfo *t, List *set, List *, StringInfo sql) {
+    appendStringInfo(sql, "INSERT INTO %s (", t->qualified_name);
+    append_column_list(t, set, sql, ", ", "%1$s", 1);
+    appendStringInfoString(sql, ") VALUES (");
+    for (int i = 1; i <= list_length(set); i++)
+        appendStringInfo(sql, "%s$%d", i > 1 ? ", " : "", i);
+    appendStringInfoChar(sql, ')');
+    if (t->nkeys == 0) {
+        appendStringInfoString(sql, " RETURNING true");
+        return;
+    }
+    appendStringInfoString(sql, " ON CONFLICT (");
+    for (int i = 0; i < t->nkeys; i++)
+        appendStringInfo(sql, "%s%s", i > 0 ? ", " : "", t->quoted_names[t->key_attnums[i] - 1]);
+    appendStringInfoString(sql, ") ");
+    bool any_non_key = false;
+    ListCell *lc;
+    foreach (lc, set)
+        any_non_key |= !is_key(t, static_cast<ColumnParam *>(lfirst(lc))->attnum);
+    if (!any_non_key) {
+        appendStringInfoString(sql, "DO NOTHING RETURNING true");
+        return;
+    }
+    appendStringInfoString(sql, "DO UPDATE SET ");
+    bool first = true;
+    foreach (lc, set) {
+        AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
+        if (is_key(t, attnum))
+            continue;
+        const char *name = t->quoted_names[attnum - 1];
+        appendStringInfo(sql, "%s%s = EXCLUDED.%s", first ? "" : ", ", name, name);
+        first = false;
+    }
+    /* xmax = 0 only for a freshly inserted row: tells insert from update */
+    appendStringInfoString(sql, " RETURNING (xmax = 0)");
+}
+
+void build_update(TargetInfo *t, List *set, List *where, StringInfo sql) {
+    appendStringInfo(sql, "UPDATE %s SET ", t->qualified_name);
+    append_column_list(t, set, sql, ", ", "%1$s = $%2$d", 1);
+    appendStringInfoString(sql, " WHERE ");
+    append_column_list(t, where, sql, " AND ", "%1$s = $%2$d", list_length(set) + 1);
+}
+
+void build_delete(TargetInfo *t, List *, List *where, StringInfo sql) {
+    appendStringInfo(sql, "DELETE FROM %s WHERE ", t->qualified_name);
+    append_column_list(t, where, sql, " AND ", "%1$s = $%2$d", 1);
+}
+
+void upsert(TargetInfo *t, List *row, ApplyCounters *counters) {
+    bool inserted = false;
+    uint64 n = run(t, 'i', row, NIL, build_upsert, &inserted);
+    if (n == 0 || !inserted)
+        counters->conflicts++; /* the row existed: applied as an update (or already equal) */
+}
+
+void require_key(TargetInfo *t, const char *what) {
+    if (t->nkeys == 0)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("cannot apply %s to table %s: it has no primary key", what, t->qualified_name),
+                        errhint("Give the table a primary key (the same as on its other nodes).")));
+}
+
+} // namespace
+
+Oid apply_target_relid(const char *schema, const char *table) {
+    if (strcmp(schema, "kafka_sync") == 0 || strcmp(schema, "pg_catalog") == 0 ||
+        strcmp(schema, "information_schema") == 0 || strncmp(schema, "pg_toast", 8) == 0 ||
+        strncmp(schema, "pg_temp", 7) == 0)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("a record may not change table %s.%s", schema, table),
+                        errdetail("System schemas and kafka_sync's own schema are never targets of sync.")));
+    Oid nsp = get_namespace_oid(schema, true);
+    Oid relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+    if (!OidIsValid(relid))
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+                        errmsg("table \"%s\".\"%s\" of the record does not exist here", schema, table),
+                        errhint("Create the table, with the same columns as on the peer, on every node.")));
+    char kind = get_rel_relkind(relid);
+    if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+                        errmsg("\"%s\".\"%s\" is not a table", schema, table)));
+    return relid;
+}
+
+void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, ApplyCounters *counters) {
+    TargetInfo *t = target_for(relid);
+    switch (rec->op) {
+    case 'c':
+    case 'r':
+        upsert(t, row_params(t, rec->after), counters);
+        break;
+    case 'u': {
+        require_key(t, "an UPDATE");
+        List *after = row_params(t, rec->after);
+        List *old_key = rec->has_before ? key_params(t, row_params(t, rec->before), false) : NIL;
+        List *where = old_key != NIL ? old_key : key_params(t, after, true);
+        /* key columns are SET only when the key changes */
+        List *set = NIL;
+        ListCell *lc;
+        foreach (lc, after)
+            if (old_key != NIL || !is_key(t, static_cast<ColumnParam *>(lfirst(lc))->attnum))
+                set = lappend(set, lfirst(lc));
+        if (set == NIL || run(t, 'u', set, where, build_update, nullptr) == 0) {
+            if (set != NIL)
+                counters->conflicts++; /* the row is missing here: insert it */
+            upsert(t, after, counters);
+        }
+        break;
+    }
+    case 'd': {
+        require_key(t, "a DELETE");
+        List *where = key_params(t, row_params(t, rec->before), true);
+        if (run(t, 'd', NIL, where, build_delete, nullptr) == 0)
+            counters->conflicts++; /* already gone */
+        break;
+    }
+    default:
+        elog(ERROR, "kafka_sync: unexpected operation '%c'", rec->op);
+    }
+    counters->applied++;
+}
+
+void apply_truncate(List *relids) {
+    StringInfoData sql;
+    initStringInfo(&sql);
+    appendStringInfoString(&sql, "TRUNCATE ");
+    ListCell *lc;
+    foreach (lc, relids) {
+        TargetInfo *t = target_for(lfirst_oid(lc));
+        appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", t->qualified_name);
+    }
+    int rc = SPI_execute(sql.data, false, 0);
+    if (rc != SPI_OK_UTILITY)
+        elog(ERROR, "kafka_sync could not apply \"%s\": %s", sql.data, SPI_result_code_string(rc));
+}

@@ -1,0 +1,31 @@
+// Applying one decoded change to a local table through SPI.
+//
+// Table and column names from a record are resolved against the catalog
+// (namespace, relation, attribute lookups) and only catalog names, quoted,
+// reach SQL text; values are always parameters, converted by each column's
+// input function. Plans are prepared once per (table, operation, column set)
+// and kept until the table's definition changes.
+#pragma once
+
+#include "apply/record_decoder.hpp"
+
+extern "C" {
+#include "postgres.h"
+
+#include "nodes/pg_list.h"
+}
+
+struct ApplyCounters {
+    int64 applied;
+    int64 skipped;
+    int64 conflicts; /* insert of an existing key, update/delete of a missing row */
+};
+
+/* Resolves the record's table; raises ERROR when it cannot be a target. */
+Oid apply_target_relid(const char *schema, const char *table);
+
+/* Applies a c/u/d/r change to relid; raises ERROR when it cannot. */
+void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, ApplyCounters *counters);
+
+/* TRUNCATE of these tables, in one statement (foreign keys between them). */
+void apply_truncate(List *relids);
