@@ -16,10 +16,7 @@ OBJS        = $(EXT_SRCS:.cpp=.o)
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/extension -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers
-# jansson is linked in statically with its symbols made local: PostgreSQL's
-# own json_object() (the SQL function) would otherwise win the dynamic symbol
-# lookup over jansson's and be called with jansson's arguments.
-SHLIB_LINK  = -lrdkafka -Wl,--exclude-libs,libjansson.a -Wl,-Bstatic -ljansson -Wl,-Bdynamic -lstdc++
+SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
 
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.
 override with_llvm = no
@@ -30,6 +27,14 @@ REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDI
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PostgreSQL's executable exports json_object (an SQL function); a reference
+# to jansson's json_object from kafka_sync.so would bind to it instead. See
+# extension/encode/json_object_new.hpp.
+all: check-symbols
+check-symbols: $(shlib)
+	@if nm -u $(shlib) | grep -qw json_object; then \
+	    echo "kafka_sync.so must not call json_object(); use kafka_sync::json_object_new()"; exit 1; fi
 
 # ---- programs (plain g++, not PGXS) ----
 CXXSTD      = -std=c++17 -O2 -g -Wall -Wextra -Werror
@@ -58,7 +63,7 @@ install-sidecar: $(SIDECAR)
 
 EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) tmp_check results regression.diffs regression.out
 
-.PHONY: test unit-test install-sidecar
+.PHONY: test unit-test install-sidecar check-symbols
 unit-test: $(UNIT_TESTS)
 	./$(UNIT_TESTS)
 

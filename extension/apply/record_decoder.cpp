@@ -1,6 +1,8 @@
 // Decoding of incoming Kafka records (see record_decoder.hpp).
 #include "apply/record_decoder.hpp"
 
+#include "encode/json_object_new.hpp"
+
 #include <jansson.h>
 
 #include <cstdlib>
@@ -171,7 +173,7 @@ bool parse_lsn(const std::string &text, uint64_t &out) {
 
 bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error) noexcept {
     try {
-        json_t *all = json_object();
+        json_t *all = json_object_new();
         if (!all) {
             error = "out of memory";
             return false;

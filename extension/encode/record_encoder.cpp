@@ -5,6 +5,8 @@
 // and this is the hottest loop of the source path.
 #include "encode/record_encoder.hpp"
 
+#include "encode/json_object_new.hpp"
+
 #include <jansson.h>
 
 #include <algorithm>
@@ -41,7 +43,7 @@ void append(json_t *array, json_t *value) {
 }
 
 json_t *field(const char *type, bool optional, const char *name) {
-    json_t *f = checked(json_object());
+    json_t *f = checked(json_object_new());
     set(f, "type", json_string(type));
     set(f, "optional", json_boolean(optional));
     set(f, "field", json_string(name));
@@ -50,14 +52,14 @@ json_t *field(const char *type, bool optional, const char *name) {
 
 json_t *column_field(const ColumnDesc &col) {
     json_t *f = field("string", col.optional, col.name.c_str());
-    json_t *params = checked(json_object());
+    json_t *params = checked(json_object_new());
     set(params, "__debezium.source.column.type", json_string(col.type_name.c_str()));
     set(f, "parameters", params);
     return f;
 }
 
 json_t *row_struct(const TableDesc &desc, bool key_only, const std::string &name, const char *field_name) {
-    json_t *s = checked(json_object());
+    json_t *s = checked(json_object_new());
     set(s, "type", json_string("struct"));
     json_t *fields = checked(json_array());
     for (const auto &col : desc.columns)
@@ -72,7 +74,7 @@ json_t *row_struct(const TableDesc &desc, bool key_only, const std::string &name
 }
 
 json_t *source_struct() {
-    json_t *s = checked(json_object());
+    json_t *s = checked(json_object_new());
     set(s, "type", json_string("struct"));
     json_t *fields = checked(json_array());
     append(fields, field("string", false, "version"));
@@ -94,7 +96,7 @@ json_t *source_struct() {
 }
 
 json_t *transaction_struct() {
-    json_t *s = checked(json_object());
+    json_t *s = checked(json_object_new());
     set(s, "type", json_string("struct"));
     json_t *fields = checked(json_array());
     append(fields, field("string", true, "id"));
@@ -174,7 +176,7 @@ TableEncoder::TableEncoder(TableDesc desc, EncodeOptions options) : desc_(std::m
     if (options_.include_schema) {
         key_schema_ = dump(row_struct(desc_, true, base + ".Key", nullptr));
 
-        json_t *env = checked(json_object());
+        json_t *env = checked(json_object_new());
         JsonPtr env_owner(env);
         set(env, "type", json_string("struct"));
         json_t *fields = checked(json_array());
