@@ -1,0 +1,157 @@
+-- The apply function, called as the sidecar calls it: inside a transaction,
+-- under the peer's replication origin, exactly once per source transaction
+-- (by LSN), with bad records kept in kafka_sync.dead_letters.
+CREATE TABLE user_table (user_id text PRIMARY KEY, user_name text, user_status text);
+CREATE TABLE balances (account int PRIMARY KEY, amount numeric NOT NULL CHECK (amount >= 0));
+CREATE TABLE ledger (id int PRIMARY KEY, account int REFERENCES balances, amount numeric);
+CREATE PUBLICATION kafka_sync FOR ALL TABLES;
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false);
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1');
+-- a slot to show that applied changes are never published again
+SELECT 'init' FROM pg_create_logical_replication_slot('apply_echo', 'kafka_sync');
+
+-- Kafka headers as the sidecar passes them (length-prefixed name/value pairs)
+CREATE FUNCTION hdrs(lsn text, txn_end int DEFAULT NULL, origin text DEFAULT 'chat2') RETURNS bytea
+LANGUAGE sql AS $$
+    SELECT int4send(14) || 'kafka_sync.lsn'::bytea || int4send(octet_length(lsn)) || convert_to(lsn, 'UTF8')
+        || int4send(17) || 'kafka_sync.origin'::bytea || int4send(octet_length(origin)) || convert_to(origin, 'UTF8')
+        || int4send(20) || 'kafka_sync.commit_ts'::bytea || int4send(13) || '1700000000000'::bytea
+        || CASE WHEN txn_end IS NULL THEN ''::bytea
+           ELSE int4send(18) || 'kafka_sync.txn_end'::bytea || int4send(octet_length(txn_end::text)) || convert_to(txn_end::text, 'UTF8') END
+$$;
+CREATE FUNCTION ev(op text, tbl text, before jsonb, after jsonb, origin text DEFAULT 'chat2',
+                   sch text DEFAULT 'public') RETURNS bytea
+LANGUAGE sql AS $$
+    SELECT convert_to(jsonb_build_object('op', op, 'before', before, 'after', after,
+        'source', jsonb_build_object('connector', 'kafka_sync', 'name', origin, 'origin', origin,
+                                     'schema', sch, 'table', tbl))::text, 'UTF8')
+$$;
+CREATE VIEW progress AS
+SELECT applied_offset, last_applied_lsn, rows_applied, conflicts, dead_letters,
+       (SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2') AS origin_lsn
+FROM kafka_sync.subscription_status;
+
+-- must run inside a transaction block
+SELECT * FROM kafka_sync.apply_chunk('from_chat2', '{0}', '{NULL}', ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u1"}')], ARRAY[hdrs('0/100', 1)], false);
+
+-- one source transaction, two records (with a name full of quotes and semicolons as a value)
+BEGIN;
+SELECT * FROM kafka_sync.apply_chunk('from_chat2', '{0,1}', '{NULL,NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u1", "user_name": "Ann", "user_status": "online"}'),
+          ev('c', 'user_table', NULL, '{"user_id": "u2", "user_name": "Bob\"; DROP TABLE user_table; --", "user_status": null}')],
+    ARRAY[hdrs('0/100'), hdrs('0/100', 2)], false);
+COMMIT;
+SELECT * FROM user_table ORDER BY user_id;
+SELECT * FROM progress;
+
+-- update, key change, delete
+BEGIN;
+SELECT applied, skipped, conflicts FROM kafka_sync.apply_chunk('from_chat2', '{2,3,4}', '{NULL,NULL,NULL}',
+    ARRAY[ev('u', 'user_table', NULL, '{"user_id": "u1", "user_name": "Ann", "user_status": "away"}'),
+          ev('u', 'user_table', '{"user_id": "u2"}', '{"user_id": "u2b", "user_name": "Bob", "user_status": "online"}'),
+          ev('d', 'user_table', '{"user_id": "u1"}', NULL)],
+    ARRAY[hdrs('0/200'), hdrs('0/200'), hdrs('0/200', 3)], false);
+COMMIT;
+SELECT * FROM user_table ORDER BY user_id;
+
+-- the same transaction again (a duplicate in the topic): skipped by LSN
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{5}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u1", "user_name": "again"}')], ARRAY[hdrs('0/200', 1)], false);
+COMMIT;
+SELECT * FROM user_table ORDER BY user_id;
+SELECT * FROM progress;
+
+-- a rolled-back local transaction leaves no trace: neither rows nor progress
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{6}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u7"}')], ARRAY[hdrs('0/300', 1)], false);
+ROLLBACK;
+SELECT count(*) AS u7_rows FROM user_table WHERE user_id = 'u7';
+SELECT * FROM progress;
+
+-- existing row on insert, missing row on update/delete: upsert / no-op, counted
+BEGIN;
+SELECT applied, conflicts FROM kafka_sync.apply_chunk('from_chat2', '{6,7,8}', '{NULL,NULL,NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u2b", "user_name": "Bobby"}'),
+          ev('u', 'user_table', NULL, '{"user_id": "u8", "user_name": "Newcomer"}'),
+          ev('d', 'user_table', '{"user_id": "nobody"}', NULL)],
+    ARRAY[hdrs('0/300'), hdrs('0/300'), hdrs('0/300', 3)], false);
+COMMIT;
+SELECT * FROM user_table ORDER BY user_id;
+
+-- tombstones are skipped
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{9}', '{NULL}', '{NULL}', ARRAY[hdrs('0/400', 1)], false);
+COMMIT;
+
+-- a whole source transaction over two tables, and truncate
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{10,11}', '{NULL,NULL}',
+    ARRAY[ev('c', 'balances', NULL, '{"account": "1", "amount": "100"}'),
+          ev('c', 'ledger', NULL, '{"id": "1", "account": "1", "amount": "100"}')],
+    ARRAY[hdrs('0/500'), hdrs('0/500', 2)], false);
+COMMIT;
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{12,13}', '{NULL,NULL}',
+    ARRAY[ev('t', 'ledger', NULL, NULL), ev('t', 'balances', NULL, NULL)],
+    ARRAY[hdrs('0/600'), hdrs('0/600', 2)], false);
+COMMIT;
+SELECT (SELECT count(*) FROM balances) AS balances, (SELECT count(*) FROM ledger) AS ledger;
+
+-- bad records: in normal mode the chunk fails (the sidecar then retries carefully)
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{14}', '{NULL}', ARRAY['\x00ff6761726261676500'::bytea], '{NULL}', false);
+ROLLBACK;
+-- careful mode, on_error = pause: nothing is applied, the failure is returned
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{14,15}', '{NULL,NULL}',
+    ARRAY['\x00ff6761726261676500'::bytea, ev('c', 'user_table', NULL, '{"user_id": "u15"}')],
+    ARRAY[NULL, hdrs('0/700', 1)], true);
+ROLLBACK;
+-- careful mode, on_error = skip: each bad record lands in dead_letters, good ones apply
+UPDATE kafka_sync.subscription SET on_error = 'skip';
+BEGIN;
+SELECT applied, dead_letters, failed_offset FROM kafka_sync.apply_chunk('from_chat2',
+    '{14,15,16,17,18,19,20,21}', '{NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL}',
+    ARRAY['\x00ff6761726261676500'::bytea,                                                  -- garbage
+          convert_to('{"op": "c"}', 'UTF8'),                                                -- not a change event
+          ev('c', 'no_such_table', NULL, '{"id": "1"}'),                                    -- unknown table
+          ev('c', 'user_table', NULL, '{"user_id": "x", "na\"me; DROP TABLE ledger": "1"}'), -- unknown column
+          ev('c', 'balances', NULL, '{"account": "not a number", "amount": "1"}'),          -- type input error
+          ev('c', 'balances', NULL, '{"account": "2", "amount": "-5"}'),                    -- constraint violation
+          ev('c', 'subscription', NULL, '{"sub_name": "evil"}', sch => 'kafka_sync'),       -- our own tables: never
+          ev('c', 'user_table', NULL, '{"user_id": "u21"}')],
+    ARRAY[NULL, hdrs('0/800'), hdrs('0/800'), hdrs('0/800'), hdrs('0/800'), hdrs('0/800'), hdrs('0/800'), hdrs('0/800', 8)], true);
+COMMIT;
+SELECT kafka_offset, error FROM kafka_sync.dead_letters ORDER BY kafka_offset;
+SELECT * FROM user_table WHERE user_id IN ('x', 'u21');
+SELECT * FROM progress;
+
+-- the apply side refuses a record that originated at this node
+UPDATE kafka_sync.subscription SET on_error = 'pause';
+BEGIN;
+SELECT failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{22}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "loop"}', origin => 'chat1')], ARRAY[hdrs('0/900', 1, origin => 'chat1')], true);
+ROLLBACK;
+
+-- record_failure keeps the record and pauses the subscription
+SELECT kafka_sync.record_failure('from_chat2', 22, NULL, ev('c', 'user_table', NULL, '{"user_id": "loop"}', origin => 'chat1'),
+    hdrs('0/900', 1, origin => 'chat1'), 'the record originated at this node (chat1)');
+SELECT name, state, last_error, dead_letters FROM kafka_sync.subscription_status;
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{23}', '{NULL}', ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u23"}')], ARRAY[hdrs('0/a00', 1)], false);
+ROLLBACK;
+SELECT kafka_sync.resume_subscription('from_chat2', skip_failed => true);
+SELECT name, state, applied_offset FROM kafka_sync.subscription_status;
+
+-- nothing applied above was published again: it all carried the origin
+SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
+
+SELECT pg_drop_replication_slot('apply_echo');
+SELECT kafka_sync.drop_subscription('from_chat2');
+SELECT kafka_sync.drop_node();
+DROP VIEW progress;
+DROP FUNCTION hdrs, ev;
+DROP TABLE user_table, ledger, balances;
+DROP PUBLICATION kafka_sync;

@@ -1,0 +1,50 @@
+-- The subscription SQL API: argument checks, one subscription per peer,
+-- pause/resume, superuser-only management, secrets out of the status view.
+CREATE PUBLICATION kafka_sync FOR ALL TABLES;
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false);
+
+SELECT kafka_sync.create_subscription('Bad Name', 'chat2', 'localhost:1');
+SELECT kafka_sync.create_subscription('from_chat2', 'Chat2', 'localhost:1');
+SELECT kafka_sync.create_subscription('from_self', 'chat1', 'localhost:1');
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', '');
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', start => 'yesterday');
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', on_error => 'ignore');
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', kafka_config => '{"fetch.wait.max.mss": 1}');
+
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1',
+    kafka_config => '{"sasl.password": "hunter2"}');
+SELECT kafka_sync.create_subscription('from_chat2', 'chat3', 'localhost:1');
+SELECT kafka_sync.create_subscription('again_chat2', 'chat2', 'localhost:1');
+SELECT kafka_sync.create_subscription('from_chat3', 'chat3', 'localhost:1', start => 'latest', on_error => 'skip');
+SELECT roname FROM pg_replication_origin ORDER BY roname;
+SELECT name, peer, topic, state, applied_offset, rows_applied, dead_letters FROM kafka_sync.subscription_status ORDER BY name;
+
+SELECT kafka_sync.pause_subscription('from_chat2');
+SELECT kafka_sync.pause_subscription('nope');
+SELECT name, state FROM kafka_sync.subscription_status ORDER BY name;
+SELECT sub_name FROM kafka_sync.sidecar_subscriptions();
+SELECT kafka_sync.resume_subscription('from_chat2', skip_failed => true);
+SELECT kafka_sync.resume_subscription('from_chat2');
+SELECT name, state FROM kafka_sync.subscription_status ORDER BY name;
+
+-- a non-superuser can neither manage subscriptions nor read their settings
+CREATE ROLE kafka_sync_sub_tester;
+SET ROLE kafka_sync_sub_tester;
+SELECT kafka_sync.create_subscription('x', 'chat9', 'localhost:1');
+SELECT kafka_sync.drop_subscription('from_chat2');
+SELECT * FROM kafka_sync.subscription;
+SELECT * FROM kafka_sync.sidecar_subscriptions();
+SELECT * FROM kafka_sync.dead_letters;
+RESET ROLE;
+GRANT pg_monitor TO kafka_sync_sub_tester;
+SET ROLE kafka_sync_sub_tester;
+SELECT count(*) AS rows_mentioning_the_password FROM kafka_sync.subscription_status s WHERE s::text LIKE '%hunter2%';
+RESET ROLE;
+DROP ROLE kafka_sync_sub_tester;
+
+SELECT kafka_sync.drop_subscription('from_chat2');
+SELECT kafka_sync.drop_subscription('from_chat2');
+SELECT kafka_sync.drop_subscription('from_chat3');
+SELECT roname FROM pg_replication_origin ORDER BY roname;
+SELECT kafka_sync.drop_node();
+DROP PUBLICATION kafka_sync;
