@@ -44,7 +44,8 @@ UNIT_TESTS  = test/unit/unit_tests
 
 SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp))
 UNIT_SRCS    = $(sort $(wildcard test/unit/*.cpp)) extension/produce/inflight.cpp \
-               extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp
+               extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
+               extension/apply/record_decoder.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS)
 
@@ -54,7 +55,7 @@ $(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp)
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
 	$(CXX) $(CXXSTD) -o $@ $< -lrdkafka -lpthread
 
-$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp)
+$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp extension/apply/record_decoder.hpp)
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(UNIT_SRCS) -lrdkafka -ljansson
 
 install: install-sidecar
@@ -63,9 +64,15 @@ install-sidecar: $(SIDECAR)
 
 EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) tmp_check results regression.diffs regression.out
 
-.PHONY: test unit-test install-sidecar check-symbols
+.PHONY: test unit-test install-sidecar check-symbols demo demo-stop
 unit-test: $(UNIT_TESTS)
 	./$(UNIT_TESTS)
 
 test: all
 	test/run_tests.sh
+
+demo:
+	KAFKA_BROKERS=$(KAFKA_BROKERS) test/demo/demo.sh
+
+demo-stop:
+	test/demo/demo.sh stop

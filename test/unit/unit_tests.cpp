@@ -1,5 +1,6 @@
 // Unit tests of the pure C++ parts: in-flight accounting, record encoding,
 // kafka_config validation. No PostgreSQL, no Kafka: run with `make unit-test`.
+#include "apply/record_decoder.hpp"
 #include "encode/record_encoder.hpp"
 #include "produce/inflight.hpp"
 #include "produce/kafka_config.hpp"
@@ -250,6 +251,95 @@ void kafka_config_rejects_typos_and_fixed_properties_without_leaking_secrets() {
     CHECK(!is_secret_config_key("linger.ms"));
 }
 
+std::string header_bytes(const std::vector<std::pair<std::string, const char *>> &h) {
+    std::string out;
+    auto u32 = [&](uint32_t n) {
+        for (int shift = 24; shift >= 0; shift -= 8)
+            out.push_back(static_cast<char>((n >> shift) & 0xff));
+    };
+    for (const auto &[k, v] : h) {
+        u32(static_cast<uint32_t>(k.size()));
+        out += k;
+        if (!v) {
+            u32(0xffffffffU);
+            continue;
+        }
+        u32(static_cast<uint32_t>(strlen(v)));
+        out += v;
+    }
+    return out;
+}
+
+void decoder_reads_what_the_encoder_writes() {
+    for (bool with_schema : {true, false}) {
+        EncodeOptions opts;
+        opts.include_schema = with_schema;
+        TableEncoder enc(users_table(), opts);
+        FieldValue vals[3] = {{FieldValue::State::Present, "u\"1", 3},
+                              {FieldValue::State::Null, nullptr, 0},
+                              {FieldValue::State::Absent, nullptr, 0}};
+        RowImage row{vals, 3};
+        ChangeEvent ev;
+        ev.op = Op::Update;
+        ev.after = &row;
+        std::string value;
+        enc.encode_value(ev, value);
+        RecordDecoder dec;
+        DecodedRecord rec;
+        std::string err;
+        CHECK(dec.decode_value(value.data(), value.size(), rec, err));
+        CHECK(rec.op == 'u');
+        CHECK(std::string(rec.table) == "user_table" && std::string(rec.schema) == "public");
+        CHECK(std::string(rec.origin) == "chat1");
+        CHECK(!rec.has_before && rec.has_after);
+        CHECK(rec.after.size() == 2); // the absent (unchanged TOAST) column stays absent
+        CHECK(std::string(rec.after[0].value) == "u\"1");
+        CHECK(rec.after[1].value == nullptr);
+    }
+}
+
+void decoder_rejects_hostile_values_with_a_message() {
+    const char *bad[] = {"", "\x00\xff garbage", "[1,2]", "{\"op\":\"x\"}", "{\"op\":\"c\"}",
+                         "{\"op\":\"c\",\"source\":{\"schema\":\"public\",\"table\":\"t\"}}",
+                         "{\"op\":\"d\",\"source\":{\"schema\":\"public\",\"table\":\"t\"},\"before\":null}",
+                         "{\"op\":\"c\",\"op\":\"c\"}"};
+    for (const char *v : bad) {
+        RecordDecoder dec;
+        DecodedRecord rec;
+        std::string err;
+        CHECK(!dec.decode_value(v, strlen(v), rec, err));
+        CHECK(!err.empty());
+    }
+    // numbers from a foreign (Debezium) producer become their JSON text
+    const char *debezium = "{\"op\":\"c\",\"source\":{\"schema\":\"s\",\"table\":\"t\"},\"after\":{\"id\":42,\"ok\":true}}";
+    RecordDecoder dec;
+    DecodedRecord rec;
+    std::string err;
+    CHECK(dec.decode_value(debezium, strlen(debezium), rec, err));
+    CHECK(rec.after.size() == 2 && std::string(rec.after[0].value) == "42" && std::string(rec.after[1].value) == "true");
+}
+
+void headers_decode_lsn_and_survive_garbage() {
+    DecodedHeaders h;
+    std::string err;
+    std::string bytes = header_bytes({{"kafka_sync.lsn", "1/A0"}, {"kafka_sync.origin", "chat2"},
+                                      {"kafka_sync.commit_ts", "1700000000123"}, {"other", nullptr}});
+    CHECK(decode_headers(bytes.data(), bytes.size(), h, err));
+    CHECK(h.has_lsn && h.lsn == ((uint64_t(1) << 32) | 0xA0));
+    CHECK(h.has_commit_ts && h.commit_ts_ms == 1700000000123);
+    CHECK(h.origin == "chat2");
+    CHECK(h.as_json.find("\"other\":null") != std::string::npos);
+    DecodedHeaders h2;
+    std::string truncated = bytes.substr(0, bytes.size() - 3);
+    CHECK(!decode_headers(truncated.data(), truncated.size(), h2, err));
+    DecodedHeaders h3;
+    std::string binary = header_bytes({{"bin", "\xff\xfe"}});
+    CHECK(decode_headers(binary.data(), binary.size(), h3, err));
+    CHECK(h3.as_json.find("\\\\xfffe") != std::string::npos);
+    uint64_t lsn;
+    CHECK(!parse_lsn("0/", lsn) && !parse_lsn("x/1", lsn) && !parse_lsn("1/2/3", lsn) && parse_lsn("0/0", lsn));
+}
+
 } // namespace
 
 int main() {
@@ -269,6 +359,9 @@ int main() {
          kafka_config_accepts_librdkafka_properties_and_own_settings},
         {"kafka_config rejects typos and fixed properties without leaking secrets",
          kafka_config_rejects_typos_and_fixed_properties_without_leaking_secrets},
+        {"decoder reads what the encoder writes", decoder_reads_what_the_encoder_writes},
+        {"decoder rejects hostile values with a message", decoder_rejects_hostile_values_with_a_message},
+        {"headers decode the LSN and survive garbage", headers_decode_lsn_and_survive_garbage},
     };
     for (const auto &[name, fn] : tests) {
         int before = failures;

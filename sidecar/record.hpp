@@ -1,0 +1,50 @@
+// A Kafka record as the sidecar carries it from the consumer to apply_chunk:
+// key, value, the headers already encoded for apply_chunk, and the
+// kafka_sync.* headers that decide how records group into source transactions.
+// Pure C++: no librdkafka, no libpq.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kafka_sync_sidecar {
+
+struct KafkaHeader {
+    std::string name;
+    std::optional<std::string> value; // nullopt: a header with a null value
+};
+
+struct Record {
+    int64_t offset = 0;
+    std::optional<std::string> key;   // nullopt: no key
+    std::optional<std::string> value; // nullopt: no value (tombstone)
+    std::string headers;              // every header, encoded by encode_headers()
+
+    // From the kafka_sync.* headers; a record of foreign origin has none.
+    bool has_lsn = false;
+    uint64_t lsn = 0;
+    int64_t seq = 0;         // 1-based position in the transaction, 0 when absent/invalid
+    bool txn_end = false;    // last record of its transaction
+    int64_t txn_records = 0; // the txn_end header's record count, 0 when invalid
+
+    // Memory this record holds, for the chunk size limits.
+    size_t bytes() const { return (key ? key->size() : 0) + (value ? value->size() : 0) + headers.size() + 64; }
+};
+
+// Builds a record; the grouping fields come from the kafka_sync.* headers
+// (the last one wins when a name repeats).
+Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
+                   const std::vector<KafkaHeader> &headers);
+
+// apply_chunk's header encoding: per header, uint32 BE name length, name,
+// uint32 BE value length (0xFFFFFFFF: null value), value.
+std::string encode_headers(const std::vector<KafkaHeader> &headers);
+
+// PostgreSQL's LSN text form "X/X" (hex, each half at most 8 digits).
+bool parse_lsn(const std::string &text, uint64_t &lsn);
+std::string format_lsn(uint64_t lsn);
+
+} // namespace kafka_sync_sidecar
