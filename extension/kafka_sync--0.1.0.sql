@@ -55,6 +55,47 @@ BEGIN
         ARRAY(SELECT value FROM jsonb_each_text(kafka_config) ORDER BY key));
 END $$;
 
+-- Argument checks shared by create_node and create_subscription.
+CREATE FUNCTION kafka_sync._check_node_name(node_name text, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF node_name IS NULL OR node_name !~ '^[a-z0-9_]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid % "%"', what, node_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A node name has 1 to 40 characters: lower-case letters, digits and underscores.';
+    END IF;
+END $$;
+
+CREATE FUNCTION kafka_sync._check_kafka_target(brokers text, topic_prefix text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF brokers IS NULL OR btrim(brokers) = '' THEN
+        RAISE EXCEPTION 'brokers must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the Kafka bootstrap servers, e.g. ''kafka1:9092,kafka2:9092''.';
+    END IF;
+    IF topic_prefix IS NULL OR topic_prefix !~ '^[A-Za-z0-9._-]{1,200}$' THEN
+        RAISE EXCEPTION 'invalid topic prefix "%"', topic_prefix
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Kafka topic names use letters, digits, ".", "_" and "-".';
+    END IF;
+END $$;
+
+-- The node row of this database, or a clear error.
+CREATE FUNCTION kafka_sync._this_node() RETURNS kafka_sync.node
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n kafka_sync.node;
+BEGIN
+    SELECT * INTO n FROM kafka_sync.node FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this database is not a kafka_sync node'
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
+    END IF;
+    RETURN n;
+END $$;
+
 CREATE FUNCTION kafka_sync.create_node(
     node_name    text,
     brokers      text,
@@ -69,21 +110,8 @@ DECLARE
     slot name := 'kafka_sync_' || node_name;
 BEGIN
     PERFORM kafka_sync._check_requirements();
-    IF node_name IS NULL OR node_name !~ '^[a-z0-9_]{1,40}$' THEN
-        RAISE EXCEPTION 'invalid node name "%"', node_name
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A node name has 1 to 40 characters: lower-case letters, digits and underscores.';
-    END IF;
-    IF brokers IS NULL OR btrim(brokers) = '' THEN
-        RAISE EXCEPTION 'brokers must not be empty'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass the Kafka bootstrap servers, e.g. ''kafka1:9092,kafka2:9092''.';
-    END IF;
-    IF topic_prefix IS NULL OR topic_prefix !~ '^[A-Za-z0-9._-]{1,200}$' THEN
-        RAISE EXCEPTION 'invalid topic prefix "%"', topic_prefix
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Kafka topic names use letters, digits, ".", "_" and "-".';
-    END IF;
+    PERFORM kafka_sync._check_node_name(node_name, 'node name');
+    PERFORM kafka_sync._check_kafka_target(brokers, topic_prefix);
     SELECT n.node_name INTO existing FROM kafka_sync.node n;
     IF existing IS NOT NULL THEN
         RAISE EXCEPTION 'this database is already the kafka_sync node "%"', existing
@@ -110,14 +138,8 @@ END $$;
 CREATE FUNCTION kafka_sync.drop_node() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n kafka_sync.node;
+    n kafka_sync.node := kafka_sync._this_node();
 BEGIN
-    SELECT * INTO n FROM kafka_sync.node;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'this database is not a kafka_sync node'
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
-    END IF;
     PERFORM kafka_sync._stop_node_worker(true);
     DELETE FROM kafka_sync.node;
     IF EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n.slot_name) THEN
@@ -130,24 +152,16 @@ END $$;
 CREATE FUNCTION kafka_sync.pause_node() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM kafka_sync._this_node();
     UPDATE kafka_sync.node SET enabled = false;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'this database is not a kafka_sync node'
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
-    END IF;
     PERFORM kafka_sync._stop_node_worker(false);
 END $$;
 
 CREATE FUNCTION kafka_sync.resume_node() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM kafka_sync._this_node();
     UPDATE kafka_sync.node SET enabled = true;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'this database is not a kafka_sync node'
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'Create one with kafka_sync.create_node(node_name, brokers).';
-    END IF;
     PERFORM kafka_sync._node_created();
 END $$;
 
@@ -156,6 +170,9 @@ REVOKE ALL ON FUNCTION kafka_sync.pause_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.resume_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.drop_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_requirements() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._check_node_name(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._check_kafka_target(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._this_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._validate_kafka_config(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_kafka_config(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_publication(name) FROM PUBLIC;
@@ -260,27 +277,14 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'A subscription name has 1 to 63 characters: lower-case letters, digits and underscores.';
     END IF;
-    IF peer_node IS NULL OR peer_node !~ '^[a-z0-9_]{1,40}$' THEN
-        RAISE EXCEPTION 'invalid peer node name "%"', peer_node
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A node name has 1 to 40 characters: lower-case letters, digits and underscores.';
-    END IF;
+    PERFORM kafka_sync._check_node_name(peer_node, 'peer node name');
     SELECT n.node_name INTO local_node FROM kafka_sync.node n;
     IF peer_node = local_node THEN
         RAISE EXCEPTION 'a node cannot subscribe to itself ("%")', peer_node
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Subscribe to the other nodes of the mesh.';
     END IF;
-    IF brokers IS NULL OR btrim(brokers) = '' THEN
-        RAISE EXCEPTION 'brokers must not be empty'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass the Kafka bootstrap servers, e.g. ''kafka1:9092,kafka2:9092''.';
-    END IF;
-    IF topic_prefix IS NULL OR topic_prefix !~ '^[A-Za-z0-9._-]{1,200}$' THEN
-        RAISE EXCEPTION 'invalid topic prefix "%"', topic_prefix
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Kafka topic names use letters, digits, ".", "_" and "-".';
-    END IF;
+    PERFORM kafka_sync._check_kafka_target(brokers, topic_prefix);
     IF start IS NULL OR start !~ '^(earliest|latest|[0-9]{1,18})$' THEN
         RAISE EXCEPTION 'invalid start "%"', start
             USING ERRCODE = 'invalid_parameter_value',

@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- The apply function, called as the sidecar calls it: inside a transaction,
 -- under the peer's replication origin, exactly once per source transaction
 -- (by LSN), with bad records kept in kafka_sync.dead_letters.

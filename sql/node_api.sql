@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- The node SQL API: argument checks with clear errors, one node per
 -- database, secrets kept out of sight, superuser-only management.
 CREATE TABLE chat_users (user_id text PRIMARY KEY, user_name text);

@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- The output plugin on its own: one record per row change, in the Debezium
 -- envelope, read through pg_logical_slot_get_changes. Volatile fields (xid,
 -- LSN, timestamps) are switched off so the output is deterministic.

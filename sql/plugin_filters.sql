@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- Which changes are published: the tables (and columns) of the node's
 -- publication, its publish actions, never kafka_sync's own tables, and never
 -- a change that carries a replication origin (applied from a peer).

@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- Option parsing is strict: unknown or malformed options are errors that say
 -- what is wrong, never silently ignored.
 CREATE PUBLICATION kafka_sync FOR ALL TABLES;

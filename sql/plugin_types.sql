@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- Every value is PostgreSQL's own text output of the column, so every type
 -- round-trips exactly: the "after" image, fed back through each column's
 -- input function, gives back the identical row.

@@ -1,3 +1,4 @@
+\set SHOW_CONTEXT never
 -- The subscription SQL API: argument checks, one subscription per peer,
 -- pause/resume, superuser-only management, secrets out of the status view.
 CREATE PUBLICATION kafka_sync FOR ALL TABLES;

@@ -98,35 +98,19 @@ auto pg_call(F &&f) -> decltype(f()) {
 // value; on an exception, raises ERROR once all of f's objects are destroyed.
 template <typename F>
 auto ks_guard(F &&f) -> decltype(f()) {
-    using R = decltype(f());
     ErrorData *pg_error = nullptr;
     char cpp_message[512];
     cpp_message[0] = '\0';
-    if constexpr (std::is_void_v<R>) {
-        try {
-            f();
-            return;
-        } catch (const PgError &e) {
-            pg_error = e.edata();
-        } catch (const std::bad_alloc &) {
-            strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
-        } catch (const std::exception &e) {
-            strlcpy(cpp_message, e.what(), sizeof(cpp_message));
-        } catch (...) {
-            strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
-        }
-    } else {
-        try {
-            return f();
-        } catch (const PgError &e) {
-            pg_error = e.edata();
-        } catch (const std::bad_alloc &) {
-            strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
-        } catch (const std::exception &e) {
-            strlcpy(cpp_message, e.what(), sizeof(cpp_message));
-        } catch (...) {
-            strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
-        }
+    try {
+        return f(); // also for void f()
+    } catch (const PgError &e) {
+        pg_error = e.edata();
+    } catch (const std::bad_alloc &) {
+        strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
+    } catch (const std::exception &e) {
+        strlcpy(cpp_message, e.what(), sizeof(cpp_message));
+    } catch (...) {
+        strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
     }
     raise_guarded_error(pg_error, cpp_message);
 }
