@@ -110,7 +110,7 @@ char *copy_text(SPITupleTable *tt, int col) {
  * Reads the node row. Returns false when this database is not a node (no
  * extension, or no row). Also returns kafka_config as key/value text pairs.
  */
-bool load_node_config(NodeConfig *cfg, List **pairs_pg) {
+bool load_node_config(NodeConfig *cfg, List **pairs_pg, bool probe_only) {
     bool found = false;
     SetCurrentStatementStartTimestamp();
     StartTransactionCommand();
@@ -122,7 +122,10 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg) {
         int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name, snapshot, snapshot_done "
                              "FROM kafka_sync.node WHERE enabled",
                              true, 1);
-        if (rc == SPI_OK_SELECT && SPI_processed == 1) {
+        if (probe_only) {
+            rc = SPI_execute("SELECT 1 FROM kafka_sync.node", true, 1);
+            found = rc == SPI_OK_SELECT && SPI_processed == 1;
+        } else if (rc == SPI_OK_SELECT && SPI_processed == 1) {
             found = true;
             cfg->node_name = copy_text(SPI_tuptable, 1);
             cfg->brokers = copy_text(SPI_tuptable, 2);
@@ -455,7 +458,7 @@ void check_stop_requested(NodeWorker *w) {
     bool drop = w->slot->stop_requested;
     SpinLockRelease(&w->slot->mutex);
     if (drop) {
-        ereport(LOG, (errmsg("kafka_sync node %s: stopping for drop_node() or pause_node()", w->cfg.node_name)));
+        ereport(LOG, (errmsg("kafka_sync producer of database %u: stopping for drop_node() or pause_node()", MyDatabaseId)));
         proc_exit(0);
     }
 }
@@ -531,9 +534,12 @@ void cleanup_worker(int, Datum) {
     w->producer = nullptr;
     if (w->slot) {
         SpinLockAcquire(&w->slot->mutex);
-        w->slot->worker_pid = 0;
-        if (w->slot->state != NODE_STATE_ERROR)
-            w->slot->state = NODE_STATE_STOPPED;
+        /* drop_node() or pause_node() may have released the slot already */
+        if (w->slot->in_use && w->slot->dboid == MyDatabaseId && w->slot->worker_pid == MyProcPid) {
+            w->slot->worker_pid = 0;
+            if (w->slot->state != NODE_STATE_ERROR)
+                w->slot->state = NODE_STATE_STOPPED;
+        }
         SpinLockRelease(&w->slot->mutex);
     }
     worker = nullptr;
@@ -545,24 +551,34 @@ void run_node_worker(Oid dboid) {
 
     NodeConfig cfg;
     List *pairs = NIL;
-    if (!load_node_config(&cfg, &pairs))
-        proc_exit(0); /* not a node: the launcher remembers */
+    if (!load_node_config(&cfg, &pairs, true))
+        proc_exit(0); /* not a node: no shared slot, so the launcher remembers */
 
     NodeSlot *slot = node_slot_for(MyDatabaseId, true);
     if (!slot)
         ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-                        errmsg("kafka_sync node %s cannot start: every node slot is in use", cfg.node_name),
+                        errmsg("a kafka_sync node cannot start in database %u: every node slot is in use",
+                               MyDatabaseId),
                         errhint("Raise kafka_sync.max_nodes (needs a server restart).")));
-
     auto *w = static_cast<NodeWorker *>(MemoryContextAllocZero(TopMemoryContext, sizeof(NodeWorker)));
     w->slot = slot;
-    w->cfg = cfg;
     worker = w;
     before_shmem_exit(cleanup_worker, (Datum)0);
     SpinLockAcquire(&slot->mutex);
     slot->worker_pid = MyProcPid;
     SpinLockRelease(&slot->mutex);
     check_stop_requested(w);
+
+    /*
+     * Read the settings only now that pause_node()/drop_node() can see and
+     * stop us: a change they commit from here on reaches this worker.
+     */
+    if (!load_node_config(&cfg, &pairs, false)) {
+        worker = nullptr;
+        node_slot_release(MyDatabaseId); /* paused or dropped meanwhile */
+        proc_exit(0);
+    }
+    w->cfg = cfg;
     set_state(w, NODE_STATE_STARTING, nullptr);
 
     /* librdkafka objects; deleted by cleanup_worker at exit */
