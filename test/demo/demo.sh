@@ -60,7 +60,7 @@ else
     nohup "$REPO/test/kafka_mock/kafka_sync_mock_kafka" --topic "$PREFIX.chat1" --topic "$PREFIX.chat2" \
         <"$DEMO/kafka.in" >"$DEMO/kafka.out" 2>"$DEMO/kafka.log" &
     echo $! >"$DEMO/kafka.pid"
-    sleep infinity >"$DEMO/kafka.in" &
+    sleep infinity >"$DEMO/kafka.in" 2>/dev/null </dev/null &
     echo $! >"$DEMO/kafka_stdin.pid"
     for _ in $(seq 50); do grep -q BOOTSTRAP "$DEMO/kafka.out" 2>/dev/null && break; sleep 0.1; done
     BOOTSTRAP=$(awk '/^BOOTSTRAP/ {print $2}' "$DEMO/kafka.out")
@@ -121,7 +121,7 @@ say "Starting the sidecars"
 for c in "chat1 $PORT1" "chat2 $PORT2"; do
     set -- $c
     nohup "$PGBIN/kafka_sync_sidecar" --dsn "host=$DEMO/$1 port=$2 user=postgres dbname=chat" \
-        >"$DEMO/sidecar_$1.log" 2>&1 &
+        >"$DEMO/sidecar_$1.log" 2>&1 </dev/null &
     echo $! >"$DEMO/sidecar_$1.pid"
     echo "kafka_sync_sidecar for $1: log in $DEMO/sidecar_$1.log"
 done
