@@ -47,7 +47,7 @@ UNIT_SRCS    = $(sort $(wildcard test/unit/*.cpp)) extension/produce/inflight.cp
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
                extension/apply/record_decoder.cpp
 
-all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS)
+all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests
 
 $(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp)
 	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
@@ -58,6 +58,11 @@ $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
 $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp extension/apply/record_decoder.hpp)
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(UNIT_SRCS) -lrdkafka -ljansson
 
+# The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
+test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
+                         sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp $(wildcard sidecar/*.hpp)
+	$(CXX) $(CXXSTD) -DKAFKA_SYNC_SIDECAR_TESTS -Isidecar -o $@ $(filter %.cpp,$^) -ljansson -lpthread
+
 install: install-sidecar
 install-sidecar: $(SIDECAR)
 	$(INSTALL_PROGRAM) $(SIDECAR) '$(DESTDIR)$(bindir)/kafka_sync_sidecar'
@@ -65,8 +70,9 @@ install-sidecar: $(SIDECAR)
 EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) tmp_check results regression.diffs regression.out
 
 .PHONY: test unit-test install-sidecar check-symbols demo demo-stop
-unit-test: $(UNIT_TESTS)
+unit-test: $(UNIT_TESTS) test/unit/sidecar_tests
 	./$(UNIT_TESTS)
+	./test/unit/sidecar_tests
 
 test: all
 	test/run_tests.sh

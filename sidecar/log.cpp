@@ -133,11 +133,30 @@ std::string mask_dsn(const std::string &dsn) {
     return out;
 }
 
+std::string mask_values(const std::string &text, const std::vector<std::string> &secrets) {
+    std::string out = text;
+    for (const std::string &secret : secrets) {
+        if (secret.empty())
+            continue;
+        size_t pos = 0;
+        while ((pos = out.find(secret, pos)) != std::string::npos) {
+            out.replace(pos, secret.size(), "****");
+            pos += 4;
+        }
+    }
+    return out;
+}
+
 std::string one_line(const std::string &message) {
     std::string out;
     out.reserve(message.size());
-    for (char c : message)
-        out += (c == '\n' || c == '\r') ? ' ' : c;
+    for (char c : message) {
+        bool blank = c == '\n' || c == '\r' || c == '\t' || c == ' ';
+        if (!blank)
+            out += c;
+        else if (!out.empty() && out.back() != ' ')
+            out += ' ';
+    }
     while (!out.empty() && out.back() == ' ')
         out.pop_back();
     return out;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace kafka_sync_sidecar {
 
@@ -29,6 +30,10 @@ void log_line(LogLevel level, const char *fmt, ...) __attribute__((format(printf
 // keyword form (password=secret, password = 'a b') and the URI form
 // (postgresql://user:secret@host/db, ?password=secret).
 std::string mask_dsn(const std::string &dsn);
+
+// text with every occurrence of each secret replaced by "****" (for messages
+// of libraries that may quote a configuration value back).
+std::string mask_values(const std::string &text, const std::vector<std::string> &secrets);
 
 // Error messages end in "\n" (libpq) and may span lines: one line, trimmed.
 std::string one_line(const std::string &message);

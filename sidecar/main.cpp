@@ -1,91 +1,64 @@
-// kafka_sync_sidecar: the apply-side daemon next to each database.
-//
-// This release carries its command line and connection handling only: the
-// consumer/apply loop arrives with subscriptions (the apply path). Today it
-// connects, verifies that the database is a kafka_sync node and reports the
-// node's status, which is what deployment scripts can already rely on.
-#include <libpq-fe.h>
+// kafka_sync_sidecar: the apply-side daemon next to each database. It runs
+// every enabled subscription of the database in its own thread (own libpq
+// connection, own librdkafka consumer) and applies the peer's topic through
+// kafka_sync.apply_chunk(). It keeps no state of its own: progress is
+// committed in the database with the applied rows.
+#include "check.hpp"
+#include "config.hpp"
+#include "log.hpp"
+#include "supervisor.hpp"
 
+#include <csignal>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <string>
+#include <pthread.h>
+#include <signal.h>
 
 namespace {
 
-constexpr const char *kVersion = "0.1.0";
+volatile sig_atomic_t g_stop_signal = 0;
+volatile sig_atomic_t g_reload_signal = 0;
 
-void usage(FILE *out) {
-    fprintf(out,
-            "kafka_sync_sidecar %s - applies peers' Kafka topics to a kafka_sync database\n"
-            "\n"
-            "Usage: kafka_sync_sidecar --dsn 'host=... dbname=...' [--check]\n"
-            "\n"
-            "  --dsn DSN       libpq connection string of the local database\n"
-            "  --check         connect, show the node's status and exit\n"
-            "  --log-level L   error, warning, info (default) or debug\n"
-            "  -h, --help      this help\n"
-            "  --version       print the version\n",
-            kVersion);
-}
-
-int check(const std::string &dsn) {
-    PGconn *conn = PQconnectdb(dsn.c_str());
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "kafka_sync_sidecar: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return 1;
-    }
-    PGresult *res = PQexec(conn, "SELECT node_name, topic, state, coalesce(last_error, '') FROM kafka_sync.node_status");
-    int rc = 0;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "kafka_sync_sidecar: this database is not usable: %s", PQerrorMessage(conn));
-        fprintf(stderr, "hint: CREATE EXTENSION kafka_sync and call kafka_sync.create_node(...) first\n");
-        rc = 1;
-    } else if (PQntuples(res) == 0) {
-        fprintf(stderr, "kafka_sync_sidecar: this database is not a kafka_sync node\n");
-        rc = 1;
-    } else {
-        printf("node %s topic %s state %s%s%s\n", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
-               PQgetvalue(res, 0, 3)[0] ? " last_error " : "", PQgetvalue(res, 0, 3));
-    }
-    PQclear(res);
-    PQfinish(conn);
-    return rc;
-}
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+void on_reload_signal(int) { g_reload_signal = 1; }
 
 } // namespace
 
 int main(int argc, char **argv) {
-    std::string dsn;
-    bool do_check = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--version")) {
-            printf("kafka_sync_sidecar %s\n", kVersion);
-            return 0;
-        } else if (!strcmp(a, "--dsn") && i + 1 < argc) {
-            dsn = argv[++i];
-        } else if (!strcmp(a, "--log-level") && i + 1 < argc) {
-            ++i;
-        } else if (!strcmp(a, "--check")) {
-            do_check = true;
-        } else {
-            fprintf(stderr, "kafka_sync_sidecar: unknown argument \"%s\"\n", a);
-            usage(stderr);
-            return 2;
-        }
+    using namespace kafka_sync_sidecar;
+    Options options;
+    int rc = parse_command_line(argc, argv, options);
+    if (rc >= 0)
+        return rc;
+    set_log_level(options.log_level);
+    if (options.check)
+        return run_check(options.dsn);
+
+    // The stop signals stay blocked in every thread (runner threads and
+    // librdkafka's inherit the mask) and are taken only inside the
+    // supervisor's pselect: no race between checking the flag and sleeping.
+    sigset_t stop_signals, wait_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &wait_mask);
+    sigdelset(&wait_mask, SIGTERM);
+    sigdelset(&wait_mask, SIGINT);
+    sigdelset(&wait_mask, SIGHUP);
+    struct sigaction sa = {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+
+    LOG_INFO("kafka_sync_sidecar %s starting for \"%s\"", kVersion, mask_dsn(options.dsn).c_str());
+    {
+        Supervisor supervisor(options.dsn, wait_mask, g_stop_signal, g_reload_signal);
+        supervisor.run();
     }
-    if (dsn.empty()) {
-        fprintf(stderr, "kafka_sync_sidecar: --dsn is required\n");
-        usage(stderr);
-        return 2;
-    }
-    if (do_check)
-        return check(dsn);
-    fprintf(stderr, "kafka_sync_sidecar: subscriptions are not available in this release; use --check\n");
-    return 2;
+    LOG_INFO("kafka_sync_sidecar stopped");
+    return 0;
 }

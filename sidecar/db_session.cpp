@@ -1,0 +1,232 @@
+// libpq connection and the kafka_sync SQL calls (see db_session.hpp).
+#include "db_session.hpp"
+
+#include "log.hpp"
+#include "pg_array.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace kafka_sync_sidecar {
+
+namespace {
+
+constexpr uint32_t kTextOid = 25;
+constexpr uint32_t kBoolOid = 16;
+
+const char *kSubscriptionsSql =
+    "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset "
+    "FROM kafka_sync.sidecar_subscriptions()";
+
+int64_t int_column(PGresult *res, int row, int col) {
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), nullptr, 10);
+}
+
+// Server notices (e.g. "there is no transaction in progress" after a failed
+// COMMIT) go to the debug log, not straight to stderr.
+void on_notice(void *, const char *message) { LOG_DEBUG("database: %s", one_line(message).c_str()); }
+
+std::string text_column(PGresult *res, int row, int col) {
+    return PQgetisnull(res, row, col) ? std::string() : std::string(PQgetvalue(res, row, col));
+}
+
+} // namespace
+
+bool DbSession::connect(std::string &error) {
+    close();
+    // Keywords before "dbname" are defaults the DSN may override: TCP
+    // keepalives notice a vanished server within a minute, not two hours.
+    const char *keywords[] = {"keepalives_idle",   "keepalives_interval",       "keepalives_count",
+                              "connect_timeout",   "dbname", "fallback_application_name", nullptr};
+    const char *values[] = {"20", "10", "3", "10", dsn_.c_str(), application_name_.c_str(), nullptr};
+    PGconn *conn = PQconnectdbParams(keywords, values, 1);
+    if (!conn) {
+        error = "out of memory";
+        return false;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        error = one_line(PQerrorMessage(conn));
+        PQfinish(conn);
+        return false;
+    }
+    PQsetNoticeProcessor(conn, on_notice, nullptr);
+    conn_ = conn;
+    std::lock_guard<std::mutex> guard(cancel_mutex_);
+    cancel_ = PQgetCancel(conn_);
+    return true;
+}
+
+void DbSession::close() {
+    {
+        std::lock_guard<std::mutex> guard(cancel_mutex_);
+        if (cancel_)
+            PQfreeCancel(cancel_);
+        cancel_ = nullptr;
+    }
+    if (conn_)
+        PQfinish(conn_);
+    conn_ = nullptr;
+}
+
+void DbSession::cancel() {
+    std::lock_guard<std::mutex> guard(cancel_mutex_);
+    if (cancel_) {
+        char errbuf[256];
+        PQcancel(cancel_, errbuf, sizeof errbuf);
+    }
+}
+
+DbStatus DbSession::check(PGresult *res, ExecStatusType expected) {
+    DbStatus st;
+    if (res && PQresultStatus(res) == expected)
+        return st;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+    st.sqlstate = state ? state : "";
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+    st.message = one_line(primary ? primary : (conn_ ? PQerrorMessage(conn_) : "no connection"));
+    if (st.message.empty())
+        st.message = "unexpected result " + std::string(res ? PQresStatus(PQresultStatus(res)) : "(none)");
+    // Class 08 (connection exception) and 57P01..57P03 (the server is shutting
+    // down or restarting) end the session even if libpq has not noticed yet.
+    if (!conn_ || PQstatus(conn_) != CONNECTION_OK || st.sqlstate.compare(0, 2, "08") == 0 ||
+        st.sqlstate == "57P01" || st.sqlstate == "57P02" || st.sqlstate == "57P03") {
+        st.kind = DbStatus::Kind::Lost;
+        close();
+    } else if (st.sqlstate == "42704" || st.sqlstate == "55000") {
+        st.kind = DbStatus::Kind::Gone;
+    } else {
+        st.kind = DbStatus::Kind::Failed;
+    }
+    return st;
+}
+
+DbStatus DbSession::exec(const char *sql) {
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    PGresult *res = PQexec(conn_, sql);
+    DbStatus st = check(res, PQresultStatus(res) == PGRES_TUPLES_OK ? PGRES_TUPLES_OK : PGRES_COMMAND_OK);
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub) {
+    out.clear();
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    PGresult *res;
+    if (only_sub) {
+        std::string sql = std::string(kSubscriptionsSql) + " WHERE sub_name = $1";
+        const char *params[] = {only_sub->c_str()};
+        res = PQexecParams(conn_, sql.c_str(), 1, nullptr, params, nullptr, nullptr, 0);
+    } else {
+        res = PQexec(conn_, kSubscriptionsSql);
+    }
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    if (st.ok()) {
+        for (int i = 0; i < PQntuples(res); i++) {
+            SubscriptionConfig s;
+            s.name = text_column(res, i, 0);
+            s.peer = text_column(res, i, 1);
+            s.brokers = text_column(res, i, 2);
+            s.topic = text_column(res, i, 3);
+            s.start = text_column(res, i, 4);
+            s.on_error = text_column(res, i, 5);
+            s.kafka_config = text_column(res, i, 6);
+            if (!PQgetisnull(res, i, 7))
+                s.next_offset = int_column(res, i, 7);
+            out.push_back(std::move(s));
+        }
+    }
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful,
+                                ApplyResult &out) {
+    out = ApplyResult();
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    std::vector<int64_t> offsets;
+    std::vector<const std::string *> keys, values, headers;
+    offsets.reserve(records.size());
+    keys.reserve(records.size());
+    values.reserve(records.size());
+    headers.reserve(records.size());
+    for (const Record &r : records) {
+        offsets.push_back(r.offset);
+        keys.push_back(r.key ? &*r.key : nullptr);
+        values.push_back(r.value ? &*r.value : nullptr);
+        headers.push_back(&r.headers);
+    }
+    const std::string p_offsets = encode_int8_array(offsets);
+    const std::string p_keys = encode_bytea_array(keys);
+    const std::string p_values = encode_bytea_array(values);
+    const std::string p_headers = encode_bytea_array(headers);
+
+    const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
+    const char *params[6] = {sub.c_str(), p_offsets.data(), p_keys.data(), p_values.data(), p_headers.data(),
+                             careful ? "t" : "f"};
+    const int lengths[6] = {0, static_cast<int>(p_offsets.size()), static_cast<int>(p_keys.size()),
+                            static_cast<int>(p_values.size()), static_cast<int>(p_headers.size()), 0};
+    const int formats[6] = {0, 1, 1, 1, 1, 0};
+    PGresult *res = PQexecParams(conn_,
+                                 "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
+                                 "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                                 "$5::bytea[], $6::bool)",
+                                 6, types, params, lengths, formats, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    if (st.ok() && PQntuples(res) == 1) {
+        out.applied = int_column(res, 0, 0);
+        out.skipped = int_column(res, 0, 1);
+        out.conflicts = int_column(res, 0, 2);
+        out.dead_letters = int_column(res, 0, 3);
+        if (!PQgetisnull(res, 0, 4)) {
+            out.failed_offset = int_column(res, 0, 4);
+            out.failed_error = text_column(res, 0, 5);
+        }
+    } else if (st.ok()) {
+        st = DbStatus{DbStatus::Kind::Failed, "", "apply_chunk returned " + std::to_string(PQntuples(res)) + " rows"};
+    }
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::record_failure(const std::string &sub, int64_t offset, const Record *record,
+                                   const std::string &error) {
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    const std::string off = std::to_string(offset);
+    const Oid types[6] = {kTextOid, 20, kByteaOid, kByteaOid, kByteaOid, kTextOid};
+    const char *params[6] = {sub.c_str(),
+                             off.c_str(),
+                             record && record->key ? record->key->data() : nullptr,
+                             record && record->value ? record->value->data() : nullptr,
+                             record ? record->headers.data() : nullptr,
+                             error.c_str()};
+    const int lengths[6] = {0, 0, record && record->key ? static_cast<int>(record->key->size()) : 0,
+                            record && record->value ? static_cast<int>(record->value->size()) : 0,
+                            record ? static_cast<int>(record->headers.size()) : 0, 0};
+    const int formats[6] = {0, 0, 1, 1, 1, 0};
+    PGresult *res = PQexecParams(conn_,
+                                 "SELECT kafka_sync.record_failure($1::text, $2::int8, $3::bytea, $4::bytea, "
+                                 "$5::bytea, $6::text)",
+                                 6, types, params, lengths, formats, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::report_progress(const std::string &sub, std::optional<int64_t> high_water,
+                                    const std::string &error) {
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    const std::string hw = high_water ? std::to_string(*high_water) : std::string();
+    const char *params[3] = {sub.c_str(), high_water ? hw.c_str() : nullptr, error.empty() ? nullptr : error.c_str()};
+    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync.report_progress($1::text, $2::int8, $3::text)", 3, nullptr,
+                                 params, nullptr, nullptr, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    PQclear(res);
+    return st;
+}
+
+} // namespace kafka_sync_sidecar

@@ -1,0 +1,78 @@
+// One libpq connection to the local database and the kafka_sync SQL calls the
+// sidecar makes on it (the contract with the extension). Used by one thread;
+// only cancel() may be called from another.
+#pragma once
+
+#include "record.hpp"
+#include "subscription.hpp"
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kafka_sync_sidecar {
+
+struct DbStatus {
+    enum class Kind {
+        Ok,
+        Gone,   // undefined_object / object_not_in_prerequisite_state: the subscription was dropped or paused
+        Lost,   // the connection is gone (the session was closed)
+        Failed, // any other SQL error: the transaction, if any, is aborted
+    };
+    Kind kind = Kind::Ok;
+    std::string sqlstate;
+    std::string message; // one line
+
+    bool ok() const { return kind == Kind::Ok; }
+};
+
+struct ApplyResult {
+    int64_t applied = 0;
+    int64_t skipped = 0;
+    int64_t conflicts = 0;
+    int64_t dead_letters = 0;
+    std::optional<int64_t> failed_offset; // careful mode, on_error = 'pause'
+    std::string failed_error;
+};
+
+class DbSession {
+  public:
+    // application_name is used unless the DSN sets one.
+    DbSession(std::string dsn, std::string application_name)
+        : dsn_(std::move(dsn)), application_name_(std::move(application_name)) {}
+    ~DbSession() { close(); }
+    DbSession(const DbSession &) = delete;
+    DbSession &operator=(const DbSession &) = delete;
+
+    bool connect(std::string &error);
+    void close();
+    bool connected() const { return conn_ != nullptr; }
+    PGconn *conn() { return conn_; }
+
+    // A statement without parameters: BEGIN, COMMIT, ROLLBACK, LISTEN ...
+    DbStatus exec(const char *sql);
+    // The enabled subscriptions; only_sub: just that one (none if it is not enabled).
+    DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
+    DbStatus apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful, ApplyResult &out);
+    // record: the failed record, or null when it is not at hand.
+    DbStatus record_failure(const std::string &sub, int64_t offset, const Record *record, const std::string &error);
+    DbStatus report_progress(const std::string &sub, std::optional<int64_t> high_water, const std::string &error);
+
+    // Asks the server to cancel the statement running now (any thread).
+    void cancel();
+
+  private:
+    DbStatus check(PGresult *res, ExecStatusType expected);
+
+    std::string dsn_;
+    std::string application_name_;
+    PGconn *conn_ = nullptr;
+    std::mutex cancel_mutex_;
+    PGcancel *cancel_ = nullptr;
+};
+
+} // namespace kafka_sync_sidecar

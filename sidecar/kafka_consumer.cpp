@@ -1,0 +1,223 @@
+// librdkafka consumer of one subscription (see kafka_consumer.hpp).
+//
+// librdkafka's own log lines arrive on its internal threads; they go to the
+// sidecar's (thread-safe) log at debug level, except configuration warnings.
+// Errors (error_cb) and statistics (stats_cb) are served by
+// rd_kafka_consumer_poll on our thread.
+#include "kafka_consumer.hpp"
+
+#include "kafka_stats.hpp"
+#include "log.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace kafka_sync_sidecar {
+
+static_assert(kOffsetBeginning == RD_KAFKA_OFFSET_BEGINNING && kOffsetEnd == RD_KAFKA_OFFSET_END,
+              "logical offsets must match librdkafka's");
+
+namespace {
+
+constexpr auto kUnreachableAfter = std::chrono::seconds(3);
+
+// The value of a property that holds a secret (sasl.password,
+// ssl.key.password, sasl.oauthbearer.client.secret, ...).
+bool is_secret(const ConsumerProperty &p) {
+    if (!p.from_kafka_config || p.value.size() < 3)
+        return false;
+    for (const char *word : {"password", "secret", "key", "token", "jaas", "oauthbearer.config", "credential"})
+        if (p.name.find(word) != std::string::npos)
+            return true;
+    return false;
+}
+
+} // namespace
+
+void KafkaConsumer::on_error(rd_kafka_t *, int err, const char *reason, void *opaque) {
+    auto *self = static_cast<KafkaConsumer *>(opaque);
+    auto code = static_cast<rd_kafka_resp_err_t>(err);
+    self->broker_error_ = mask_values(reason ? reason : rd_kafka_err2str(code), self->secrets_);
+    LOG_DEBUG("subscription %s: Kafka error %s: %s", self->sub_name_.c_str(), rd_kafka_err2name(code),
+              self->broker_error_.c_str());
+}
+
+void KafkaConsumer::on_log(const rd_kafka_t *rk, int level, const char *facility, const char *message) {
+    auto *self = static_cast<KafkaConsumer *>(rd_kafka_opaque(rk));
+    bool config_warning = level <= 4 && facility && strncmp(facility, "CONF", 4) == 0;
+    LogLevel ours = config_warning ? LogLevel::Warning : LogLevel::Debug;
+    if (!log_enabled(ours))
+        return;
+    std::string text = self ? mask_values(message, self->secrets_) : std::string(message);
+    log_line(ours, "subscription %s: librdkafka %s: %s", self ? self->sub_name_.c_str() : "?", facility,
+             text.c_str());
+}
+
+int KafkaConsumer::on_stats(rd_kafka_t *, char *json, size_t len, void *opaque) {
+    auto *self = static_cast<KafkaConsumer *>(opaque);
+    PartitionStats stats;
+    if (!parse_partition_stats(json, len, self->topic_, stats))
+        return 0;
+    if (stats.high_water >= 0)
+        self->stats_high_water_ = stats.high_water;
+    if (stats.leader_up) {
+        self->leader_up_ = true;
+        if (stats.fetching)
+            self->fetch_problem_.clear();
+    } else if (self->leader_up_) {
+        self->leader_up_ = false;
+        self->leader_down_since_ = Clock::now();
+    }
+    return 0; // librdkafka frees the JSON
+}
+
+bool KafkaConsumer::open(const SubscriptionConfig &sub, std::string &error) {
+    close();
+    sub_name_ = sub.name;
+    topic_ = sub.topic;
+    std::vector<ConsumerProperty> props;
+    if (!consumer_properties(sub, props, error))
+        return false;
+    secrets_.clear();
+    for (const auto &p : props)
+        if (is_secret(p))
+            secrets_.push_back(p.value);
+
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char errstr[512];
+    for (const auto &p : props) {
+        rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, p.name.c_str(), p.value.c_str(), errstr, sizeof errstr);
+        if (res != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(conf);
+            error = std::string(res == RD_KAFKA_CONF_UNKNOWN ? "unknown" : "invalid value for") +
+                    " Kafka property \"" + p.name + "\"";
+            return false;
+        }
+    }
+    rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", errstr, sizeof errstr);
+    rd_kafka_conf_set_opaque(conf, this);
+    rd_kafka_conf_set_error_cb(conf, &KafkaConsumer::on_error);
+    rd_kafka_conf_set_log_cb(conf, &KafkaConsumer::on_log);
+    rd_kafka_conf_set_stats_cb(conf, &KafkaConsumer::on_stats);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        error = "cannot create the Kafka consumer: " + mask_values(errstr, secrets_);
+        return false;
+    }
+    rd_kafka_poll_set_consumer(rk); // errors and statistics are served by rd_kafka_consumer_poll
+    rk_ = rk;
+    leader_up_ = true;
+    stats_high_water_ = -1;
+    broker_error_.clear();
+    fetch_problem_.clear();
+    offset_problem_.clear();
+    return true;
+}
+
+void KafkaConsumer::close() {
+    if (!rk_)
+        return;
+    // Nothing to leave or commit: the group exists only because assign() needs one.
+    rd_kafka_destroy_flags(rk_, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    rk_ = nullptr;
+}
+
+bool KafkaConsumer::assign(int64_t offset, std::string &error) {
+    if (!rk_) {
+        error = "no Kafka consumer";
+        return false;
+    }
+    rd_kafka_assign(rk_, nullptr); // drops the old position's prefetched records
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic_.c_str(), 0)->offset = offset;
+    rd_kafka_resp_err_t err = rd_kafka_assign(rk_, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        error = std::string("cannot assign partition 0 of ") + topic_ + ": " + rd_kafka_err2str(err);
+        return false;
+    }
+    min_offset_ = offset >= 0 ? offset : 0;
+    assigned_offset_ = offset;
+    if (offset != problem_offset_)
+        offset_problem_.clear(); // trying the same offset again: still a problem until it works
+    return true;
+}
+
+bool KafkaConsumer::poll(int timeout_ms, Record &out) {
+    if (!rk_)
+        return false;
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk_, timeout_ms);
+    if (!msg)
+        return false;
+    if (msg->err) {
+        std::string text = mask_values(rd_kafka_message_errstr(msg), secrets_);
+        switch (msg->err) {
+        case RD_KAFKA_RESP_ERR__PARTITION_EOF: break;
+        case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
+        case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+            offset_problem_ = "the offset to consume is out of range of " + topic_ +
+                              " (records not yet applied may have been deleted): " + text;
+            problem_offset_ = assigned_offset_;
+            break;
+        case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART: fetch_problem_ = "topic " + topic_ + " does not exist"; break;
+        default: fetch_problem_ = "consuming " + topic_ + ": " + text; break;
+        }
+        LOG_DEBUG("subscription %s: consumer error %s: %s", sub_name_.c_str(), rd_kafka_err2name(msg->err),
+                  text.c_str());
+        rd_kafka_message_destroy(msg);
+        return false;
+    }
+    if (msg->offset < min_offset_) {
+        rd_kafka_message_destroy(msg);
+        return false;
+    }
+    std::vector<KafkaHeader> headers;
+    rd_kafka_headers_t *hdrs = nullptr;
+    if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs) {
+        const char *name;
+        const void *value;
+        size_t size;
+        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
+            KafkaHeader h;
+            h.name = name;
+            if (value)
+                h.value.emplace(static_cast<const char *>(value), size);
+            headers.push_back(std::move(h));
+        }
+    }
+    out = make_record(msg->offset, static_cast<const char *>(msg->key), msg->key_len,
+                      static_cast<const char *>(msg->payload), msg->len, headers);
+    rd_kafka_message_destroy(msg);
+    leader_up_ = true;
+    fetch_problem_.clear();
+    offset_problem_.clear();
+    problem_offset_ = INT64_MIN;
+    return true;
+}
+
+std::optional<int64_t> KafkaConsumer::high_water() const {
+    if (!rk_)
+        return std::nullopt;
+    int64_t low = 0, high = -1;
+    if (rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        high >= 0)
+        return std::max(high, stats_high_water_);
+    if (stats_high_water_ >= 0)
+        return stats_high_water_;
+    return std::nullopt;
+}
+
+std::string KafkaConsumer::problem() const {
+    if (!offset_problem_.empty())
+        return offset_problem_;
+    if (!fetch_problem_.empty())
+        return fetch_problem_;
+    if (!leader_up_ && Clock::now() - leader_down_since_ >= kUnreachableAfter)
+        return broker_error_.empty() ? "no connection to the leader of partition 0 of " + topic_
+                                     : "Kafka is unreachable: " + broker_error_;
+    return std::string();
+}
+
+} // namespace kafka_sync_sidecar

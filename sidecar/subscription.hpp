@@ -1,0 +1,52 @@
+// One subscription as kafka_sync.sidecar_subscriptions() describes it, where
+// its consumer starts, and the librdkafka properties of its consumer. Pure
+// C++ plus jansson (kafka_config is JSON); no libpq, no librdkafka.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kafka_sync_sidecar {
+
+// librdkafka's logical offsets (RD_KAFKA_OFFSET_BEGINNING / _END).
+constexpr int64_t kOffsetBeginning = -2;
+constexpr int64_t kOffsetEnd = -1;
+
+struct SubscriptionConfig {
+    std::string name;
+    std::string peer;
+    std::string brokers;
+    std::string topic;
+    std::string start;        // 'earliest', 'latest' or a decimal offset
+    std::string on_error;     // 'pause' or 'skip'
+    std::string kafka_config; // JSON object; may hold secrets: never log it
+    std::optional<int64_t> next_offset;
+
+    // Everything that needs a new consumer when it changes (not next_offset,
+    // which moves with every commit).
+    bool same_settings(const SubscriptionConfig &other) const {
+        return name == other.name && peer == other.peer && brokers == other.brokers && topic == other.topic &&
+               start == other.start && on_error == other.on_error && kafka_config == other.kafka_config;
+    }
+};
+
+// Where to consume from: next_offset when something was applied, else start.
+// False (with a message) when start is none of the three forms.
+bool resolve_start_offset(const SubscriptionConfig &sub, int64_t &offset, std::string &error);
+std::string describe_offset(int64_t offset);
+
+struct ConsumerProperty {
+    std::string name;
+    std::string value;
+    bool from_kafka_config = false; // the user's: may be a secret
+};
+
+// The consumer's librdkafka properties, in the order to set them: our
+// defaults, then kafka_config (keys starting with "kafka_sync." skipped),
+// then what the sidecar's guarantees depend on (manual offsets only, no
+// silent offset reset). Error messages name a property, never its value.
+bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProperty> &out, std::string &error);
+
+} // namespace kafka_sync_sidecar

@@ -1,0 +1,423 @@
+// One subscription's loop (see subscription_runner.hpp).
+//
+// State lives only in the database: the consumer always starts at the
+// next_offset committed with the applied rows, so whatever was not committed
+// (a crash, a lost connection, a rollback) is simply read again, and the
+// extension skips what its origin progress says is already applied.
+#include "subscription_runner.hpp"
+
+#include "log.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+
+namespace kafka_sync_sidecar {
+
+namespace {
+
+constexpr int kPollMs = 100;
+constexpr auto kReportInterval = std::chrono::seconds(1);
+constexpr auto kLogInterval = std::chrono::seconds(10);
+// A streamed transaction waiting this long for its next record (Kafka down,
+// producer gone) is rolled back, so that it holds no locks meanwhile.
+constexpr auto kStallTimeout = std::chrono::seconds(30);
+constexpr auto kOffsetRetry = std::chrono::seconds(10);
+
+} // namespace
+
+SubscriptionRunner::SubscriptionRunner(const std::string &dsn, SubscriptionConfig config)
+    : name_(config.name), config_(std::move(config)), db_(dsn, "kafka_sync_sidecar " + name_) {}
+
+SubscriptionRunner::~SubscriptionRunner() {
+    request_stop();
+    join();
+}
+
+void SubscriptionRunner::start() { thread_ = std::thread([this] { run(); }); }
+
+void SubscriptionRunner::request_stop() {
+    {
+        std::lock_guard<std::mutex> guard(sleep_mutex_);
+        stop_ = true;
+    }
+    sleep_cv_.notify_all();
+}
+
+void SubscriptionRunner::join() {
+    if (thread_.joinable())
+        thread_.join();
+}
+
+bool SubscriptionRunner::sleep_ms(int ms) {
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    return !sleep_cv_.wait_for(lock, std::chrono::milliseconds(ms), [this] { return stop_.load(); });
+}
+
+void SubscriptionRunner::run() {
+    LOG_INFO("subscription %s started (peer %s, topic %s, brokers %s, on_error %s)", name_.c_str(),
+             config_.peer.c_str(), config_.topic.c_str(), config_.brokers.c_str(), config_.on_error.c_str());
+    last_log_ = Clock::now();
+    while (!stop_ && !quit_) {
+        if (!db_.connected() && !connect_db())
+            continue;
+        if (!consumer_.is_open() && !open_consumer())
+            continue;
+        if (!positioned_ && !position())
+            continue;
+        iterate();
+    }
+    shutdown();
+    LOG_INFO("subscription %s stopped", name_.c_str());
+    finished_ = true;
+}
+
+bool SubscriptionRunner::connect_db() {
+    std::string error;
+    if (db_.connect(error)) {
+        if (db_down_)
+            LOG_INFO("subscription %s: database connection regained", name_.c_str());
+        db_down_ = false;
+        db_backoff_ms_ = 500;
+        positioned_ = false;
+        txn_open_ = false;
+        return true;
+    }
+    if (!db_down_)
+        LOG_WARNING("subscription %s: database connection lost: %s (retrying)", name_.c_str(), error.c_str());
+    db_down_ = true;
+    sleep_ms(db_backoff_ms_);
+    db_backoff_ms_ = std::min(db_backoff_ms_ * 2, 10000);
+    return false;
+}
+
+bool SubscriptionRunner::open_consumer() {
+    std::string error;
+    if (consumer_.open(config_, error))
+        return true;
+    // Only a change of the subscription (a new runner) can fix the settings.
+    note_kafka_state(error);
+    DbStatus st = db_.report_progress(name_, std::nullopt, error);
+    if (st.kind == DbStatus::Kind::Lost)
+        db_lost(st.message);
+    sleep_ms(30000);
+    return false;
+}
+
+bool SubscriptionRunner::position() {
+    std::vector<SubscriptionConfig> rows;
+    DbStatus st = db_.read_subscriptions(rows, &name_);
+    if (!st.ok()) {
+        if (st.kind == DbStatus::Kind::Lost)
+            db_lost(st.message);
+        else {
+            LOG_WARNING("subscription %s: cannot read its position: %s", name_.c_str(), st.message.c_str());
+            sleep_ms(5000);
+        }
+        return false;
+    }
+    if (rows.empty()) {
+        LOG_INFO("subscription %s is no longer enabled (paused or dropped)", name_.c_str());
+        quit_ = true;
+        return false;
+    }
+    int64_t offset;
+    std::string error;
+    if (!resolve_start_offset(rows[0], offset, error) || !consumer_.assign(offset, error)) {
+        LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
+        sleep_ms(5000);
+        return false;
+    }
+    if (offset != logged_start_)
+        LOG_INFO("subscription %s: consuming %s from %s", name_.c_str(), config_.topic.c_str(),
+                 describe_offset(offset).c_str());
+    logged_start_ = offset;
+    assembler_.reset();
+    txn_open_ = false;
+    positioned_ = true;
+    position_ = offset >= 0 ? offset : -1;
+    committed_next_ = rows[0].next_offset ? *rows[0].next_offset : -1;
+    last_record_ = last_assign_ = Clock::now();
+    return true;
+}
+
+void SubscriptionRunner::iterate() {
+    const auto now = Clock::now();
+    if (now - last_report_ >= kReportInterval) {
+        note_kafka_state(consumer_.problem()); // logged even while a transaction is open
+        if (!txn_open_) {
+            report_progress();
+            if (!db_.connected() || quit_)
+                return;
+        }
+    }
+    if (now - last_log_ >= kLogInterval)
+        log_progress();
+    if (txn_open_ && assembler_.streaming() && now - last_record_ > kStallTimeout) {
+        rollback_stalled();
+        return;
+    }
+    // The stored offset was out of range: try again now and then (someone
+    // may have moved next_offset, or the topic may have been re-created).
+    if (!txn_open_ && consumer_.offset_out_of_range() && now - last_assign_ > kOffsetRetry) {
+        positioned_ = false;
+        return;
+    }
+    Record record;
+    if (consumer_.poll(assembler_.has_pending() ? 0 : kPollMs, record)) {
+        last_record_ = now;
+        received_++;
+        position_ = record.offset + 1;
+        assembler_.add(std::move(record));
+    } else {
+        assembler_.idle(); // nothing immediately available: commit what is complete
+    }
+    execute_steps();
+}
+
+void SubscriptionRunner::execute_steps() {
+    for (const std::string &note : assembler_.take_notes())
+        LOG_WARNING("subscription %s: %s", name_.c_str(), note.c_str());
+    std::vector<ApplyStep> steps = assembler_.take_steps();
+    for (ApplyStep &step : steps)
+        if (!run_step(step))
+            break; // recovery reset the assembler: the rest is read again
+}
+
+bool SubscriptionRunner::run_step(ApplyStep &step) {
+    DbStatus st;
+    switch (step.kind) {
+    case ApplyStep::Kind::Send: {
+        if (!txn_open_) {
+            st = db_.exec("BEGIN");
+            if (!st.ok())
+                return apply_failed(st);
+            txn_open_ = true;
+            txn_careful_ = step.careful;
+            txn_first_offset_ = step.records.front().offset;
+            txn_counts_ = ApplyResult();
+        }
+        txn_last_offset_ = step.records.back().offset;
+        ApplyResult result;
+        const auto started = Clock::now();
+        st = db_.apply_chunk(name_, step.records, step.careful, result);
+        if (!st.ok())
+            return apply_failed(st);
+        LOG_DEBUG("subscription %s: apply_chunk of %zu records (offsets %" PRId64 "..%" PRId64 "%s) took %.1f ms",
+                  name_.c_str(), step.records.size(), step.records.front().offset, txn_last_offset_,
+                  step.careful ? ", careful" : "",
+                  std::chrono::duration<double, std::milli>(Clock::now() - started).count());
+        if (result.failed_offset)
+            return pause_on_record(step.records, result);
+        txn_counts_.applied += result.applied;
+        txn_counts_.skipped += result.skipped;
+        txn_counts_.conflicts += result.conflicts;
+        txn_counts_.dead_letters += result.dead_letters;
+        return true;
+    }
+    case ApplyStep::Kind::Commit:
+        st = db_.exec("COMMIT");
+        if (!st.ok())
+            return apply_failed(st);
+        txn_open_ = false;
+        committed_next_ = txn_last_offset_ + 1;
+        applied_ += txn_counts_.applied;
+        skipped_ += txn_counts_.skipped;
+        conflicts_ += txn_counts_.conflicts;
+        dead_letters_ += txn_counts_.dead_letters;
+        if (txn_counts_.dead_letters > 0)
+            LOG_WARNING("subscription %s: %" PRId64 " records of offsets %" PRId64 "..%" PRId64
+                        " could not be applied and were kept in kafka_sync.dead_letters",
+                        name_.c_str(), txn_counts_.dead_letters, txn_first_offset_, txn_last_offset_);
+        if (txn_careful_)
+            retry_backoff_ms_ = 1000;
+        apply_problem_.clear();
+        return true;
+    case ApplyStep::Kind::Rollback:
+        st = db_.exec("ROLLBACK");
+        txn_open_ = false;
+        if (st.kind == DbStatus::Kind::Lost) {
+            db_lost(st.message);
+            return false;
+        }
+        return true;
+    }
+    return true;
+}
+
+// apply_chunk (or BEGIN/COMMIT) raised an error: roll back and read the
+// failed local transaction's records again, one source transaction per local
+// transaction with careful=true, so that a bad record is dead-lettered (or
+// pauses the subscription) without taking the other records with it.
+bool SubscriptionRunner::apply_failed(const DbStatus &st) {
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return false;
+    }
+    DbStatus rb = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (rb.kind == DbStatus::Kind::Lost) {
+        db_lost(rb.message);
+        return false;
+    }
+    // The same SQLSTATEs can come from the data itself (a type that does not
+    // exist here): believe "dropped or paused" only when the list agrees.
+    if (st.kind == DbStatus::Kind::Gone && !still_enabled()) {
+        LOG_INFO("subscription %s was paused or dropped (%s)", name_.c_str(), st.message.c_str());
+        quit_ = true;
+        return false;
+    }
+    if (!db_.connected() || stop_)
+        return false;
+    const int64_t first = txn_first_offset_;
+    const int64_t through = std::max(txn_last_offset_, assembler_.careful_through());
+    if (!txn_careful_) {
+        LOG_WARNING("subscription %s: applying offsets %" PRId64 "..%" PRId64
+                    " failed (%s: %s); applying them again one transaction at a time",
+                    name_.c_str(), first, txn_last_offset_, st.sqlstate.c_str(), st.message.c_str());
+    } else {
+        apply_problem_ = "apply failed at offset " + std::to_string(first) + ": " + st.message;
+        LOG_WARNING("subscription %s: careful apply from offset %" PRId64 " failed (%s: %s); retrying in %d s",
+                    name_.c_str(), first, st.sqlstate.c_str(), st.message.c_str(), retry_backoff_ms_ / 1000);
+        sleep_ms(retry_backoff_ms_);
+        retry_backoff_ms_ = std::min(retry_backoff_ms_ * 2, 60000);
+    }
+    restart_from(first, through);
+    return false;
+}
+
+// Careful mode with on_error = 'pause' found a record it cannot apply.
+bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, const ApplyResult &result) {
+    DbStatus st = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return false;
+    }
+    const int64_t offset = *result.failed_offset;
+    const Record *failed = nullptr;
+    for (const Record &r : records)
+        if (r.offset == offset)
+            failed = &r;
+    st = db_.record_failure(name_, offset, failed, result.failed_error);
+    if (st.ok() || st.kind == DbStatus::Kind::Gone) {
+        LOG_WARNING("subscription %s paused: the record at offset %" PRId64 " cannot be applied: %s", name_.c_str(),
+                    offset, one_line(result.failed_error).c_str());
+        quit_ = true;
+        return false;
+    }
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return false;
+    }
+    LOG_WARNING("subscription %s: cannot record the failed record at offset %" PRId64 ": %s", name_.c_str(), offset,
+                st.message.c_str());
+    sleep_ms(retry_backoff_ms_);
+    retry_backoff_ms_ = std::min(retry_backoff_ms_ * 2, 60000);
+    restart_from(txn_first_offset_, std::max(txn_last_offset_, assembler_.careful_through()));
+    return false;
+}
+
+void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_through) {
+    assembler_.reset();
+    std::string error;
+    if (!consumer_.assign(first_offset, error)) {
+        LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
+        positioned_ = false; // position() reads next_offset again
+        return;
+    }
+    if (careful_through >= 0)
+        assembler_.apply_carefully_through(careful_through);
+    position_ = first_offset;
+    last_record_ = last_assign_ = Clock::now();
+}
+
+void SubscriptionRunner::rollback_stalled() {
+    LOG_WARNING("subscription %s: no record for %d s inside the transaction starting at offset %" PRId64
+                "; rolling it back (it is read again)",
+                name_.c_str(), static_cast<int>(kStallTimeout.count()), txn_first_offset_);
+    DbStatus st = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return;
+    }
+    restart_from(txn_first_offset_, assembler_.careful_through());
+}
+
+bool SubscriptionRunner::still_enabled() {
+    std::vector<SubscriptionConfig> rows;
+    DbStatus st = db_.read_subscriptions(rows, &name_);
+    if (st.kind == DbStatus::Kind::Lost)
+        db_lost(st.message);
+    return !st.ok() || !rows.empty(); // in doubt, it is
+}
+
+void SubscriptionRunner::db_lost(const std::string &message) {
+    if (!db_down_)
+        LOG_WARNING("subscription %s: database connection lost: %s (reconnecting)", name_.c_str(), message.c_str());
+    db_down_ = true;
+    db_.close();
+    positioned_ = false;
+    txn_open_ = false;
+    assembler_.reset();
+}
+
+void SubscriptionRunner::report_progress() {
+    last_report_ = Clock::now();
+    std::optional<int64_t> hw = consumer_.high_water();
+    if (hw)
+        high_water_ = *hw;
+    const std::string kafka = consumer_.problem();
+    note_kafka_state(kafka);
+    DbStatus st = db_.report_progress(name_, hw, kafka.empty() ? apply_problem_ : kafka);
+    if (st.kind == DbStatus::Kind::Lost)
+        db_lost(st.message);
+    else if (st.kind == DbStatus::Kind::Gone && !still_enabled())
+        quit_ = true;
+    else if (!st.ok())
+        LOG_DEBUG("subscription %s: report_progress failed: %s", name_.c_str(), st.message.c_str());
+}
+
+void SubscriptionRunner::note_kafka_state(const std::string &problem) {
+    // Only fine <-> failing is a state change: librdkafka's messages vary
+    // from one reconnection attempt to the next.
+    if (problem.empty() == kafka_problem_.empty())
+        return;
+    if (problem.empty())
+        LOG_INFO("subscription %s: Kafka connection regained", name_.c_str());
+    else
+        LOG_WARNING("subscription %s: Kafka problem: %s", name_.c_str(), problem.c_str());
+    kafka_problem_ = problem;
+}
+
+void SubscriptionRunner::log_progress() {
+    const auto now = Clock::now();
+    const double seconds =
+        last_log_ == Clock::time_point{} ? 0 : std::chrono::duration<double>(now - last_log_).count();
+    const double rate = seconds > 0 ? (received_ - received_at_log_) / seconds : 0;
+    last_log_ = now;
+    received_at_log_ = received_;
+    if (std::optional<int64_t> hw = consumer_.high_water())
+        high_water_ = *hw;
+    const int64_t done = committed_next_ >= 0 ? committed_next_ : position_;
+    std::string lag = high_water_ >= 0 && done >= 0 ? std::to_string(std::max<int64_t>(high_water_ - done, 0)) : "?";
+    LOG_INFO("subscription %s: %.1f records/s, lag %s, next offset %s, applied %" PRIu64 ", skipped %" PRIu64
+             ", conflicts %" PRIu64 ", dead letters %" PRIu64 "%s%s",
+             name_.c_str(), rate, lag.c_str(), committed_next_ >= 0 ? std::to_string(committed_next_).c_str() : "?",
+             applied_, skipped_, conflicts_, dead_letters_, assembler_.careful() ? ", careful mode" : "",
+             db_down_ ? ", database unreachable" : (kafka_problem_.empty() ? "" : ", Kafka problem"));
+}
+
+void SubscriptionRunner::shutdown() {
+    if (!quit_ && db_.connected() && positioned_) {
+        assembler_.finish(); // commits complete transactions, rolls back a streamed one
+        execute_steps();
+    }
+    if (txn_open_ && db_.connected())
+        db_.exec("ROLLBACK");
+    txn_open_ = false;
+    consumer_.close();
+    db_.close();
+}
+
+} // namespace kafka_sync_sidecar

@@ -1,0 +1,97 @@
+// One subscription's thread: its own database connection and Kafka consumer,
+// the consume -> group -> apply loop, recovery from database and Kafka
+// outages, careful re-application after an error, and progress reports.
+#pragma once
+
+#include "db_session.hpp"
+#include "kafka_consumer.hpp"
+#include "subscription.hpp"
+#include "txn_assembler.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace kafka_sync_sidecar {
+
+class SubscriptionRunner {
+  public:
+    SubscriptionRunner(const std::string &dsn, SubscriptionConfig config);
+    ~SubscriptionRunner(); // stops and joins
+    SubscriptionRunner(const SubscriptionRunner &) = delete;
+    SubscriptionRunner &operator=(const SubscriptionRunner &) = delete;
+
+    void start();
+    // Finish (small transactions) or roll back (a streamed one) and close.
+    void request_stop();
+    // Interrupts the statement running now (shutdown taking too long).
+    void cancel_statement() { db_.cancel(); }
+    // The thread has ended: stopped, or the subscription was dropped/paused.
+    bool finished() const { return finished_; }
+    void join();
+    const SubscriptionConfig &config() const { return config_; }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+
+    void run();
+    bool connect_db();
+    bool open_consumer();
+    bool position();
+    void iterate();
+    void execute_steps();
+    bool run_step(ApplyStep &step);
+    bool apply_failed(const DbStatus &st);
+    bool pause_on_record(const std::vector<Record> &records, const ApplyResult &result);
+    void restart_from(int64_t first_offset, int64_t careful_through);
+    void rollback_stalled();
+    void report_progress();
+    void log_progress();
+    void note_kafka_state(const std::string &problem);
+    void db_lost(const std::string &message);
+    bool still_enabled();
+    void shutdown();
+    // Sleeps unless a stop is requested; false when it is.
+    bool sleep_ms(int ms);
+
+    std::string name_; // config_.name, for log lines
+    SubscriptionConfig config_;
+    DbSession db_;
+    KafkaConsumer consumer_;
+    TxnAssembler assembler_;
+    std::thread thread_;
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> finished_{false};
+    std::mutex sleep_mutex_;
+    std::condition_variable sleep_cv_;
+
+    bool quit_ = false;       // dropped or paused: end without touching it again
+    bool positioned_ = false; // the consumer is assigned for this database session
+    bool db_down_ = false;    // a "lost" line was logged
+    int db_backoff_ms_ = 500;
+    int retry_backoff_ms_ = 1000;
+    std::string kafka_problem_;  // as last logged ("" = fine)
+    std::string apply_problem_;  // an SQL error that keeps a careful apply failing
+
+    // The open local transaction.
+    bool txn_open_ = false;
+    bool txn_careful_ = false;
+    int64_t txn_first_offset_ = 0;
+    int64_t txn_last_offset_ = 0;
+    ApplyResult txn_counts_;
+
+    // Progress.
+    int64_t logged_start_ = -3;   // the start offset last logged
+    int64_t position_ = -1;       // next offset to consume, when known
+    int64_t committed_next_ = -1; // next_offset as committed, when known
+    int64_t high_water_ = -1;
+    uint64_t received_ = 0, received_at_log_ = 0;
+    uint64_t applied_ = 0, skipped_ = 0, conflicts_ = 0, dead_letters_ = 0;
+    Clock::time_point last_report_{}, last_log_{}, last_record_{}, last_assign_{};
+};
+
+} // namespace kafka_sync_sidecar

@@ -1,0 +1,578 @@
+// Unit tests of the sidecar's pure parts: grouping records into source
+// transactions and local transactions (txn_assembler), the binary array and
+// header encodings sent to apply_chunk, consumer settings and log masking.
+// No PostgreSQL, no Kafka: `make test/unit/sidecar_tests && test/unit/sidecar_tests`.
+//
+// The Makefile's unit_tests rule compiles every test/unit/*.cpp; this file is
+// only meant for the sidecar_tests binary (built with -DKAFKA_SYNC_SIDECAR_TESTS).
+#ifdef KAFKA_SYNC_SIDECAR_TESTS
+
+#include "kafka_stats.hpp"
+#include "log.hpp"
+#include "pg_array.hpp"
+#include "record.hpp"
+#include "subscription.hpp"
+#include "txn_assembler.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+int checks = 0;
+
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        checks++;                                                                                                      \
+        if (!(cond)) {                                                                                                 \
+            failures++;                                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
+        }                                                                                                              \
+    } while (0)
+
+#define CHECK_EQ(actual, expected)                                                                                     \
+    do {                                                                                                               \
+        checks++;                                                                                                      \
+        const std::string a_ = (actual), e_ = (expected);                                                              \
+        if (a_ != e_) {                                                                                                \
+            failures++;                                                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n  got:      %s\n  expected: %s\n", __FILE__, __LINE__, #actual,  \
+                    a_.c_str(), e_.c_str());                                                                           \
+        }                                                                                                              \
+    } while (0)
+
+using namespace kafka_sync_sidecar;
+
+// A record of source transaction `lsn` at position `seq`; txn_end > 0 marks
+// the last record with that count.
+Record rec(int64_t offset, uint64_t lsn, int seq, int txn_end = 0, size_t value_size = 10) {
+    std::vector<KafkaHeader> h;
+    h.push_back({"kafka_sync.origin", std::string("chat1")});
+    h.push_back({"kafka_sync.lsn", format_lsn(lsn)});
+    h.push_back({"kafka_sync.seq", std::to_string(seq)});
+    if (txn_end > 0)
+        h.push_back({"kafka_sync.txn_end", std::to_string(txn_end)});
+    std::string value(value_size, 'v');
+    return make_record(offset, "k", 1, value.data(), value.size(), h);
+}
+
+// A record without kafka_sync headers (foreign input).
+Record foreign(int64_t offset) { return make_record(offset, nullptr, 0, "garbage", 7, {}); }
+
+// The steps as text: S(offsets) a Send (S! when careful), C a Commit, R a Rollback.
+std::string trace(TxnAssembler &a) {
+    std::string out;
+    for (const ApplyStep &s : a.take_steps()) {
+        if (!out.empty())
+            out += ' ';
+        if (s.kind == ApplyStep::Kind::Commit) {
+            out += 'C';
+        } else if (s.kind == ApplyStep::Kind::Rollback) {
+            out += 'R';
+        } else {
+            out += s.careful ? "S!(" : "S(";
+            for (size_t i = 0; i < s.records.size(); i++)
+                out += (i ? "," : "") + std::to_string(s.records[i].offset);
+            out += ')';
+        }
+    }
+    return out;
+}
+
+AssemblerLimits limits(size_t records, size_t bytes = 1u << 30) {
+    AssemblerLimits l;
+    l.max_records = records;
+    l.max_bytes = bytes;
+    return l;
+}
+
+std::string hex(const std::string &bytes) {
+    static const char *digits = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : bytes) {
+        out += digits[c >> 4];
+        out += digits[c & 15];
+    }
+    return out;
+}
+
+// ---- grouping and local transactions ----
+
+void small_transactions_share_one_local_transaction_until_idle() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2, 2));
+    a.add(rec(2, 200, 1, 1));
+    a.add(rec(3, 300, 1));
+    a.add(rec(4, 300, 2, 2));
+    CHECK_EQ(trace(a), ""); // more may come: nothing sent yet
+    CHECK(a.has_pending());
+    a.idle();
+    CHECK_EQ(trace(a), "S(0,1,2,3,4) C");
+    CHECK(!a.has_pending());
+    a.idle();
+    CHECK_EQ(trace(a), "");
+}
+
+void incomplete_transaction_is_not_sent_at_idle() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(0) C");
+    a.add(rec(2, 200, 2, 2));
+    a.idle();
+    CHECK_EQ(trace(a), "S(1,2) C");
+}
+
+void pipelining_commits_at_the_record_limit() {
+    TxnAssembler a(limits(4));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2, 2));
+    a.add(rec(2, 200, 1));
+    a.add(rec(3, 200, 2, 2));
+    CHECK_EQ(trace(a), "S(0,1,2,3) C");
+    a.add(rec(4, 300, 1, 1));
+    CHECK_EQ(trace(a), "");
+    a.idle();
+    CHECK_EQ(trace(a), "S(4) C");
+}
+
+void pipelining_commits_at_the_byte_limit() {
+    // each record holds 1000 bytes of value (+ key, headers): three pass 2500
+    TxnAssembler a(limits(1000, 2500));
+    a.add(rec(0, 100, 1, 1, 1000));
+    a.add(rec(1, 200, 1, 1, 1000));
+    CHECK_EQ(trace(a), "");
+    a.add(rec(2, 300, 1, 1, 1000));
+    CHECK_EQ(trace(a), "S(0,1) C"); // the third would pass the limit: it starts the next batch
+    a.idle();
+    CHECK_EQ(trace(a), "S(2) C");
+}
+
+void transaction_that_would_overflow_the_batch_starts_the_next_one() {
+    TxnAssembler a(limits(4));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2));
+    a.add(rec(2, 100, 3, 3));
+    a.add(rec(3, 200, 1));
+    a.add(rec(4, 200, 2));
+    CHECK_EQ(trace(a), "");
+    a.add(rec(5, 200, 3, 3)); // 3 + 3 > 4: never split, the first batch commits alone
+    CHECK_EQ(trace(a), "S(0,1,2) C");
+    a.idle();
+    CHECK_EQ(trace(a), "S(3,4,5) C");
+}
+
+void large_transaction_streams_in_chunks_inside_one_local_transaction() {
+    TxnAssembler a(limits(3));
+    for (int i = 0; i < 7; i++)
+        a.add(rec(i, 100, i + 1));
+    CHECK(a.streaming());
+    CHECK_EQ(trace(a), "S(0,1,2) S(3,4,5)"); // no commit between chunks
+    a.idle();
+    CHECK_EQ(trace(a), ""); // an open streamed transaction waits for its end
+    a.add(rec(7, 100, 8, 8));
+    CHECK_EQ(trace(a), "S(6,7) C");
+    CHECK(!a.streaming());
+}
+
+void large_transaction_commits_waiting_small_ones_first() {
+    TxnAssembler a(limits(3));
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1));
+    a.add(rec(2, 200, 2));
+    CHECK_EQ(trace(a), "");
+    a.add(rec(3, 200, 3));
+    // the streamed transaction gets a local transaction of its own
+    CHECK_EQ(trace(a), "S(0) C S(1,2,3)");
+    a.add(rec(4, 200, 4, 4));
+    CHECK_EQ(trace(a), "S(4) C");
+}
+
+void streaming_stays_within_the_byte_limit() {
+    TxnAssembler a(limits(1000, 2500));
+    for (int i = 0; i < 5; i++)
+        a.add(rec(i, 100, i + 1, 0, 1000));
+    a.add(rec(5, 100, 6, 6, 1000));
+    CHECK_EQ(trace(a), "S(0,1,2) S(3,4,5) C");
+}
+
+void partial_copy_is_discarded_when_the_transaction_starts_over() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1));
+    a.add(rec(2, 200, 2)); // producer restarts here; the whole transaction follows
+    a.add(rec(3, 200, 1));
+    a.add(rec(4, 200, 2));
+    a.add(rec(5, 200, 3, 3));
+    a.idle();
+    CHECK_EQ(trace(a), "S(0,3,4,5) C");
+    auto notes = a.take_notes();
+    CHECK(notes.size() == 1 && notes[0].find("discarded") != std::string::npos);
+}
+
+void partial_copy_is_discarded_when_another_transaction_begins() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2)); // no txn_end: the producer restarted from an earlier LSN
+    a.add(rec(2, 90, 1, 1));
+    a.add(rec(3, 100, 1));
+    a.add(rec(4, 100, 2));
+    a.add(rec(5, 100, 3, 3));
+    a.idle();
+    CHECK_EQ(trace(a), "S(2,3,4,5) C");
+    CHECK(a.take_notes().size() == 1);
+}
+
+void streamed_partial_copy_is_rolled_back() {
+    TxnAssembler a(limits(2));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2));
+    a.add(rec(2, 100, 3));
+    CHECK_EQ(trace(a), "S(0,1)");
+    a.add(rec(3, 100, 1)); // started over: what was sent is rolled back
+    CHECK_EQ(trace(a), "R");
+    CHECK(!a.streaming());
+    a.add(rec(4, 100, 2));
+    a.add(rec(5, 100, 3, 3));
+    CHECK_EQ(trace(a), "S(3,4) S(5) C");
+}
+
+void duplicate_is_never_in_the_local_transaction_of_its_original() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1, 1));
+    a.add(rec(2, 200, 1, 1)); // a duplicate copy of 200 (LSN equal)
+    CHECK_EQ(trace(a), "S(0,1) C");
+    a.add(rec(3, 150, 1, 1)); // below the 200 now pending again
+    CHECK_EQ(trace(a), "S(2) C");
+    a.add(rec(4, 300, 1, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(3,4) C");
+}
+
+void lsn_order_is_per_local_transaction_only() {
+    // Already committed LSNs do not force boundaries: the extension skips them.
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 500, 1, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(0) C");
+    a.add(rec(1, 100, 1, 1));
+    a.add(rec(2, 200, 1, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(1,2) C");
+}
+
+void record_without_headers_is_a_transaction_of_its_own() {
+    TxnAssembler a(limits(100));
+    a.add(foreign(0));
+    a.add(rec(1, 100, 1));
+    a.add(rec(2, 100, 2, 2));
+    a.add(foreign(3));
+    CHECK(a.has_pending());
+    a.idle();
+    CHECK_EQ(trace(a), "S(0,1,2,3) C");
+    Record f = foreign(9);
+    CHECK(!f.has_lsn && f.seq == 0 && !f.txn_end && f.headers.empty());
+}
+
+void record_without_headers_inside_a_transaction_does_not_split_it() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1));
+    a.add(foreign(1));
+    a.add(rec(2, 100, 2, 2));
+    a.idle();
+    CHECK_EQ(trace(a), "S(0,1,2) C");
+    CHECK(a.take_notes().empty());
+}
+
+void invalid_lsn_counts_as_no_lsn() {
+    Record r = make_record(0, nullptr, 0, "v", 1, {{"kafka_sync.lsn", std::string("zz/1")}, {"kafka_sync.txn_end", std::string("1")}});
+    CHECK(!r.has_lsn);
+    Record n = make_record(0, nullptr, 0, "v", 1, {{"kafka_sync.lsn", std::nullopt}});
+    CHECK(!n.has_lsn);
+    TxnAssembler a(limits(100));
+    a.add(std::move(r));
+    a.idle();
+    CHECK_EQ(trace(a), "S(0) C");
+}
+
+void careful_mode_applies_one_source_transaction_per_local_transaction() {
+    TxnAssembler a(limits(100));
+    a.apply_carefully_through(4);
+    CHECK(a.careful());
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2, 2));
+    CHECK_EQ(trace(a), "S!(0,1) C");
+    a.add(foreign(2));
+    CHECK_EQ(trace(a), "S!(2) C");
+    a.add(rec(3, 300, 1));
+    a.add(rec(4, 300, 2));
+    a.add(rec(5, 300, 3, 3)); // began inside the range: careful to its end
+    CHECK_EQ(trace(a), "S!(3,4,5) C");
+    a.add(rec(6, 400, 1, 1)); // past the failed local transaction: normal again
+    CHECK(!a.careful());
+    CHECK_EQ(trace(a), "");
+    a.add(rec(7, 500, 1, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(6,7) C");
+}
+
+void careful_mode_streams_large_transactions_with_the_careful_flag() {
+    TxnAssembler a(limits(2));
+    a.apply_carefully_through(0);
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2));
+    a.add(rec(2, 100, 3, 3));
+    CHECK_EQ(trace(a), "S!(0,1) S!(2) C");
+}
+
+void finish_commits_complete_and_rolls_back_streamed() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1)); // incomplete, never sent: forgotten
+    a.finish();
+    CHECK_EQ(trace(a), "S(0) C");
+    TxnAssembler b(limits(2));
+    b.add(rec(0, 100, 1));
+    b.add(rec(1, 100, 2));
+    CHECK_EQ(trace(b), "S(0,1)");
+    b.finish();
+    CHECK_EQ(trace(b), "R");
+}
+
+void reset_forgets_everything() {
+    TxnAssembler a(limits(2));
+    a.apply_carefully_through(10);
+    a.add(rec(0, 100, 1, 1));
+    a.add(rec(1, 200, 1));
+    a.add(rec(2, 200, 2));
+    a.reset();
+    CHECK(!a.careful() && !a.has_pending() && !a.streaming());
+    CHECK_EQ(trace(a), "");
+    a.add(rec(2, 200, 2, 2)); // a tail after a re-seek is its own group
+    a.idle();
+    CHECK_EQ(trace(a), "S(2) C");
+}
+
+void odd_record_count_is_noted() {
+    TxnAssembler a(limits(100));
+    a.add(rec(0, 100, 1));
+    a.add(rec(1, 100, 2, 5));
+    auto notes = a.take_notes();
+    CHECK(notes.size() == 1 && notes[0].find("says 5") != std::string::npos);
+    a.idle();
+    CHECK_EQ(trace(a), "S(0,1) C");
+}
+
+// ---- records and encodings ----
+
+void lsn_text_round_trips() {
+    uint64_t lsn = 0;
+    CHECK(parse_lsn("0/1BAD398", lsn) && lsn == 0x1BAD398);
+    CHECK(parse_lsn("16/B374D848", lsn) && lsn == 0x16B374D848ull);
+    CHECK(parse_lsn("FFFFFFFF/FFFFFFFF", lsn) && lsn == ~0ull);
+    CHECK(format_lsn(0x16B374D848ull) == "16/B374D848");
+    CHECK(!parse_lsn("", lsn));
+    CHECK(!parse_lsn("1/", lsn));
+    CHECK(!parse_lsn("/1", lsn));
+    CHECK(!parse_lsn("123456789/0", lsn));
+    CHECK(!parse_lsn("1/2/3", lsn));
+    CHECK(!parse_lsn("-1/0", lsn));
+}
+
+void record_reads_the_kafka_sync_headers() {
+    Record r = rec(42, 0x1BAD398, 3, 3);
+    CHECK(r.offset == 42 && r.has_lsn && r.lsn == 0x1BAD398 && r.seq == 3 && r.txn_end && r.txn_records == 3);
+    CHECK(r.key && *r.key == "k" && r.value && r.value->size() == 10);
+    Record t = make_record(1, nullptr, 0, nullptr, 0, {{"kafka_sync.seq", std::string("x")}});
+    CHECK(!t.key && !t.value && t.seq == 0 && !t.txn_end); // a tombstone without a key
+    Record e = make_record(1, "", 0, "", 0, {{"kafka_sync.txn_end", std::string("-3")}});
+    CHECK(e.key && e.key->empty() && e.value && e.value->empty() && e.txn_end && e.txn_records == 0);
+}
+
+void headers_are_encoded_for_apply_chunk() {
+    std::string blob = encode_headers({{"ab", std::string("xyz")}, {"n", std::nullopt}, {"e", std::string()}});
+    CHECK_EQ(hex(blob), "00000002" "6162" "00000003" "78797a"
+                        "00000001" "6e" "ffffffff"
+                        "00000001" "65" "00000000");
+    CHECK(encode_headers({}).empty());
+    std::string bin("\0\xff", 2);
+    CHECK_EQ(hex(encode_headers({{"b", bin}})), "00000001" "62" "00000002" "00ff");
+}
+
+void int8_array_has_postgres_binary_layout() {
+    CHECK_EQ(hex(encode_int8_array({1, -2})), "00000001" "00000000" "00000014" // ndim 1, no nulls, int8
+                                              "00000002" "00000001"             // 2 elements from 1
+                                              "00000008" "0000000000000001"
+                                              "00000008" "fffffffffffffffe");
+    CHECK_EQ(hex(encode_int8_array({})), "00000000" "00000000" "00000014");
+    CHECK_EQ(hex(encode_int8_array({0x0102030405060708ll})).substr(48), "0102030405060708");
+}
+
+void bytea_array_has_postgres_binary_layout() {
+    std::string a("\x01\x02", 2), empty;
+    CHECK_EQ(hex(encode_bytea_array({&a, nullptr, &empty})),
+             "00000001" "00000001" "00000011" // ndim 1, has nulls, bytea
+             "00000003" "00000001"
+             "00000002" "0102"
+             "ffffffff"
+             "00000000");
+    CHECK_EQ(hex(encode_bytea_array({&a})).substr(8, 8), "00000000"); // no nulls
+    CHECK_EQ(hex(encode_bytea_array({})), "00000000" "00000000" "00000011");
+}
+
+// ---- subscription settings ----
+
+std::string property(const std::vector<ConsumerProperty> &props, const std::string &name) {
+    std::string value = "(unset)";
+    for (const auto &p : props)
+        if (p.name == name)
+            value = p.value; // the last one set wins, as with rd_kafka_conf_set
+    return value;
+}
+
+void consumer_properties_apply_kafka_config_but_keep_the_guarantees() {
+    SubscriptionConfig s;
+    s.name = "from_chat2";
+    s.brokers = "k1:9092,k2:9092";
+    s.kafka_config = R"({"kafka_sync.schemas": false, "security.protocol": "SASL_SSL", "fetch.wait.max.ms": 100,
+                         "enable.auto.commit": true, "bootstrap.servers": "evil:1", "check.crcs": true,
+                         "queued.max.messages.kbytes": 4096, "nothing": null})";
+    std::vector<ConsumerProperty> props;
+    std::string error;
+    CHECK(consumer_properties(s, props, error));
+    CHECK_EQ(property(props, "kafka_sync.schemas"), "(unset)");
+    CHECK_EQ(property(props, "nothing"), "(unset)");
+    CHECK_EQ(property(props, "security.protocol"), "SASL_SSL");
+    CHECK_EQ(property(props, "fetch.wait.max.ms"), "100");
+    CHECK_EQ(property(props, "check.crcs"), "true");
+    CHECK_EQ(property(props, "queued.max.messages.kbytes"), "4096"); // defaults are overridable
+    CHECK_EQ(property(props, "bootstrap.servers"), "k1:9092,k2:9092");
+    CHECK_EQ(property(props, "enable.auto.commit"), "false");
+    CHECK_EQ(property(props, "enable.auto.offset.store"), "false");
+    CHECK_EQ(property(props, "auto.offset.reset"), "error");
+    CHECK_EQ(property(props, "group.id"), "kafka_sync_sidecar.from_chat2");
+
+    s.kafka_config = "{}";
+    CHECK(consumer_properties(s, props, error));
+    CHECK_EQ(property(props, "queued.max.messages.kbytes"), "16384"); // bounded prefetch by default
+    CHECK(std::stoll(property(props, "receive.message.max.bytes")) > 50ll * 1024 * 1024);
+
+    s.kafka_config = R"({"sasl.password": {"nested": "s3cret"}})";
+    CHECK(!consumer_properties(s, props, error));
+    CHECK(error.find("sasl.password") != std::string::npos && error.find("s3cret") == std::string::npos);
+    s.kafka_config = "[1]";
+    CHECK(!consumer_properties(s, props, error));
+}
+
+void start_offset_comes_from_the_database_first() {
+    SubscriptionConfig s;
+    int64_t offset = 0;
+    std::string error;
+    s.start = "earliest";
+    CHECK(resolve_start_offset(s, offset, error) && offset == kOffsetBeginning);
+    s.start = "latest";
+    CHECK(resolve_start_offset(s, offset, error) && offset == kOffsetEnd);
+    s.start = "1234";
+    CHECK(resolve_start_offset(s, offset, error) && offset == 1234);
+    s.next_offset = 77;
+    CHECK(resolve_start_offset(s, offset, error) && offset == 77);
+    s.next_offset.reset();
+    s.start = "-5";
+    CHECK(!resolve_start_offset(s, offset, error));
+    SubscriptionConfig t = s;
+    t.next_offset = 5;
+    CHECK(s.same_settings(t));
+    t.kafka_config = "{\"x\": 1}";
+    CHECK(!s.same_settings(t));
+}
+
+void statistics_tell_whether_the_partition_leader_is_connected() {
+    const char *up = R"({"brokers": {
+        "GroupCoordinator": {"nodeid": 1, "source": "logical", "state": "DOWN"},
+        "k1:9092/1": {"nodeid": 1, "source": "configured", "state": "UP"},
+        "k2:9092/2": {"nodeid": 2, "source": "learned", "state": "DOWN"}},
+      "topics": {"kafka_sync.chat1": {"partitions": {
+        "0": {"leader": 1, "fetch_state": "active", "hi_offset": 5309},
+        "-1": {"leader": -1, "hi_offset": -1001}}}}})";
+    PartitionStats s;
+    CHECK(parse_partition_stats(up, strlen(up), "kafka_sync.chat1", s));
+    CHECK(s.leader == 1 && s.leader_up && s.fetching && s.high_water == 5309);
+
+    const char *down = R"({"brokers": {
+        "GroupCoordinator": {"nodeid": 1, "source": "logical", "state": "UP"},
+        "k1:9092/1": {"nodeid": 1, "source": "configured", "state": "CONNECT"}},
+      "topics": {"kafka_sync.chat1": {"partitions": {"0": {"leader": 1, "fetch_state": "active", "hi_offset": 7}}}}})";
+    CHECK(parse_partition_stats(down, strlen(down), "kafka_sync.chat1", s));
+    CHECK(!s.leader_up && s.high_water == 7); // a logical broker's connection is not the leader's
+
+    const char *no_topic = R"({"brokers": {"k1:9092/1": {"nodeid": 1, "source": "configured", "state": "UP"}},
+                               "topics": {}})";
+    CHECK(parse_partition_stats(no_topic, strlen(no_topic), "kafka_sync.chat1", s));
+    CHECK(s.leader == -1 && !s.leader_up && s.high_water == -1);
+    CHECK(!parse_partition_stats("{", 1, "t", s));
+}
+
+// ---- logging ----
+
+void passwords_never_reach_the_log() {
+    CHECK_EQ(mask_dsn("host=db dbname=chat1 password=s3cret user=x"), "host=db dbname=chat1 password=**** user=x");
+    CHECK_EQ(mask_dsn("password = 'a b\\' c' host=db"), "password = **** host=db");
+    CHECK_EQ(mask_dsn("postgresql://ann:s3cret@db:5432/chat1"), "postgresql://ann:****@db:5432/chat1");
+    CHECK_EQ(mask_dsn("postgresql://db/chat1?user=ann&password=s3cret&sslmode=require"),
+             "postgresql://db/chat1?user=ann&password=****&sslmode=require");
+    CHECK_EQ(mask_dsn("host=db dbname=chat1"), "host=db dbname=chat1");
+    CHECK_EQ(mask_dsn("dbname=passwords"), "dbname=passwords");
+    CHECK_EQ(mask_values("Invalid value \"s3cret\" for sasl.password", {"s3cret"}),
+             "Invalid value \"****\" for sasl.password");
+    CHECK_EQ(one_line("server closed the connection\n\tThis probably means\n"),
+             "server closed the connection This probably means");
+}
+
+} // namespace
+
+int main() {
+    small_transactions_share_one_local_transaction_until_idle();
+    incomplete_transaction_is_not_sent_at_idle();
+    pipelining_commits_at_the_record_limit();
+    pipelining_commits_at_the_byte_limit();
+    transaction_that_would_overflow_the_batch_starts_the_next_one();
+    large_transaction_streams_in_chunks_inside_one_local_transaction();
+    large_transaction_commits_waiting_small_ones_first();
+    streaming_stays_within_the_byte_limit();
+    partial_copy_is_discarded_when_the_transaction_starts_over();
+    partial_copy_is_discarded_when_another_transaction_begins();
+    streamed_partial_copy_is_rolled_back();
+    duplicate_is_never_in_the_local_transaction_of_its_original();
+    lsn_order_is_per_local_transaction_only();
+    record_without_headers_is_a_transaction_of_its_own();
+    record_without_headers_inside_a_transaction_does_not_split_it();
+    invalid_lsn_counts_as_no_lsn();
+    careful_mode_applies_one_source_transaction_per_local_transaction();
+    careful_mode_streams_large_transactions_with_the_careful_flag();
+    finish_commits_complete_and_rolls_back_streamed();
+    reset_forgets_everything();
+    odd_record_count_is_noted();
+    lsn_text_round_trips();
+    record_reads_the_kafka_sync_headers();
+    headers_are_encoded_for_apply_chunk();
+    int8_array_has_postgres_binary_layout();
+    bytea_array_has_postgres_binary_layout();
+    consumer_properties_apply_kafka_config_but_keep_the_guarantees();
+    start_offset_comes_from_the_database_first();
+    statistics_tell_whether_the_partition_leader_is_connected();
+    passwords_never_reach_the_log();
+    if (failures) {
+        fprintf(stderr, "%d of %d checks failed\n", failures, checks);
+        return 1;
+    }
+    printf("sidecar unit tests: all %d checks passed\n", checks);
+    return 0;
+}
+
+#endif // KAFKA_SYNC_SIDECAR_TESTS
