@@ -44,8 +44,7 @@ int run_check(const std::string &dsn) {
         printf("subscriptions: none enabled\n");
     for (const SubscriptionConfig &s : subs)
         printf("subscription %s peer %s topic %s brokers %s on_error %s %s%s\n", s.name.c_str(), s.peer.c_str(),
-               s.topic.c_str(), s.brokers.c_str(), s.on_error.c_str(),
-               s.next_offset ? "next_offset " : "start ",
+               s.topic.c_str(), s.brokers.c_str(), s.on_error.c_str(), s.next_offset ? "next_offset " : "start ",
                s.next_offset ? std::to_string(*s.next_offset).c_str() : s.start.c_str());
     if (!is_node && subs.empty()) {
         fprintf(stderr, "kafka_sync_sidecar: this database is neither a kafka_sync node nor subscribed to one\n");

@@ -24,7 +24,9 @@ int64_t int_column(PGresult *res, int row, int col) {
 
 // Server notices (e.g. "there is no transaction in progress" after a failed
 // COMMIT) go to the debug log, not straight to stderr.
-void on_notice(void *, const char *message) { LOG_DEBUG("database: %s", one_line(message).c_str()); }
+void on_notice(void *, const char *message) {
+    LOG_DEBUG("database: %s", one_line(message).c_str());
+}
 
 std::string text_column(PGresult *res, int row, int col) {
     return PQgetisnull(res, row, col) ? std::string() : std::string(PQgetvalue(res, row, col));
@@ -36,8 +38,13 @@ bool DbSession::connect(std::string &error) {
     close();
     // Keywords before "dbname" are defaults the DSN may override: TCP
     // keepalives notice a vanished server within a minute, not two hours.
-    const char *keywords[] = {"keepalives_idle",   "keepalives_interval",       "keepalives_count",
-                              "connect_timeout",   "dbname", "fallback_application_name", nullptr};
+    const char *keywords[] = {"keepalives_idle",
+                              "keepalives_interval",
+                              "keepalives_count",
+                              "connect_timeout",
+                              "dbname",
+                              "fallback_application_name",
+                              nullptr};
     const char *values[] = {"20", "10", "3", "10", dsn_.c_str(), application_name_.c_str(), nullptr};
     PGconn *conn = PQconnectdbParams(keywords, values, 1);
     if (!conn) {
@@ -88,8 +95,8 @@ DbStatus DbSession::check(PGresult *res, ExecStatusType expected) {
         st.message = "unexpected result " + std::string(res ? PQresStatus(PQresultStatus(res)) : "(none)");
     // Class 08 (connection exception) and 57P01..57P03 (the server is shutting
     // down or restarting) end the session even if libpq has not noticed yet.
-    if (!conn_ || PQstatus(conn_) != CONNECTION_OK || st.sqlstate.compare(0, 2, "08") == 0 ||
-        st.sqlstate == "57P01" || st.sqlstate == "57P02" || st.sqlstate == "57P03") {
+    if (!conn_ || PQstatus(conn_) != CONNECTION_OK || st.sqlstate.compare(0, 2, "08") == 0 || st.sqlstate == "57P01" ||
+        st.sqlstate == "57P02" || st.sqlstate == "57P03") {
         st.kind = DbStatus::Kind::Lost;
         close();
     } else if (st.sqlstate == "42704" || st.sqlstate == "55000") {
@@ -164,10 +171,14 @@ DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record
     const std::string p_headers = encode_bytea_array(headers);
 
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
-    const char *params[6] = {sub.c_str(), p_offsets.data(), p_keys.data(), p_values.data(), p_headers.data(),
-                             careful ? "t" : "f"};
-    const int lengths[6] = {0, static_cast<int>(p_offsets.size()), static_cast<int>(p_keys.size()),
-                            static_cast<int>(p_values.size()), static_cast<int>(p_headers.size()), 0};
+    const char *params[6] = {sub.c_str(),     p_offsets.data(), p_keys.data(),
+                             p_values.data(), p_headers.data(), careful ? "t" : "f"};
+    const int lengths[6] = {0,
+                            static_cast<int>(p_offsets.size()),
+                            static_cast<int>(p_keys.size()),
+                            static_cast<int>(p_values.size()),
+                            static_cast<int>(p_headers.size()),
+                            0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
     PGresult *res = PQexecParams(conn_,
                                  "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
@@ -203,9 +214,12 @@ DbStatus DbSession::record_failure(const std::string &sub, int64_t offset, const
                              record && record->value ? record->value->data() : nullptr,
                              record ? record->headers.data() : nullptr,
                              error.c_str()};
-    const int lengths[6] = {0, 0, record && record->key ? static_cast<int>(record->key->size()) : 0,
+    const int lengths[6] = {0,
+                            0,
+                            record && record->key ? static_cast<int>(record->key->size()) : 0,
                             record && record->value ? static_cast<int>(record->value->size()) : 0,
-                            record ? static_cast<int>(record->headers.size()) : 0, 0};
+                            record ? static_cast<int>(record->headers.size()) : 0,
+                            0};
     const int formats[6] = {0, 0, 1, 1, 1, 0};
     PGresult *res = PQexecParams(conn_,
                                  "SELECT kafka_sync.record_failure($1::text, $2::int8, $3::bytea, $4::bytea, "

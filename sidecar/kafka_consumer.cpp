@@ -49,8 +49,7 @@ void KafkaConsumer::on_log(const rd_kafka_t *rk, int level, const char *facility
     if (!log_enabled(ours))
         return;
     std::string text = self ? mask_values(message, self->secrets_) : std::string(message);
-    log_line(ours, "subscription %s: librdkafka %s: %s", self ? self->sub_name_.c_str() : "?", facility,
-             text.c_str());
+    log_line(ours, "subscription %s: librdkafka %s: %s", self ? self->sub_name_.c_str() : "?", facility, text.c_str());
 }
 
 int KafkaConsumer::on_stats(rd_kafka_t *, char *json, size_t len, void *opaque) {
@@ -89,8 +88,8 @@ bool KafkaConsumer::open(const SubscriptionConfig &sub, std::string &error) {
         rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, p.name.c_str(), p.value.c_str(), errstr, sizeof errstr);
         if (res != RD_KAFKA_CONF_OK) {
             rd_kafka_conf_destroy(conf);
-            error = std::string(res == RD_KAFKA_CONF_UNKNOWN ? "unknown" : "invalid value for") +
-                    " Kafka property \"" + p.name + "\"";
+            error = std::string(res == RD_KAFKA_CONF_UNKNOWN ? "unknown" : "invalid value for") + " Kafka property \"" +
+                    p.name + "\"";
             return false;
         }
     }
@@ -201,8 +200,7 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
     if (!rk_)
         return std::nullopt;
     int64_t low = 0, high = -1;
-    if (rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        high >= 0)
+    if (rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         return std::max(high, stats_high_water_);
     if (stats_high_water_ >= 0)
         return stats_high_water_;

@@ -64,9 +64,9 @@ class KafkaConsumer {
     bool leader_up_ = true;
     Clock::time_point leader_down_since_{};
     int64_t stats_high_water_ = -1;
-    std::string broker_error_;   // librdkafka's last error, to say why
-    std::string fetch_problem_;  // topic missing, not authorized ... (cleared by a record or active fetching)
-    std::string offset_problem_; // cleared by a record or an assignment elsewhere
+    std::string broker_error_;           // librdkafka's last error, to say why
+    std::string fetch_problem_;          // topic missing, not authorized ... (cleared by a record or active fetching)
+    std::string offset_problem_;         // cleared by a record or an assignment elsewhere
     int64_t problem_offset_ = INT64_MIN; // the assigned offset offset_problem_ is about
 };
 

@@ -16,9 +16,8 @@ bool parse_partition_stats(const char *json, size_t len, const std::string &topi
         json_decref(root);
         return false;
     }
-    json_t *part = json_object_get(json_object_get(json_object_get(json_object_get(root, "topics"), topic.c_str()),
-                                                   "partitions"),
-                                   "0");
+    json_t *part = json_object_get(
+        json_object_get(json_object_get(json_object_get(root, "topics"), topic.c_str()), "partitions"), "0");
     if (json_is_object(part)) {
         json_t *leader = json_object_get(part, "leader");
         json_t *hi = json_object_get(part, "hi_offset");

@@ -39,8 +39,8 @@ size_t find_password_value(const std::string &s, size_t from, size_t &value_star
         size_t k = s.find("password", from);
         if (k == std::string::npos)
             return std::string::npos;
-        bool at_word_start = k == 0 || s[k - 1] == ' ' || s[k - 1] == '\t' || s[k - 1] == '\n' || s[k - 1] == '?' ||
-                             s[k - 1] == '&';
+        bool at_word_start =
+            k == 0 || s[k - 1] == ' ' || s[k - 1] == '\t' || s[k - 1] == '\n' || s[k - 1] == '?' || s[k - 1] == '&';
         size_t p = k + strlen("password");
         while (p < s.size() && (s[p] == ' ' || s[p] == '\t'))
             p++;
@@ -71,9 +71,13 @@ bool parse_log_level(const std::string &text, LogLevel &out) {
     return true;
 }
 
-void set_log_level(LogLevel level) { g_level = static_cast<int>(level); }
+void set_log_level(LogLevel level) {
+    g_level = static_cast<int>(level);
+}
 
-bool log_enabled(LogLevel level) { return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed); }
+bool log_enabled(LogLevel level) {
+    return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed);
+}
 
 void log_line(LogLevel level, const char *fmt, ...) {
     if (!log_enabled(level))

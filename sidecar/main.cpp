@@ -18,8 +18,12 @@ namespace {
 volatile sig_atomic_t g_stop_signal = 0;
 volatile sig_atomic_t g_reload_signal = 0;
 
-void on_stop_signal(int sig) { g_stop_signal = sig; }
-void on_reload_signal(int) { g_reload_signal = 1; }
+void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+}
+void on_reload_signal(int) {
+    g_reload_signal = 1;
+}
 
 } // namespace
 

@@ -33,7 +33,9 @@ SubscriptionRunner::~SubscriptionRunner() {
     join();
 }
 
-void SubscriptionRunner::start() { thread_ = std::thread([this] { run(); }); }
+void SubscriptionRunner::start() {
+    thread_ = std::thread([this] { run(); });
+}
 
 void SubscriptionRunner::request_stop() {
     {

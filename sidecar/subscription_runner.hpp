@@ -74,8 +74,8 @@ class SubscriptionRunner {
     bool db_down_ = false;    // a "lost" line was logged
     int db_backoff_ms_ = 500;
     int retry_backoff_ms_ = 1000;
-    std::string kafka_problem_;  // as last logged ("" = fine)
-    std::string apply_problem_;  // an SQL error that keeps a careful apply failing
+    std::string kafka_problem_; // as last logged ("" = fine)
+    std::string apply_problem_; // an SQL error that keeps a careful apply failing
 
     // The open local transaction.
     bool txn_open_ = false;

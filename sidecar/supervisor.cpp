@@ -26,7 +26,9 @@ Supervisor::Supervisor(std::string dsn, const sigset_t &wait_mask, volatile sig_
     : dsn_(std::move(dsn)), wait_mask_(wait_mask), stop_signal_(stop_signal), reload_signal_(reload_signal),
       db_(dsn_, "kafka_sync_sidecar") {}
 
-Supervisor::~Supervisor() { stop_all(); }
+Supervisor::~Supervisor() {
+    stop_all();
+}
 
 bool Supervisor::connect() {
     std::string error;

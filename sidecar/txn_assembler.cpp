@@ -97,8 +97,8 @@ void TxnAssembler::stream_current() {
 
 void TxnAssembler::discard_current(const char *why) {
     notes_.push_back("discarded an incomplete copy of transaction " + format_lsn(current_.lsn) + " (" +
-                     std::to_string(current_.count) + " records from offset " +
-                     std::to_string(current_.first_offset) + "): " + why);
+                     std::to_string(current_.count) + " records from offset " + std::to_string(current_.first_offset) +
+                     "): " + why);
     if (current_.streaming)
         emit(ApplyStep::Kind::Rollback);
     current_ = OpenGroup();
@@ -148,7 +148,9 @@ void TxnAssembler::emit(ApplyStep::Kind kind) {
     steps_.push_back(std::move(step));
 }
 
-void TxnAssembler::idle() { flush_pending(); }
+void TxnAssembler::idle() {
+    flush_pending();
+}
 
 void TxnAssembler::finish() {
     flush_pending();

@@ -60,7 +60,9 @@ Record rec(int64_t offset, uint64_t lsn, int seq, int txn_end = 0, size_t value_
 }
 
 // A record without kafka_sync headers (foreign input).
-Record foreign(int64_t offset) { return make_record(offset, nullptr, 0, "garbage", 7, {}); }
+Record foreign(int64_t offset) {
+    return make_record(offset, nullptr, 0, "garbage", 7, {});
+}
 
 // The steps as text: S(offsets) a Send (S! when careful), C a Commit, R a Rollback.
 std::string trace(TxnAssembler &a) {
@@ -291,7 +293,8 @@ void record_without_headers_inside_a_transaction_does_not_split_it() {
 }
 
 void invalid_lsn_counts_as_no_lsn() {
-    Record r = make_record(0, nullptr, 0, "v", 1, {{"kafka_sync.lsn", std::string("zz/1")}, {"kafka_sync.txn_end", std::string("1")}});
+    Record r = make_record(0, nullptr, 0, "v", 1,
+                           {{"kafka_sync.lsn", std::string("zz/1")}, {"kafka_sync.txn_end", std::string("1")}});
     CHECK(!r.has_lsn);
     Record n = make_record(0, nullptr, 0, "v", 1, {{"kafka_sync.lsn", std::nullopt}});
     CHECK(!n.has_lsn);
@@ -395,6 +398,8 @@ void record_reads_the_kafka_sync_headers() {
     CHECK(e.key && e.key->empty() && e.value && e.value->empty() && e.txn_end && e.txn_records == 0);
 }
 
+// The expected bytes are laid out field by field.
+// clang-format off
 void headers_are_encoded_for_apply_chunk() {
     std::string blob = encode_headers({{"ab", std::string("xyz")}, {"n", std::nullopt}, {"e", std::string()}});
     CHECK_EQ(hex(blob), "00000002" "6162" "00000003" "78797a"
@@ -425,6 +430,8 @@ void bytea_array_has_postgres_binary_layout() {
     CHECK_EQ(hex(encode_bytea_array({&a})).substr(8, 8), "00000000"); // no nulls
     CHECK_EQ(hex(encode_bytea_array({})), "00000000" "00000000" "00000011");
 }
+
+// clang-format on
 
 // ---- subscription settings ----
 
