@@ -43,7 +43,7 @@ MOCK_KAFKA  = test/kafka_mock/kafka_sync_mock_kafka
 UNIT_TESTS  = test/unit/unit_tests
 
 SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp))
-UNIT_SRCS    = $(sort $(wildcard test/unit/*.cpp)) extension/produce/inflight.cpp \
+UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp \
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
                extension/apply/record_decoder.cpp
 
@@ -61,13 +61,13 @@ $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/
 # The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
 test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
                          sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp $(wildcard sidecar/*.hpp)
-	$(CXX) $(CXXSTD) -DKAFKA_SYNC_SIDECAR_TESTS -Isidecar -o $@ $(filter %.cpp,$^) -ljansson -lpthread
+	$(CXX) $(CXXSTD) -Isidecar -o $@ $(filter %.cpp,$^) -ljansson -lpthread
 
 install: install-sidecar
 install-sidecar: $(SIDECAR)
 	$(INSTALL_PROGRAM) $(SIDECAR) '$(DESTDIR)$(bindir)/kafka_sync_sidecar'
 
-EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests tmp_check results regression.diffs regression.out
 
 .PHONY: test unit-test install-sidecar check-symbols demo demo-stop
 unit-test: $(UNIT_TESTS) test/unit/sidecar_tests

@@ -222,6 +222,7 @@ CREATE TABLE kafka_sync.subscription (
     paused_by_error    boolean NOT NULL DEFAULT false,
     origin_name        text NOT NULL,
     next_offset        bigint,
+    skip_offset        bigint,      -- a failed record resume_subscription(skip_failed) passes over
     last_applied_lsn   pg_lsn,
     last_source_commit timestamptz,
     last_applied_at    timestamptz,
@@ -308,7 +309,13 @@ BEGIN
 
     -- A left-over origin of a dropped subscription starts over from nothing.
     IF EXISTS (SELECT 1 FROM pg_replication_origin o WHERE o.roname = origin) THEN
-        PERFORM pg_replication_origin_advance(origin, '0/0');
+        BEGIN
+            PERFORM pg_replication_origin_advance(origin, '0/0');
+        EXCEPTION WHEN object_in_use THEN
+            RAISE EXCEPTION 'replication origin "%" of a dropped subscription to "%" is still in use', origin, peer_node
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'The sidecar releases it within a second of drop_subscription(); try again.';
+        END;
     ELSE
         PERFORM pg_replication_origin_create(origin);
     END IF;
@@ -373,7 +380,8 @@ BEGIN
             RAISE EXCEPTION 'subscription "%" has no failed record to skip', sub_name
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
-        UPDATE kafka_sync.subscription x SET next_offset = failed_offset + 1 WHERE x.sub_name = s.sub_name;
+        -- The rest of that record's source transaction is still applied, as one transaction.
+        UPDATE kafka_sync.subscription x SET skip_offset = failed_offset WHERE x.sub_name = s.sub_name;
     END IF;
     UPDATE kafka_sync.subscription x SET enabled = true, paused_by_error = false, last_error = NULL
      WHERE x.sub_name = s.sub_name;
@@ -405,7 +413,11 @@ CREATE FUNCTION kafka_sync.report_progress(sub_name text, high_water bigint, con
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE kafka_sync.subscription s
        SET high_water = report_progress.high_water, consumer_error = report_progress.consumer_error,
-           last_contact = now()
+           last_contact = now(),
+           -- start => 'latest' means the end of the topic when the sidecar first saw it,
+           -- not wherever it is at each restart until something gets applied
+           next_offset = CASE WHEN s.next_offset IS NULL AND s.start = 'latest' AND report_progress.high_water >= 0
+                              THEN report_progress.high_water ELSE s.next_offset END
      WHERE s.sub_name = report_progress.sub_name
 $$;
 

@@ -116,6 +116,18 @@ DbStatus DbSession::exec(const char *sql) {
     return st;
 }
 
+DbStatus DbSession::commit() {
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    PGresult *res = PQexec(conn_, "COMMIT");
+    DbStatus st = check(res, PGRES_COMMAND_OK);
+    if (st.ok() && strcmp(PQcmdStatus(res), "COMMIT") != 0)
+        st = DbStatus{DbStatus::Kind::Failed, "",
+                      std::string("the transaction was rolled back (") + PQcmdStatus(res) + ")"};
+    PQclear(res);
+    return st;
+}
+
 DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub) {
     out.clear();
     if (!conn_)

@@ -55,6 +55,9 @@ class DbSession {
 
     // A statement without parameters: BEGIN, COMMIT, ROLLBACK, LISTEN ...
     DbStatus exec(const char *sql);
+    // COMMIT, failing unless the server really committed (an aborted
+    // transaction "commits" as ROLLBACK).
+    DbStatus commit();
     // The enabled subscriptions; only_sub: just that one (none if it is not enabled).
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     DbStatus apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful, ApplyResult &out);

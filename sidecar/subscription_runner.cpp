@@ -190,13 +190,14 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
     switch (step.kind) {
     case ApplyStep::Kind::Send: {
         if (!txn_open_) {
+            txn_careful_ = step.careful;
+            txn_first_offset_ = step.records.front().offset;
+            txn_last_offset_ = step.records.back().offset;
+            txn_counts_ = ApplyResult();
             st = db_.exec("BEGIN");
             if (!st.ok())
                 return apply_failed(st);
             txn_open_ = true;
-            txn_careful_ = step.careful;
-            txn_first_offset_ = step.records.front().offset;
-            txn_counts_ = ApplyResult();
         }
         txn_last_offset_ = step.records.back().offset;
         ApplyResult result;
@@ -217,7 +218,7 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
         return true;
     }
     case ApplyStep::Kind::Commit:
-        st = db_.exec("COMMIT");
+        st = db_.commit();
         if (!st.ok())
             return apply_failed(st);
         txn_open_ = false;

@@ -146,6 +146,26 @@ ROLLBACK;
 SELECT kafka_sync.resume_subscription('from_chat2', skip_failed => true);
 SELECT name, state, applied_offset FROM kafka_sync.subscription_status;
 
+-- a bad record in the middle of a source transaction: after resuming past
+-- it, the rest of that transaction is applied, together, from its first record
+BEGIN;
+SELECT failed_offset FROM kafka_sync.apply_chunk('from_chat2', '{22,23,24}', '{NULL,NULL,NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "t1"}'), ev('c', 'no_such_table', NULL, '{"id": "1"}'),
+          ev('c', 'user_table', NULL, '{"user_id": "t3"}')],
+    ARRAY[hdrs('0/b00'), hdrs('0/b00'), hdrs('0/b00', 3)], true);
+ROLLBACK;
+SELECT kafka_sync.record_failure('from_chat2', 23, NULL, ev('c', 'no_such_table', NULL, '{"id": "1"}'), hdrs('0/b00'),
+    'table "public"."no_such_table" of the record does not exist here');
+SELECT kafka_sync.resume_subscription('from_chat2', skip_failed => true);
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{22,23,24}', '{NULL,NULL,NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "t1"}'), ev('c', 'no_such_table', NULL, '{"id": "1"}'),
+          ev('c', 'user_table', NULL, '{"user_id": "t3"}')],
+    ARRAY[hdrs('0/b00'), hdrs('0/b00'), hdrs('0/b00', 3)], false);
+COMMIT;
+SELECT user_id FROM user_table WHERE user_id IN ('t1', 't3') ORDER BY 1;
+SELECT name, state, applied_offset FROM kafka_sync.subscription_status;
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 

@@ -39,7 +39,8 @@ struct Subscription {
     char *origin_name;
     char *topic;
     bool skip_on_error;
-    char *local_node; /* NULL when this database is not a node */
+    char *local_node;   /* NULL when this database is not a node */
+    int64 skip_offset;  /* resumed past this failed record; -1: none */
 };
 
 /* One record of the chunk, and what applying it found. */
@@ -101,7 +102,8 @@ Subscription *load_subscription(const char *name) {
     if (!plan) {
         Oid types[1] = {TEXTOID};
         plan = keep("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
-                    "(SELECT n.node_name FROM kafka_sync.node n) FROM kafka_sync.subscription s WHERE s.sub_name = $1",
+                    "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1) "
+                    "FROM kafka_sync.subscription s WHERE s.sub_name = $1",
                     1, types);
     }
     Datum arg = CStringGetTextDatum(name);
@@ -120,6 +122,7 @@ Subscription *load_subscription(const char *name) {
     sub->topic = text_col(0, 3);
     sub->skip_on_error = strcmp(text_col(0, 4), "skip") == 0;
     sub->local_node = text_col(0, 6);
+    sub->skip_offset = strtoll(text_col(0, 7), nullptr, 10);
     return sub;
 }
 
@@ -377,6 +380,13 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         r.headers = hdr_nulls[i] ? "" : VARDATA_ANY(DatumGetByteaPP(hdrs[i]));
         r.headers_len = hdr_nulls[i] ? 0 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(hdrs[i]));
         ctx.current = &r;
+        if (r.offset == ctx.sub->skip_offset) {
+            /* already in dead_letters; its transaction's other records still apply */
+            ctx.counters.skipped++;
+            next_offset = Max(next_offset, r.offset + 1);
+            ctx.current = nullptr;
+            continue;
+        }
         MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
         if (!careful) {
             apply_record(&ctx);

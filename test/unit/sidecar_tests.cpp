@@ -2,10 +2,6 @@
 // transactions and local transactions (txn_assembler), the binary array and
 // header encodings sent to apply_chunk, consumer settings and log masking.
 // No PostgreSQL, no Kafka: `make test/unit/sidecar_tests && test/unit/sidecar_tests`.
-//
-// The Makefile's unit_tests rule compiles every test/unit/*.cpp; this file is
-// only meant for the sidecar_tests binary (built with -DKAFKA_SYNC_SIDECAR_TESTS).
-#ifdef KAFKA_SYNC_SIDECAR_TESTS
 
 #include "kafka_stats.hpp"
 #include "log.hpp"
@@ -582,4 +578,3 @@ int main() {
     return 0;
 }
 
-#endif // KAFKA_SYNC_SIDECAR_TESTS
