@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from apply_env import make_pair, settle, wait_caught_up, wait_converged
+from kafka_env import MockKafka
 from ks_helpers import consume, wait_until
 
 BASE_DIR = os.environ.get("KAFKA_SYNC_APPLY_DIR", "/tmp/kafka_sync_pytest_apply")
@@ -133,6 +134,8 @@ def test_two_way_writes_converge_and_no_change_is_ever_republished(pair_factory,
                    if r.value is not None]
         # each topic holds its own node's changes, each exactly once
         assert origins(records) == {master.name: writer.changes}, (master.name, origins(records), writer.changes)
+        # SIGTERM: the sidecar finishes its transaction and exits cleanly
+        assert master.sidecar.stop() == 0, master.sidecar.log_text()[-2000:]
 
 
 def test_exactly_once_despite_sidecar_kill9_and_source_crash_restart(pair_factory):
@@ -171,6 +174,8 @@ def test_exactly_once_despite_sidecar_kill9_and_source_crash_restart(pair_factor
         chat1.sidecar.kill9()
         if i == 5:
             chat2.pg.restart(mode="immediate")  # the source crashes: duplicates appear in its topic
+        if i == 8:
+            chat1.pg.restart(mode="immediate")  # the target crashes too
         chat1.sidecar.start()
     time.sleep(2)
     stop.set()
@@ -215,6 +220,53 @@ def test_a_reader_on_the_target_never_sees_half_a_source_transaction(pair_factor
     t.join()
     assert len(seen) > 3, "the transfers did not reach chat1 while the reader watched"
     wait_caught_up(chat1, chat2, "savings", "account")
+
+
+@pytest.fixture
+def kafka_factory():
+    made = []
+
+    def make():
+        k = MockKafka()
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        k.stop()
+
+
+def test_kafka_outage_and_target_restart_lose_nothing_and_apply_nothing_twice(kafka_factory):
+    if os.environ.get("KAFKA_BROKERS"):
+        pytest.skip("fault injection needs the mock cluster")
+    private = kafka_factory()
+    chat1, chat2 = make_pair(private, BASE_DIR, (USERS, LEDGER))
+    try:
+        seq = 0
+
+        def write(n):
+            nonlocal seq
+            for _ in range(n):
+                seq += 1
+                chat2.sql("INSERT INTO ledger VALUES ('w', %s, 1, 'outage')", (seq,))
+
+        write(50)
+        private.down()
+        write(100)  # committed while Kafka is away: retained in the WAL, then sent
+        wait_until(lambda: chat1.subscription("chat2")[1] is not None, 30, "the sidecar reports the outage",
+                   diagnostics=chat1.diagnostics)
+        time.sleep(3)
+        private.up()
+        write(50)
+        chat1.pg.restart(mode="immediate")  # the target crashes while catching up
+        write(50)
+        wait_caught_up(chat1, chat2, "ledger", "writer, seq, amount", timeout=120)
+        assert chat1.sql("SELECT count(*), count(DISTINCT seq) FROM ledger")[0] == (250, 250)
+        wait_until(lambda: chat1.subscription("chat2")[1] is None, 30, "the outage is cleared in the status view",
+                   diagnostics=chat1.diagnostics)
+    finally:
+        for m in (chat1, chat2):
+            m.destroy()
 
 
 def produce_raw(bootstrap, topic, records):
