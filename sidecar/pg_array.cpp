@@ -4,20 +4,11 @@
 // length (-1: NULL) and the element's binary form.
 #include "pg_array.hpp"
 
+#include "big_endian.hpp"
+
 namespace kafka_sync_sidecar {
 
 namespace {
-
-void put_u32(std::string &out, uint32_t v) {
-    char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                 static_cast<char>(v)};
-    out.append(b, 4);
-}
-
-void put_u64(std::string &out, uint64_t v) {
-    put_u32(out, static_cast<uint32_t>(v >> 32));
-    put_u32(out, static_cast<uint32_t>(v));
-}
 
 void put_header(std::string &out, size_t count, bool has_nulls, uint32_t element_type) {
     // An empty array has no dimensions at all (ndim 0), as array_send writes it.

@@ -1,18 +1,14 @@
 // Records and their kafka_sync.* headers (see record.hpp).
 #include "record.hpp"
 
+#include "big_endian.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 
 namespace kafka_sync_sidecar {
 
 namespace {
-
-void put_u32(std::string &out, uint32_t v) {
-    char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                 static_cast<char>(v)};
-    out.append(b, 4);
-}
 
 bool parse_hex32(const std::string &s, uint32_t &out) {
     if (s.empty() || s.size() > 8)

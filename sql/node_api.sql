@@ -20,6 +20,11 @@ CREATE PUBLICATION with_filter FOR TABLE filtered WHERE (id > 10);
 SELECT kafka_sync.create_node('chat1', 'localhost:9092', publication => 'with_filter');
 DROP PUBLICATION with_filter;
 
+-- the library must be an approved output plugin (Debian's PostgreSQL 15.20+)
+SET output_plugin_libraries = 'pgoutput';
+SELECT kafka_sync.create_node('chat1', 'localhost:1');
+RESET output_plugin_libraries;
+
 -- a node; its broker is unreachable here, which the worker reports and retries
 SELECT kafka_sync.create_node('chat1', 'localhost:1',
     kafka_config => '{"sasl.password": "hunter2", "linger.ms": 1, "kafka_sync.schemas": false}',

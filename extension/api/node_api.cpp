@@ -22,6 +22,7 @@ extern "C" {
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(kafka_sync_check_requirements);
@@ -76,7 +77,16 @@ void ensure_xact_callback() {
 
 extern "C" {
 
+static bool list_member_name(List *names, const char *wanted) {
+    ListCell *lc;
+    foreach (lc, names)
+        if (strcmp(static_cast<const char *>(lfirst(lc)), wanted) == 0)
+            return true;
+    return false;
+}
+
 Datum kafka_sync_check_requirements(PG_FUNCTION_ARGS) {
+    List *approved_list = NIL;
     if (!kafka_sync_preloaded)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("kafka_sync is not loaded through shared_preload_libraries"),
@@ -87,6 +97,19 @@ Datum kafka_sync_check_requirements(PG_FUNCTION_ARGS) {
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("kafka_sync needs wal_level = logical"),
                         errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+    /*
+     * Debian's PostgreSQL 15.20 and later only let approved libraries act as
+     * output plugins; without it the worker could never decode.
+     */
+    const char *approved = GetConfigOption("output_plugin_libraries", true, false);
+    if (approved && !SplitIdentifierString(pstrdup(approved), ',', &approved_list))
+        approved_list = NIL;
+    if (approved && !list_member_name(approved_list, "kafka_sync"))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("kafka_sync is not an approved output plugin library"),
+                        errhint("Add kafka_sync to output_plugin_libraries in postgresql.conf (currently \"%s\") and "
+                                "reload the server configuration.",
+                                approved)));
     if (!track_commit_timestamp)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("kafka_sync needs track_commit_timestamp = on"),

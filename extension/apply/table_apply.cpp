@@ -89,8 +89,25 @@ void ensure_caches() {
     CacheRegisterRelcacheCallback(invalidate_target, (Datum)0);
 }
 
+void free_target_arrays(TargetInfo *t) {
+    if (t->quoted_names) {
+        for (int i = 0; i < t->natts; i++)
+            if (t->quoted_names[i])
+                pfree(t->quoted_names[i]);
+        pfree(t->quoted_names);
+        pfree(t->types);
+        pfree(t->in_funcs);
+        pfree(t->ioparams);
+        pfree(t->typmods);
+        pfree(t->key_attnums);
+        pfree(t->qualified_name);
+    }
+    t->quoted_names = nullptr;
+}
+
 void build_target(TargetInfo *t) {
     forget_plans_of(t->relid);
+    free_target_arrays(t);
     Relation rel = table_open(t->relid, RowExclusiveLock);
     TupleDesc desc = RelationGetDescr(rel);
     MemoryContext old = MemoryContextSwitchTo(apply_cache_context);

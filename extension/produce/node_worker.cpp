@@ -179,11 +179,14 @@ void log_librdkafka_lines(NodeWorker *w) {
     });
 }
 
+/*
+ * The producer's last error, copied into a static buffer: this runs in every
+ * loop iteration during an outage, so it must not allocate.
+ */
 const char *producer_error(NodeWorker *w) {
-    return kafka_sync::ks_guard([&]() {
-        const char *msg = w->producer->error().c_str();
-        return kafka_sync::pg_call([&]() { return pstrdup(msg); });
-    });
+    static char buffer[KS_ERROR_LEN];
+    kafka_sync::ks_guard([&]() { strlcpy(buffer, w->producer->error().c_str(), sizeof(buffer)); });
+    return buffer;
 }
 
 void confirm(NodeWorker *w, bool force) {
@@ -437,7 +440,8 @@ bool exit_requested() { return ProcDiePending || InterruptPending; }
 
 void ensure_topic(NodeWorker *w) {
     for (;;) {
-        bool ok = kafka_sync::ks_guard([&]() { return w->producer->ensure_topic(10000, exit_requested); });
+        /* short attempts, so node_status says kafka_unavailable within seconds */
+        bool ok = kafka_sync::ks_guard([&]() { return w->producer->ensure_topic(3000, exit_requested); });
         CHECK_FOR_INTERRUPTS();
         if (ok)
             return;

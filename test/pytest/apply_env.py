@@ -10,21 +10,15 @@ import time
 import uuid
 from pathlib import Path
 
+from conftest import NODE_SERVER_CONF
 from ks_helpers import wait_until
 from pg_env import PgCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIDECAR_BINARY = Path(os.environ.get("KAFKA_SYNC_SIDECAR", REPO_ROOT / "sidecar" / "kafka_sync_sidecar"))
 
-SERVER_CONF = {
-    "shared_preload_libraries": "kafka_sync",
-    "wal_level": "logical",
-    "track_commit_timestamp": True,
-    "output_plugin_libraries": "pgoutput, test_decoding, kafka_sync",
-    "max_replication_slots": 10,
-    "max_wal_senders": 10,
-    "max_worker_processes": 16,
-}
+# The same server settings as every other end-to-end test.
+SERVER_CONF = NODE_SERVER_CONF
 
 # Payload-only records and quick reconnects after an outage.
 NODE_CONFIG = '{"kafka_sync.schemas": false, "reconnect.backoff.max.ms": 500}'

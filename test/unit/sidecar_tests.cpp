@@ -3,6 +3,7 @@
 // header encodings sent to apply_chunk, consumer settings and log masking.
 // No PostgreSQL, no Kafka: `make test/unit/sidecar_tests && test/unit/sidecar_tests`.
 
+#include "check.hpp"
 #include "kafka_stats.hpp"
 #include "log.hpp"
 #include "pg_array.hpp"
@@ -17,17 +18,8 @@
 
 namespace {
 
-int failures = 0;
-int checks = 0;
-
-#define CHECK(cond)                                                                                                    \
-    do {                                                                                                               \
-        checks++;                                                                                                      \
-        if (!(cond)) {                                                                                                 \
-            failures++;                                                                                                \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
-        }                                                                                                              \
-    } while (0)
+using unit_check::checks;
+using unit_check::failures;
 
 #define CHECK_EQ(actual, expected)                                                                                     \
     do {                                                                                                               \

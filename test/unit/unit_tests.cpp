@@ -1,5 +1,6 @@
 // Unit tests of the pure C++ parts: in-flight accounting, record encoding,
 // kafka_config validation. No PostgreSQL, no Kafka: run with `make unit-test`.
+#include "check.hpp"
 #include "apply/record_decoder.hpp"
 #include "encode/record_encoder.hpp"
 #include "produce/inflight.hpp"
@@ -16,17 +17,8 @@
 
 namespace {
 
-int failures = 0;
-int checks = 0;
-
-#define CHECK(cond)                                                                                                    \
-    do {                                                                                                               \
-        checks++;                                                                                                      \
-        if (!(cond)) {                                                                                                 \
-            failures++;                                                                                                \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                                   \
-        }                                                                                                              \
-    } while (0)
+using unit_check::checks;
+using unit_check::failures;
 
 using namespace kafka_sync;
 
