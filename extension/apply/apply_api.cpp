@@ -302,6 +302,18 @@ void save_progress(const ApplyContext *ctx, int64 next_offset) {
         elog(ERROR, "kafka_sync could not record the progress of subscription %s", ctx->sub->name);
 }
 
+/* Data and length of a bytea array element; length -1 for NULL. */
+void bytea_field(Datum d, bool isnull, const char **data, int *len) {
+    if (isnull) {
+        *data = nullptr;
+        *len = -1;
+        return;
+    }
+    bytea *b = DatumGetByteaPP(d);
+    *data = VARDATA_ANY(b);
+    *len = (int)VARSIZE_ANY_EXHDR(b);
+}
+
 void deconstruct(ArrayType *arr, Oid type, const char *what, int expected, Datum **values, bool **nulls) {
     int n;
     int16 typlen;
@@ -373,12 +385,13 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_chunk: offsets must not be null")));
         ChunkRecord r;
         r.offset = DatumGetInt64(offsets[i]);
-        r.key = key_nulls[i] ? nullptr : VARDATA_ANY(DatumGetByteaPP(keys[i]));
-        r.key_len = key_nulls[i] ? -1 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(keys[i]));
-        r.value = val_nulls[i] ? nullptr : VARDATA_ANY(DatumGetByteaPP(vals[i]));
-        r.value_len = val_nulls[i] ? -1 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(vals[i]));
-        r.headers = hdr_nulls[i] ? "" : VARDATA_ANY(DatumGetByteaPP(hdrs[i]));
-        r.headers_len = hdr_nulls[i] ? 0 : (int)VARSIZE_ANY_EXHDR(DatumGetByteaPP(hdrs[i]));
+        bytea_field(keys[i], key_nulls[i], &r.key, &r.key_len);
+        bytea_field(vals[i], val_nulls[i], &r.value, &r.value_len);
+        bytea_field(hdrs[i], hdr_nulls[i], &r.headers, &r.headers_len);
+        if (r.headers_len < 0) {
+            r.headers = "";
+            r.headers_len = 0;
+        }
         ctx.current = &r;
         if (r.offset == ctx.sub->skip_offset) {
             /* already in dead_letters; its transaction's other records still apply */
