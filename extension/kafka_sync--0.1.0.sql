@@ -142,6 +142,11 @@ DECLARE
 BEGIN
     PERFORM kafka_sync._stop_node_worker(true);
     DELETE FROM kafka_sync.node;
+    -- the worker is gone; the slot is released by its very last exit step
+    FOR i IN 1 .. 200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n.slot_name AND s.active);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
     IF EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n.slot_name) THEN
         PERFORM pg_drop_replication_slot(n.slot_name);
     END IF;
@@ -403,11 +408,11 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[], careful boolean,
     OUT applied bigint, OUT skipped bigint, OUT conflicts bigint, OUT dead_letters bigint,
     OUT failed_offset bigint, OUT failed_error text)
-    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
+    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
 CREATE FUNCTION kafka_sync.record_failure(
     sub_name text, kafka_offset int8, key bytea, value bytea, headers bytea, error text) RETURNS void
-    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
+    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
 
 CREATE FUNCTION kafka_sync.report_progress(sub_name text, high_water bigint, consumer_error text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$

@@ -166,6 +166,15 @@ COMMIT;
 SELECT user_id FROM user_table WHERE user_id IN ('t1', 't3') ORDER BY 1;
 SELECT name, state, applied_offset FROM kafka_sync.subscription_status;
 
+-- a rolled-back apply leaves no origin position behind for the session's next commit
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{25}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "t25"}')], ARRAY[hdrs('0/c00', 1)], false);
+ROLLBACK;
+SELECT kafka_sync.record_failure('from_chat2', 25, NULL, '\x00'::bytea, NULL, 'a failure after a rollback');
+SELECT origin_lsn, last_applied_lsn FROM progress;
+SELECT kafka_sync.resume_subscription('from_chat2');
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 

@@ -174,6 +174,10 @@ Datum kafka_sync_node_created(PG_FUNCTION_ARGS) {
  */
 Datum kafka_sync_stop_node_worker(PG_FUNCTION_ARGS) {
     const bool for_drop = PG_GETARG_BOOL(0);
+    /* the stop is undone at the end of the top transaction only */
+    if (IsSubTransaction())
+        ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+                        errmsg("kafka_sync.%s() cannot run inside a subtransaction", for_drop ? "drop_node" : "pause_node")));
     if (for_drop && IsTransactionBlock())
         ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
                         errmsg("kafka_sync.drop_node() cannot run inside a transaction block"),

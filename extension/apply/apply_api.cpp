@@ -126,7 +126,26 @@ Subscription *load_subscription(const char *name) {
     return sub;
 }
 
+/*
+ * PostgreSQL keeps replorigin_session_origin_lsn/_timestamp across
+ * transactions. A value left by a rolled-back apply must never be recorded by
+ * a later commit of this session (record_failure's, say): that would mark a
+ * transaction that was not applied as applied.
+ */
+void forget_origin_position(XactEvent event, void *) {
+    if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
+        event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE) {
+        replorigin_session_origin_lsn = InvalidXLogRecPtr;
+        replorigin_session_origin_timestamp = 0;
+    }
+}
+
 void use_origin(const Subscription *sub) {
+    static bool callback_registered = false;
+    if (!callback_registered) {
+        RegisterXactCallback(forget_origin_position, nullptr);
+        callback_registered = true;
+    }
     RepOriginId id = replorigin_by_name(sub->origin_name, true);
     if (id == InvalidRepOriginId)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -430,10 +449,11 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         flush_truncates(&ctx);
         if (next_offset >= 0)
             save_progress(&ctx, next_offset);
-        if (ctx.max_lsn) {
-            /* recorded with the commit of this local transaction */
+        if (ctx.max_lsn > replorigin_session_origin_lsn) {
+            /* recorded with the commit of this local transaction; time 0 (unknown) means "now" */
             replorigin_session_origin_lsn = ctx.max_lsn;
-            replorigin_session_origin_timestamp = unix_ms_to_timestamptz(ctx.max_lsn_commit_ms);
+            replorigin_session_origin_timestamp =
+                ctx.max_lsn_commit_ms ? unix_ms_to_timestamptz(ctx.max_lsn_commit_ms) : 0;
         }
     }
     error_context_stack = errcallback.previous;

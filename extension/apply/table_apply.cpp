@@ -16,6 +16,7 @@ extern "C" {
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "storage/lmgr.h"
 }
 
 namespace {
@@ -89,20 +90,26 @@ void ensure_caches() {
     CacheRegisterRelcacheCallback(invalidate_target, (Datum)0);
 }
 
+template <typename P>
+void free_and_clear(P *&p) {
+    if (p)
+        pfree(p);
+    p = nullptr;
+}
+
 void free_target_arrays(TargetInfo *t) {
-    if (t->quoted_names) {
+    if (t->quoted_names)
         for (int i = 0; i < t->natts; i++)
-            if (t->quoted_names[i])
-                pfree(t->quoted_names[i]);
-        pfree(t->quoted_names);
-        pfree(t->types);
-        pfree(t->in_funcs);
-        pfree(t->ioparams);
-        pfree(t->typmods);
-        pfree(t->key_attnums);
-        pfree(t->qualified_name);
-    }
-    t->quoted_names = nullptr;
+            free_and_clear(t->quoted_names[i]);
+    free_and_clear(t->quoted_names);
+    free_and_clear(t->types);
+    free_and_clear(t->in_funcs);
+    free_and_clear(t->ioparams);
+    free_and_clear(t->typmods);
+    free_and_clear(t->key_attnums);
+    free_and_clear(t->qualified_name);
+    t->natts = 0;
+    t->nkeys = 0;
 }
 
 void build_target(TargetInfo *t) {
@@ -110,9 +117,14 @@ void build_target(TargetInfo *t) {
     free_target_arrays(t);
     Relation rel = table_open(t->relid, RowExclusiveLock);
     TupleDesc desc = RelationGetDescr(rel);
+    /* Same order as the source (relation_info.cpp): the columns a record's "before" carries. */
+    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+    if (bms_is_empty(keys))
+        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    char *qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+                                                 RelationGetRelationName(rel));
     MemoryContext old = MemoryContextSwitchTo(apply_cache_context);
-    t->qualified_name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-                                                   RelationGetRelationName(rel));
+    t->qualified_name = pstrdup(qualified);
     t->natts = desc->natts;
     t->quoted_names = static_cast<char **>(palloc0(sizeof(char *) * Max(desc->natts, 1)));
     t->types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
@@ -123,16 +135,14 @@ void build_target(TargetInfo *t) {
         Form_pg_attribute att = TupleDescAttr(desc, i);
         if (att->attisdropped || att->attgenerated)
             continue;
-        t->quoted_names[i] = pstrdup(quote_identifier(NameStr(att->attname)));
+        const char *quoted = quote_identifier(NameStr(att->attname));
+        t->quoted_names[i] = quoted == NameStr(att->attname) ? pstrdup(quoted) : const_cast<char *>(quoted);
         t->types[i] = att->atttypid;
         t->typmods[i] = att->atttypmod;
         Oid infunc;
         getTypeInputInfo(att->atttypid, &infunc, &t->ioparams[i]);
         fmgr_info_cxt(infunc, &t->in_funcs[i], apply_cache_context);
     }
-    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-    if (bms_is_empty(keys))
-        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
     t->nkeys = bms_num_members(keys);
     t->key_attnums = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * Max(t->nkeys, 1)));
     int k = 0, member = -1;
@@ -145,6 +155,8 @@ void build_target(TargetInfo *t) {
 
 TargetInfo *target_for(Oid relid) {
     ensure_caches();
+    /* taking the lock first also processes pending invalidations of the table */
+    LockRelationOid(relid, RowExclusiveLock);
     bool found;
     auto *t = static_cast<TargetInfo *>(hash_search(targets, &relid, HASH_ENTER, &found));
     if (!found) {
@@ -164,7 +176,9 @@ struct ColumnParam {
 
 AttrNumber column_attnum(TargetInfo *t, const char *name) {
     AttrNumber attnum = get_attnum(t->relid, name);
-    if (attnum == InvalidAttrNumber || attnum < 1)
+    if (attnum > t->natts)
+        build_target(t); /* a column added since the entry was built */
+    if (attnum == InvalidAttrNumber || attnum < 1 || attnum > t->natts)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
                         errmsg("column \"%s\" of the record does not exist in table %s", name, t->qualified_name),
                         errhint("Tables must have the same columns on every node.")));

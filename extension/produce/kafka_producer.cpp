@@ -212,43 +212,58 @@ std::vector<std::string> KafkaProducer::take_log_lines() {
     return out;
 }
 
-void KafkaProducer::on_delivery(rd_kafka_t *, const rd_kafka_message_t *msg, void *opaque) {
+// The callbacks run inside rd_kafka_poll, i.e. under C frames: an exception
+// escaping them would terminate the backend. They record, and never throw.
+void KafkaProducer::on_delivery(rd_kafka_t *, const rd_kafka_message_t *msg, void *opaque) noexcept {
     auto *self = static_cast<KafkaProducer *>(opaque);
     auto seq = static_cast<InflightTransactions::Seq>(reinterpret_cast<uintptr_t>(msg->_private));
-    if (msg->err) {
-        self->delivery_failed_ = true;
-        self->error_ = std::string("Kafka did not take a record of topic ") + self->settings_.topic + ": " +
-                       rd_kafka_err2str(msg->err);
-        return;
+    try {
+        if (msg->err) {
+            self->delivery_failed_ = true;
+            self->error_ = std::string("Kafka did not take a record of topic ") + self->settings_.topic + ": " +
+                           rd_kafka_err2str(msg->err);
+            return;
+        }
+        self->inflight_.record_acknowledged(seq);
+        self->acknowledged_++;
+        self->last_delivery_ms_ = now_ms();
+        self->brokers_down_ = false;
+    } catch (...) {
+        self->delivery_failed_ = true; // the worker restarts and re-sends from the slot
     }
-    self->inflight_.record_acknowledged(seq);
-    self->acknowledged_++;
-    self->last_delivery_ms_ = now_ms();
-    self->brokers_down_ = false;
 }
 
-void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept {
     auto *self = static_cast<KafkaProducer *>(opaque);
-    self->error_ = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+    try {
+        self->error_ = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+    } catch (...) {
+    }
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         // e.g. the idempotent producer lost its sequence: only a fresh
         // producer (a worker restart, which re-decodes from the slot) recovers.
         char buf[512];
         rd_kafka_fatal_error(rk, buf, sizeof(buf));
-        self->error_ = std::string("fatal Kafka producer error: ") + buf;
+        try {
+            self->error_ = std::string("fatal Kafka producer error: ") + buf;
+        } catch (...) {
+        }
         self->delivery_failed_ = true;
         return;
     }
     self->brokers_down_ = true;
 }
 
-void KafkaProducer::on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+void KafkaProducer::on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept {
     auto *self = static_cast<KafkaProducer *>(rd_kafka_opaque(rk));
     if (!self || self->log_lines_.size() > 1000)
         return;
     char line[1024];
     snprintf(line, sizeof(line), "librdkafka %d %s: %s", level, fac, buf);
-    self->log_lines_.emplace_back(line);
+    try {
+        self->log_lines_.emplace_back(line);
+    } catch (...) {
+    }
 }
 
 } // namespace kafka_sync

@@ -76,9 +76,9 @@ class KafkaProducer {
     std::vector<std::string> take_log_lines();
 
   private:
-    static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
-    static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque);
-    static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+    static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque) noexcept;
+    static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept;
+    static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) noexcept;
 
     ProducerSettings settings_;
     InflightTransactions &inflight_;

@@ -96,7 +96,11 @@ bool start_worker(DatabaseWorker *w, uint64 generation) {
     worker.bgw_main_arg = ObjectIdGetDatum(w->dboid);
     worker.bgw_notify_pid = MyProcPid;
     BackgroundWorkerHandle *handle;
-    if (!RegisterDynamicBackgroundWorker(&worker, &handle)) {
+    /* the handle outlives this loop iteration's memory context */
+    MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+    bool registered = RegisterDynamicBackgroundWorker(&worker, &handle);
+    MemoryContextSwitchTo(old);
+    if (!registered) {
         ereport(WARNING, (errmsg("kafka_sync launcher could not start a producer worker for database %u", w->dboid),
                           errhint("Raise max_worker_processes.")));
         return false;
@@ -130,11 +134,16 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
 
     NodeSlot *slot = node_slot_for(dboid, false);
     bool stopping = false;
+    pid_t running_pid = 0;
     if (slot) {
         SpinLockAcquire(&slot->mutex);
         stopping = slot->stop_requested;
+        running_pid = slot->worker_pid;
         SpinLockRelease(&slot->mutex);
     }
+    /* a worker started by an earlier incarnation of this launcher */
+    if (!w->handle && running_pid != 0 && kill(running_pid, 0) == 0)
+        return;
     if (w->handle) {
         /* The worker stopped. Without a shared slot it found no node. */
         if (!slot) {

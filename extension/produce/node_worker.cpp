@@ -569,8 +569,16 @@ void run_node_worker(Oid dboid) {
     worker = w;
     before_shmem_exit(cleanup_worker, (Datum)0);
     SpinLockAcquire(&slot->mutex);
-    slot->worker_pid = MyProcPid;
+    pid_t other = slot->worker_pid;
+    bool other_alive = other != 0 && other != MyProcPid && kill(other, 0) == 0;
+    if (!other_alive)
+        slot->worker_pid = MyProcPid;
     SpinLockRelease(&slot->mutex);
+    if (other_alive) {
+        /* started by a restarted launcher while the earlier worker still runs */
+        worker = nullptr;
+        proc_exit(0);
+    }
     check_stop_requested(w);
 
     /*
