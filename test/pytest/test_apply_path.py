@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -318,3 +319,52 @@ def test_hostile_records_never_crash_a_backend_land_in_dead_letters_and_later_re
     assert len(dead) == 5, dead
     assert chat1.subscription("chat2")[0] == "running"
     assert chat1.sql("SELECT 1")[0][0] == 1  # the server is up
+
+
+def vm_hwm_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def test_a_large_source_transaction_is_applied_whole_in_one_local_transaction_with_bounded_sidecar_memory(kafka):
+    """100,000 records of one source transaction from a synthetic peer (paced:
+    the mock cluster keeps only 5 MB per partition), applied in chunks inside
+    one local transaction; the sidecar's peak memory stays small."""
+    from apply_env import Master
+    n = 100_000
+    prefix = "ks_big_" + uuid.uuid4().hex[:8]
+    chat1 = Master("chat1", kafka, prefix, os.path.join(BASE_DIR, uuid.uuid4().hex[:6]))
+    try:
+        chat1.sql("CREATE EXTENSION kafka_sync")
+        chat1.sql(USERS)
+        kafka.create_topic(f"{prefix}.ghost")
+        chat1.sql("SELECT kafka_sync.create_subscription('from_ghost', 'ghost', %s, topic_prefix => %s)",
+                  (kafka.bootstrap, prefix))
+        chat1.sidecar.start()
+        p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 20})
+        for i in range(1, n + 1):
+            value = json.dumps({"op": "c", "before": None, "after": {"user_id": f"g{i}", "user_name": "x",
+                                                                    "user_status": "online"},
+                                "source": {"schema": "public", "table": "user_table", "origin": "ghost"}})
+            headers = [("kafka_sync.origin", b"ghost"), ("kafka_sync.lsn", b"0/5000000"),
+                       ("kafka_sync.seq", str(i).encode()), ("kafka_sync.commit_ts", b"1700000000000")]
+            if i == n:
+                headers.append(("kafka_sync.txn_end", str(n).encode()))
+            p.produce(f"{prefix}.ghost", value=value.encode(), key=f'{{"user_id":"g{i}"}}'.encode(),
+                      headers=headers, partition=0)
+            if i % 500 == 0:
+                p.poll(0)
+                time.sleep(0.1)  # ~5,000 records/s
+        assert p.flush(30) == 0
+        wait_until(lambda: chat1.sql("SELECT count(*) FROM user_table")[0][0] == n, 120,
+                   "the large transaction applied", diagnostics=chat1.diagnostics)
+        # one local transaction: every row has the same inserting transaction
+        assert chat1.sql("SELECT count(DISTINCT xmin::text) FROM user_table")[0][0] == 1
+        peak_kb = vm_hwm_kb(chat1.sidecar.proc.pid)
+        assert peak_kb is not None and peak_kb < 100 * 1024, f"sidecar peak RSS {peak_kb} kB"
+        print(f"sidecar peak RSS for a {n}-row transaction: {peak_kb / 1024:.1f} MB")
+    finally:
+        chat1.destroy()
