@@ -1,4 +1,4 @@
--- kafka_sync 0.1.0: nodes (the source path). Subscriptions come with the apply path.
+-- kafka_sync 0.1.0: nodes (the source path), subscriptions and the apply functions (the apply path).
 \echo Use "CREATE EXTENSION kafka_sync" to load this file. \quit
 
 -- A node: this database publishing its changes to <topic_prefix>.<node_name>.
