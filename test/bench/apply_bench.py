@@ -14,10 +14,9 @@ absolute figures: the machine is shared. JSON goes to --json.
 Usage: /usr/bin/python3 test/bench/apply_bench.py [--txns 100000] [--rows 200000] [--repeat 3]
        (KAFKA_BROKERS=host:port for a real Kafka)
 
-On librdkafka's mock cluster a partition keeps only its last 5 MB, so S1
-(records wait in Kafka while the sidecar is paused) and S2 (the producer runs
-ahead of the sidecar) must stay under about 10,000 records there:
---txns 8000 --rows 8000. The full sizes need KAFKA_BROKERS.
+librdkafka's mock cluster keeps only the last 5 MB of a partition: the node
+compresses its records with zstd (level 12) so that 100,000 waiting records
+(S1) and a producer running ahead of the sidecar (S2) fit.
 """
 
 import argparse
@@ -37,6 +36,7 @@ from kafka_env import kafka_for_tests  # noqa: E402
 from pg_env import PgCluster  # noqa: E402
 
 TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, payload text, n int)"
+NODE_KAFKA_CONFIG = '{"kafka_sync.schemas": false, "compression.type": "zstd", "compression.level": 12}'
 
 
 def wait_until(fn, timeout, what, interval=0.005):
@@ -74,10 +74,10 @@ class Bench:
         for c in (self.src, self.dst):
             c.sql("CREATE EXTENSION kafka_sync", dbname="ks")
         self.src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname="ks")
-        # payload-only records: the mock cluster keeps only 5 MB per partition
+        # payload-only, zstd-compressed records: the mock cluster keeps only 5 MB per partition
         self.src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
-                     "kafka_config => '{\"kafka_sync.schemas\": false}')",
-                     (self.kafka.bootstrap, prefix), dbname="ks")
+                     "kafka_config => %s)",
+                     (self.kafka.bootstrap, prefix, NODE_KAFKA_CONFIG), dbname="ks")
         wait_until(lambda: self.src.sql("SELECT state FROM kafka_sync.node_status", dbname="ks")[0][0] == "streaming",
                    60, "source node streaming", interval=0.1)
         self.dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s)",
@@ -138,9 +138,8 @@ class Bench:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    on_mock = not os.environ.get("KAFKA_BROKERS")
-    ap.add_argument("--txns", type=int, default=8000 if on_mock else 100000)
-    ap.add_argument("--rows", type=int, default=8000 if on_mock else 200000)
+    ap.add_argument("--txns", type=int, default=100000)
+    ap.add_argument("--rows", type=int, default=200000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=str(HERE / "results" / "apply_bench.json"))
     args = ap.parse_args()
