@@ -11,6 +11,7 @@
 #include "apply/table_apply.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/unix_time.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -78,10 +79,6 @@ T *new_in_context(MemoryContext cxt) {
     cb->arg = obj;
     MemoryContextRegisterResetCallback(cxt, cb);
     return obj;
-}
-
-int64 unix_ms_to_timestamptz(int64 ms) {
-    return (ms - (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000) * 1000;
 }
 
 SPIPlanPtr keep(const char *sql, int nargs, Oid *types) {

@@ -2,6 +2,7 @@
 #include "decode/change_encoding.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/unix_time.hpp"
 #include "encode/record_encoder.hpp"
 
 extern "C" {
@@ -56,11 +57,6 @@ void fill_image(RelationInfo *info, Relation rel, HeapTuple tuple, ImageKind kin
     }
 }
 
-int64 now_ms() {
-    TimestampTz now = GetCurrentTimestamp();
-    return (now / 1000) + (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
-}
-
 kafka_sync::SourceMeta source_meta(const ChangeSource *source) {
     kafka_sync::SourceMeta meta;
     meta.commit_ts_ms = source->commit_ts_ms;
@@ -99,7 +95,7 @@ void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldt
     ev.before = oldtuple ? &before : nullptr;
     ev.after = newtuple ? &after : nullptr;
     ev.source = source_meta(source);
-    ev.event_ts_ms = now_ms();
+    ev.event_ts_ms = unix_ms_now();
     ev.total_order = total_order;
     ev.data_collection_order = next_collection_order(info, source);
     const RowImage *key = op == 'd' ? (oldtuple ? &before : nullptr) : &after;
@@ -116,7 +112,7 @@ void encode_truncate(RelationInfo *info, const ChangeSource *source, uint64 tota
     kafka_sync::ChangeEvent ev;
     ev.op = kafka_sync::Op::Truncate;
     ev.source = source_meta(source);
-    ev.event_ts_ms = now_ms();
+    ev.event_ts_ms = unix_ms_now();
     ev.total_order = total_order;
     ev.data_collection_order = next_collection_order(info, source);
     kafka_sync::ks_guard([&]() {

@@ -12,6 +12,7 @@
 #include "decode/relation_info.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/unix_time.hpp"
 
 extern "C" {
 #include "commands/defrem.h"
@@ -126,10 +127,6 @@ void parse_options(PluginState *state, List *options, bool is_init) {
 }
 
 PluginState *state_of(LogicalDecodingContext *ctx) { return static_cast<PluginState *>(ctx->output_plugin_private); }
-
-int64 timestamptz_to_unix_ms(TimestampTz ts) {
-    return ts / 1000 + (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
-}
 
 void write_frame(LogicalDecodingContext *ctx, bool last, kafka_sync::FrameKind kind, const void *body, size_t len) {
     OutputPluginPrepareWrite(ctx, last);

@@ -11,6 +11,7 @@
 #include "produce/node_worker.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/unix_time.hpp"
 
 extern "C" {
 #include "access/table.h"
@@ -45,10 +46,6 @@ List *user_tables() {
     }
     SPI_finish();
     return relids;
-}
-
-int64 unix_ms_now() {
-    return GetCurrentTimestamp() / 1000 + (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 }
 
 } // namespace

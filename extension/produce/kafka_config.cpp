@@ -73,6 +73,14 @@ bool is_secret_config_key(const std::string &key) {
     return false;
 }
 
+bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, std::string &error) {
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
+        return true;
+    error = is_secret_config_key(key) ? "invalid value for Kafka property \"" + key + "\"" : std::string(errstr);
+    return false;
+}
+
 bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint) {
     out = NodeKafkaSettings();
     std::unique_ptr<rd_kafka_conf_t, void (*)(rd_kafka_conf_t *)> conf(rd_kafka_conf_new(), rd_kafka_conf_destroy);
@@ -90,10 +98,7 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
                 return false;
             }
         }
-        char errstr[512];
-        if (rd_kafka_conf_set(conf.get(), key.c_str(), value.c_str(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
-            // librdkafka echoes the value in its message: keep secrets out.
-            error = is_secret_config_key(key) ? "invalid value for Kafka property \"" + key + "\"" : std::string(errstr);
+        if (!set_kafka_property(conf.get(), key, value, error)) {
             hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the kafka_sync.* "
                    "settings.";
             return false;

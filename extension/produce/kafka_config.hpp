@@ -4,6 +4,8 @@
 // of a property that may be a secret.
 #pragma once
 
+#include <librdkafka/rdkafka.h>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +24,11 @@ struct NodeKafkaSettings {
 
 // True for properties whose values must never be shown (passwords, keys...).
 bool is_secret_config_key(const std::string &key);
+
+// Sets one librdkafka property. On failure returns false with error set to
+// librdkafka's message, or, for a secret property, one that omits the value
+// (librdkafka echoes it).
+bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, std::string &error);
 
 // Validates and splits a node's kafka_config. On failure returns false and
 // sets error (safe to show) and hint.

@@ -16,13 +16,10 @@ int64_t now_ms() {
     return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-void set_or_throw(rd_kafka_conf_t *conf, const char *key, const std::string &value) {
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, key, value.c_str(), errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
-        std::string msg = is_secret_config_key(key) ? "invalid value for Kafka property \"" + std::string(key) + "\""
-                                                     : std::string(errstr);
-        throw std::runtime_error(msg);
-    }
+void set_or_throw(rd_kafka_conf_t *conf, const std::string &key, const std::string &value) {
+    std::string error;
+    if (!set_kafka_property(conf, key, value, error))
+        throw std::runtime_error(error);
 }
 
 // Defaults chosen for the delivery promise; the user's kafka_config is
@@ -55,7 +52,7 @@ KafkaProducer::KafkaProducer(const ProducerSettings &settings, InflightTransacti
         for (const auto &[k, v] : kDefaults)
             set_or_throw(conf, k, v);
         for (const auto &[k, v] : settings_.kafka.rdkafka)
-            set_or_throw(conf, k.c_str(), v);
+            set_or_throw(conf, k, v);
         set_or_throw(conf, "bootstrap.servers", settings_.brokers);
         set_or_throw(conf, "enable.idempotence", "true");
         set_or_throw(conf, "acks", "all");

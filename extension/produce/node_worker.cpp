@@ -9,6 +9,7 @@
 #include "produce/node_worker.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/unix_time.hpp"
 #include "decode/plugin_frames.hpp"
 #include "produce/kafka_producer.hpp"
 #include "produce/launcher.hpp"
@@ -165,8 +166,7 @@ void set_state(NodeWorker *w, NodeWorkerState state, const char *error) {
     slot->records_produced = w->produced;
     slot->records_acknowledged = w->producer ? w->producer->acknowledged() : 0;
     if (w->producer && w->producer->last_delivery_ms() > 0)
-        slot->last_ack_time = (TimestampTz)w->producer->last_delivery_ms() * 1000 -
-                              (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+        slot->last_ack_time = unix_ms_to_timestamptz(w->producer->last_delivery_ms());
     slot->confirmed_lsn = w->confirmed;
     slot->inflight_transactions = w->inflight ? w->inflight->size() : 0;
     SpinLockRelease(&slot->mutex);
@@ -202,28 +202,34 @@ void confirm(NodeWorker *w, bool force) {
     w->last_confirm = now;
 }
 
+/* What one poll of librdkafka left behind, read in one guarded step. */
+struct ProducerView {
+    uint64 confirmable; /* 0: nothing newly complete */
+    bool delivery_failed;
+    bool waiting; /* records produced, not yet acknowledged */
+    bool brokers_down;
+    int64 last_ack_ms;
+};
+
 /* Serve librdkafka, take what Kafka acknowledged, publish status. */
 void service_producer(NodeWorker *w, int timeout_ms) {
-    uint64 lsn = kafka_sync::ks_guard([&]() {
+    ProducerView v = kafka_sync::ks_guard([&]() {
         w->producer->poll(timeout_ms);
-        return w->inflight->take_confirmable();
+        return ProducerView{w->inflight->take_confirmable(), w->producer->delivery_failed(),
+                            w->inflight->unacknowledged_records() > 0, w->producer->brokers_unavailable(),
+                            w->producer->last_delivery_ms()};
     });
-    if (lsn > w->confirmable)
-        w->confirmable = lsn;
+    if (v.confirmable > w->confirmable)
+        w->confirmable = v.confirmable;
     log_librdkafka_lines(w);
-    bool failed = kafka_sync::ks_guard([&]() { return w->producer->delivery_failed(); });
-    if (failed)
+    if (v.delivery_failed)
         ereport(ERROR, (errcode(ERRCODE_CONNECTION_FAILURE), errmsg("kafka_sync node %s: %s", w->cfg.node_name, producer_error(w)),
                         errdetail("The slot was not confirmed past this record."),
                         errhint("The worker restarts and sends again from the last confirmed position.")));
     confirm(w, false);
 
-    bool waiting = kafka_sync::ks_guard([&]() { return w->inflight->unacknowledged_records() > 0; });
-    int64 last_ack_ms = kafka_sync::ks_guard([&]() { return w->producer->last_delivery_ms(); });
-    bool down = kafka_sync::ks_guard([&]() { return w->producer->brokers_unavailable(); });
-    int64 now_ms = (GetCurrentTimestamp() / 1000) + (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
     NodeWorkerState state = w->slot->state;
-    if (waiting && (down || now_ms - last_ack_ms > kUnavailableAfterMs))
+    if (v.waiting && (v.brokers_down || unix_ms_now() - v.last_ack_ms > kUnavailableAfterMs))
         set_state(w, NODE_STATE_KAFKA_UNAVAILABLE, producer_error(w));
     else if (state == NODE_STATE_KAFKA_UNAVAILABLE || state == NODE_STATE_STARTING || state == NODE_STATE_ERROR)
         set_state(w, w->streaming ? NODE_STATE_STREAMING : NODE_STATE_SNAPSHOT, nullptr);
