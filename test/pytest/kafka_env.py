@@ -277,9 +277,9 @@ def _topic_exists(client, topic):
     return t is not None and t.error is None and bool(t.partitions)
 
 
-def _consume(bootstrap, topic, expect, idle_timeout, total_timeout,
-             partition, start_offset):
-    consumer = Consumer({
+def manual_consumer(bootstrap, **extra):
+    """A consumer for manual assignment that never commits offsets."""
+    return Consumer({
         "bootstrap.servers": bootstrap,
         # Required by the client even though only manual assignment is used
         # and nothing is committed.
@@ -287,7 +287,13 @@ def _consume(bootstrap, topic, expect, idle_timeout, total_timeout,
         "enable.auto.commit": False,
         "enable.partition.eof": False,
         "topic.metadata.refresh.interval.ms": 1000,
+        **extra,
     })
+
+
+def _consume(bootstrap, topic, expect, idle_timeout, total_timeout,
+             partition, start_offset):
+    consumer = manual_consumer(bootstrap)
     messages = []
     try:
         start = last = time.monotonic()

@@ -10,10 +10,11 @@ import json
 import os
 import threading
 import time
-import uuid
 
 import psycopg2
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from kafka_env import _topic_exists, manual_consumer
 
 # The kafka_config every test node uses: payload-only values (as the brief's
 # record layout assumes) and quick reconnects after a broker outage.
@@ -184,23 +185,12 @@ class TruncatedTopic(AssertionError):
 
 def watermarks(bootstrap, topic, partition=0, timeout=10.0):
     """(low, high) offsets of a partition: high - low records are stored."""
-    consumer = Consumer({"bootstrap.servers": bootstrap,
-                         "group.id": f"kafka_sync_pytest_{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = manual_consumer(bootstrap)
     try:
         return consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                               timeout=timeout, cached=False)
     finally:
         consumer.close()
-
-
-def _topic_exists(consumer, topic):
-    try:
-        md = consumer.list_topics(timeout=5)
-    except KafkaException:
-        return False
-    t = md.topics.get(topic)
-    return t is not None and t.error is None and bool(t.partitions)
 
 
 def consume(bootstrap, topic, min_count=None, timeout=30.0, idle_timeout=None,
@@ -212,15 +202,8 @@ def consume(bootstrap, topic, min_count=None, timeout=30.0, idle_timeout=None,
     `timeout`. Never creates the topic (like kafka_env.read_topic). Returns
     a list of Record; the caller asserts on the count.
     """
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"kafka_sync_pytest_{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "topic.metadata.refresh.interval.ms": 1000,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-    })
+    consumer = manual_consumer(bootstrap, **{"fetch.max.bytes": 64 * 1024 * 1024,
+                                             "max.partition.fetch.bytes": 16 * 1024 * 1024})
     records = []
     start = last = time.monotonic()
     try:
