@@ -21,7 +21,7 @@ SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.
 override with_llvm = no
 
-REGRESS      = plugin_basic plugin_types plugin_filters plugin_options node_api subscription_api apply
+REGRESS      = plugin_basic plugin_types plugin_filters plugin_options node_api subscription_api apply conflicts
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check \
                --load-extension=kafka_sync
 

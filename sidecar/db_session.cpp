@@ -57,6 +57,17 @@ bool DbSession::connect(std::string &error) {
         return false;
     }
     PQsetNoticeProcessor(conn, on_notice, nullptr);
+    // What a crash loses is read from Kafka again: the offset and the origin
+    // progress commit with the rows. So commits need not wait for the WAL
+    // flush (native logical replication's apply workers do the same).
+    PGresult *res = PQexec(conn, "SET synchronous_commit = off");
+    const bool set_ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    if (!set_ok) {
+        error = one_line(PQerrorMessage(conn));
+        PQfinish(conn);
+        return false;
+    }
     conn_ = conn;
     std::lock_guard<std::mutex> guard(cancel_mutex_);
     cancel_ = PQgetCancel(conn_);
@@ -160,36 +171,78 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
     return st;
 }
 
+namespace {
+
+// Parameters $2..$5 of apply_chunk and apply_transactions: the records as
+// binary arrays.
+struct RecordParams {
+    std::string offsets, keys, values, headers;
+
+    explicit RecordParams(const std::vector<Record> &records);
+};
+
+RecordParams::RecordParams(const std::vector<Record> &records) {
+    std::vector<int64_t> offsets_v;
+    std::vector<const std::string *> keys_v, values_v, headers_v;
+    offsets_v.reserve(records.size());
+    keys_v.reserve(records.size());
+    values_v.reserve(records.size());
+    headers_v.reserve(records.size());
+    for (const Record &r : records) {
+        offsets_v.push_back(r.offset);
+        keys_v.push_back(r.key ? &*r.key : nullptr);
+        values_v.push_back(r.value ? &*r.value : nullptr);
+        headers_v.push_back(&r.headers);
+    }
+    offsets = encode_int8_array(offsets_v);
+    keys = encode_bytea_array(keys_v);
+    values = encode_bytea_array(values_v);
+    headers = encode_bytea_array(headers_v);
+}
+
+} // namespace
+
+DbStatus DbSession::apply_transactions(const std::string &sub, const std::vector<Record> &records, ApplyResult &out) {
+    out = ApplyResult();
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    const RecordParams p(records);
+    const Oid types[5] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid};
+    const char *params[5] = {sub.c_str(), p.offsets.data(), p.keys.data(), p.values.data(), p.headers.data()};
+    const int lengths[5] = {0, static_cast<int>(p.offsets.size()), static_cast<int>(p.keys.size()),
+                            static_cast<int>(p.values.size()), static_cast<int>(p.headers.size())};
+    const int formats[5] = {0, 1, 1, 1, 1};
+    PGresult *res = PQexecParams(conn_,
+                                 "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                                 "$5::bytea[], NULL, NULL, NULL)",
+                                 5, types, params, lengths, formats, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    if (st.ok() && PQntuples(res) == 1) {
+        out.applied = int_column(res, 0, 0);
+        out.skipped = int_column(res, 0, 1);
+        out.conflicts = int_column(res, 0, 2);
+    } else if (st.ok()) {
+        st = DbStatus{DbStatus::Kind::Failed, "",
+                      "apply_transactions returned " + std::to_string(PQntuples(res)) + " rows"};
+    }
+    PQclear(res);
+    return st;
+}
+
 DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful,
                                 ApplyResult &out) {
     out = ApplyResult();
     if (!conn_)
         return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
-    std::vector<int64_t> offsets;
-    std::vector<const std::string *> keys, values, headers;
-    offsets.reserve(records.size());
-    keys.reserve(records.size());
-    values.reserve(records.size());
-    headers.reserve(records.size());
-    for (const Record &r : records) {
-        offsets.push_back(r.offset);
-        keys.push_back(r.key ? &*r.key : nullptr);
-        values.push_back(r.value ? &*r.value : nullptr);
-        headers.push_back(&r.headers);
-    }
-    const std::string p_offsets = encode_int8_array(offsets);
-    const std::string p_keys = encode_bytea_array(keys);
-    const std::string p_values = encode_bytea_array(values);
-    const std::string p_headers = encode_bytea_array(headers);
-
+    const RecordParams p(records);
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
-    const char *params[6] = {sub.c_str(),     p_offsets.data(), p_keys.data(),
-                             p_values.data(), p_headers.data(), careful ? "t" : "f"};
+    const char *params[6] = {sub.c_str(),     p.offsets.data(), p.keys.data(),
+                             p.values.data(), p.headers.data(), careful ? "t" : "f"};
     const int lengths[6] = {0,
-                            static_cast<int>(p_offsets.size()),
-                            static_cast<int>(p_keys.size()),
-                            static_cast<int>(p_values.size()),
-                            static_cast<int>(p_headers.size()),
+                            static_cast<int>(p.offsets.size()),
+                            static_cast<int>(p.keys.size()),
+                            static_cast<int>(p.values.size()),
+                            static_cast<int>(p.headers.size()),
                             0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
     PGresult *res = PQexecParams(conn_,

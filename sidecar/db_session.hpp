@@ -61,6 +61,9 @@ class DbSession {
     // The enabled subscriptions; only_sub: just that one (none if it is not enabled).
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     DbStatus apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful, ApplyResult &out);
+    // Complete source transactions, each committed on its own by the server
+    // (CALL, outside a transaction block). On error, the ones before it stay.
+    DbStatus apply_transactions(const std::string &sub, const std::vector<Record> &records, ApplyResult &out);
     // record: the failed record, or null when it is not at hand.
     DbStatus record_failure(const std::string &sub, int64_t offset, const Record *record, const std::string &error);
     DbStatus report_progress(const std::string &sub, std::optional<int64_t> high_water, const std::string &error);

@@ -180,9 +180,40 @@ void SubscriptionRunner::execute_steps() {
     for (const std::string &note : assembler_.take_notes())
         LOG_WARNING("subscription %s: %s", name_.c_str(), note.c_str());
     std::vector<ApplyStep> steps = assembler_.take_steps();
-    for (ApplyStep &step : steps)
-        if (!run_step(step))
+    for (size_t i = 0; i < steps.size(); i++) {
+        // Complete transactions alone in their local transaction: the server
+        // commits each on its own, in one round trip.
+        const bool whole = !txn_open_ && steps[i].kind == ApplyStep::Kind::Send && !steps[i].careful &&
+                           i + 1 < steps.size() && steps[i + 1].kind == ApplyStep::Kind::Commit;
+        if (whole) {
+            if (!run_transactions(steps[i]))
+                break;
+            i++; // its Commit
+            continue;
+        }
+        if (!run_step(steps[i]))
             break; // recovery reset the assembler: the rest is read again
+    }
+}
+
+bool SubscriptionRunner::run_transactions(ApplyStep &step) {
+    txn_careful_ = false;
+    txn_first_offset_ = step.records.front().offset;
+    txn_last_offset_ = step.records.back().offset;
+    ApplyResult result;
+    const auto started = Clock::now();
+    DbStatus st = db_.apply_transactions(name_, step.records, result);
+    if (!st.ok())
+        return apply_failed(st); // committed transactions are skipped when read again
+    LOG_DEBUG("subscription %s: apply_transactions of %zu records (offsets %" PRId64 "..%" PRId64 ") took %.1f ms",
+              name_.c_str(), step.records.size(), txn_first_offset_, txn_last_offset_,
+              std::chrono::duration<double, std::milli>(Clock::now() - started).count());
+    committed_next_ = txn_last_offset_ + 1;
+    applied_ += result.applied;
+    skipped_ += result.skipped;
+    conflicts_ += result.conflicts;
+    apply_problem_.clear();
+    return true;
 }
 
 bool SubscriptionRunner::run_step(ApplyStep &step) {

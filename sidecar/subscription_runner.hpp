@@ -47,6 +47,7 @@ class SubscriptionRunner {
     bool run_step(ApplyStep &step);
     bool apply_failed(const DbStatus &st);
     bool pause_on_record(const std::vector<Record> &records, const ApplyResult &result);
+    bool run_transactions(ApplyStep &step);
     void restart_from(int64_t first_offset, int64_t careful_through);
     void rollback_stalled();
     void report_progress();

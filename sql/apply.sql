@@ -71,7 +71,7 @@ ROLLBACK;
 SELECT count(*) AS u7_rows FROM user_table WHERE user_id = 'u7';
 SELECT * FROM progress;
 
--- existing row on insert, missing row on update/delete: upsert / no-op, counted
+-- existing row of the same peer on insert: an update; missing row on update/delete: conflicts
 BEGIN;
 SELECT applied, conflicts FROM kafka_sync.apply_chunk('from_chat2', '{6,7,8}', '{NULL,NULL,NULL}',
     ARRAY[ev('c', 'user_table', NULL, '{"user_id": "u2b", "user_name": "Bobby"}'),

@@ -7,6 +7,7 @@
 // in that same transaction, so they commit atomically with the rows.
 // A record at or below the origin's committed progress is skipped: Kafka
 // duplicates and sidecar restarts change nothing.
+#include "apply/conflicts.hpp"
 #include "apply/record_decoder.hpp"
 #include "apply/table_apply.hpp"
 
@@ -16,6 +17,7 @@
 extern "C" {
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "nodes/parsenodes.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -26,10 +28,12 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(kafka_sync_apply_chunk);
 PG_FUNCTION_INFO_V1(kafka_sync_record_failure);
+PG_FUNCTION_INFO_V1(kafka_sync_apply_transactions);
 }
 
 namespace {
@@ -42,6 +46,7 @@ struct Subscription {
     bool skip_on_error;
     char *local_node;   /* NULL when this database is not a node */
     int64 skip_offset;  /* resumed past this failed record; -1: none */
+    ConflictStrategy strategy;
 };
 
 /* One record of the chunk, and what applying it found. */
@@ -57,11 +62,15 @@ struct ChunkRecord {
 
 struct ApplyContext {
     Subscription *sub;
-    ApplyCounters counters;
+    ApplyCounters counters; /* of the current local transaction */
     XLogRecPtr progress; /* origin progress committed before this transaction */
     XLogRecPtr max_lsn;
     int64 max_lsn_commit_ms;
+    int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
     const ChunkRecord *current;
+    /* the current record, once decoded (NULL: skipped) */
+    kafka_sync::DecodedHeaders *headers;
+    kafka_sync::DecodedRecord *rec;
     const char *current_table;
     char current_op;
     List *pending_truncates; /* relids of consecutive "t" records */
@@ -99,7 +108,8 @@ Subscription *load_subscription(const char *name) {
     if (!plan) {
         Oid types[1] = {TEXTOID};
         plan = keep("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
-                    "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1) "
+                    "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
+                    "s.conflict_resolution "
                     "FROM kafka_sync.subscription s WHERE s.sub_name = $1",
                     1, types);
     }
@@ -120,6 +130,7 @@ Subscription *load_subscription(const char *name) {
     sub->skip_on_error = strcmp(text_col(0, 4), "skip") == 0;
     sub->local_node = text_col(0, 6);
     sub->skip_offset = strtoll(text_col(0, 7), nullptr, 10);
+    sub->strategy = conflict_strategy_from_name(text_col(0, 8));
     return sub;
 }
 
@@ -180,11 +191,11 @@ void flush_truncates(ApplyContext *ctx) {
     ctx->pending_truncates = NIL;
 }
 
-/* Applies ctx->current; raises ERROR when it cannot. Plain C style: it may run inside a subtransaction. */
-void apply_record(void *arg) {
-    auto *ctx = static_cast<ApplyContext *>(arg);
+/* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
+void decode_record(ApplyContext *ctx) {
     const ChunkRecord *r = ctx->current;
     ctx->current_table = nullptr;
+    ctx->rec = nullptr;
 
     auto *headers = new_in_context<kafka_sync::DecodedHeaders>(ctx->record_context);
     char errbuf[512];
@@ -194,6 +205,7 @@ void apply_record(void *arg) {
         strlcpy(errbuf, error.c_str(), sizeof(errbuf));
         return ok;
     });
+    ctx->headers = headers;
     if (!headers_ok)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
     if (headers->has_lsn && headers->lsn <= ctx->progress) {
@@ -227,6 +239,29 @@ void apply_record(void *arg) {
 
     ctx->current_op = rec->op;
     ctx->current_table = psprintf("%s.%s", quote_identifier(rec->schema), quote_identifier(rec->table));
+    ctx->rec = rec;
+}
+
+/* Applies the decoded ctx->rec; raises ERROR when it cannot. */
+void apply_decoded(ApplyContext *ctx) {
+    const kafka_sync::DecodedRecord *rec = ctx->rec;
+    const kafka_sync::DecodedHeaders *headers = ctx->headers;
+    RemoteChange remote;
+    remote.strategy = ctx->sub->strategy;
+    remote.sub_name = ctx->sub->name;
+    remote.peer = ctx->sub->peer;
+    remote.local_node = ctx->sub->local_node ? ctx->sub->local_node : "";
+    /* a snapshot row is stored here as written by the peer at the row's own time: compare it so */
+    const char *node = !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
+    remote.row_origin = rec->op == 'r' && rec->row_origin ? rec->row_origin : node;
+    strlcpy(remote.version.node, node, sizeof(remote.version.node));
+    if (rec->op == 'r' && rec->has_row_ts) {
+        remote.version.known = true;
+        remote.version.ts = unix_ms_to_timestamptz(rec->row_ts_ms);
+    } else if (headers->has_commit_ts) {
+        remote.version.known = true;
+        remote.version.ts = unix_ms_to_timestamptz(headers->commit_ts_ms);
+    }
     Oid relid = apply_target_relid(rec->schema, rec->table);
     if (rec->op == 't') {
         MemoryContext old = MemoryContextSwitchTo(ctx->call_context);
@@ -236,12 +271,28 @@ void apply_record(void *arg) {
             flush_truncates(ctx);
     } else {
         flush_truncates(ctx);
-        apply_row_change(relid, rec, &ctx->counters);
+        apply_row_change(relid, rec, &remote, &ctx->counters);
+    }
+    if (rec->op == 'r' && rec->has_row_ts) {
+        /* a snapshot row keeps its own time here; only the snapshot's last record completes it */
+        ctx->origin_ts_ms = rec->row_ts_ms;
+        if (!headers->has_txn_end)
+            return;
+    } else {
+        ctx->origin_ts_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
     }
     if (headers->has_lsn && headers->lsn > ctx->max_lsn) {
         ctx->max_lsn = headers->lsn;
         ctx->max_lsn_commit_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
     }
+}
+
+/* Decodes and applies ctx->current. Plain C style: it may run inside a subtransaction. */
+void apply_record(void *arg) {
+    auto *ctx = static_cast<ApplyContext *>(arg);
+    decode_record(ctx);
+    if (ctx->rec)
+        apply_decoded(ctx);
 }
 
 void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const char *error) {
@@ -342,6 +393,90 @@ void deconstruct(ArrayType *arr, Oid type, const char *what, int expected, Datum
                         errmsg("apply_chunk: %s has %d elements, offsets has %d", what, n, expected)));
 }
 
+
+/* The records of apply_chunk / apply_transactions, from arguments 1..4. */
+struct ChunkArgs {
+    int n;
+    Datum *offsets, *keys, *vals, *hdrs;
+    bool *offset_nulls, *key_nulls, *val_nulls, *hdr_nulls;
+};
+
+ChunkArgs read_chunk_args(FunctionCallInfo fcinfo) {
+    for (int i = 0; i <= 4; i++)
+        if (PG_ARGISNULL(i))
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply arguments must not be null")));
+    ChunkArgs a;
+    ArrayType *offsets_arr = PG_GETARG_ARRAYTYPE_P(1);
+    a.n = ArrayGetNItems(ARR_NDIM(offsets_arr), ARR_DIMS(offsets_arr));
+    deconstruct(offsets_arr, INT8OID, "offsets", a.n, &a.offsets, &a.offset_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(2), BYTEAOID, "keys", a.n, &a.keys, &a.key_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(3), BYTEAOID, "vals", a.n, &a.vals, &a.val_nulls);
+    deconstruct(PG_GETARG_ARRAYTYPE_P(4), BYTEAOID, "headers", a.n, &a.hdrs, &a.hdr_nulls);
+    return a;
+}
+
+ChunkRecord chunk_record(const ChunkArgs &a, int i) {
+    if (a.offset_nulls[i])
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply: offsets must not be null")));
+    ChunkRecord r;
+    r.offset = DatumGetInt64(a.offsets[i]);
+    bytea_field(a.keys[i], a.key_nulls[i], &r.key, &r.key_len);
+    bytea_field(a.vals[i], a.val_nulls[i], &r.value, &r.value_len);
+    bytea_field(a.hdrs[i], a.hdr_nulls[i], &r.headers, &r.headers_len);
+    if (r.headers_len < 0) {
+        r.headers = "";
+        r.headers_len = 0;
+    }
+    return r;
+}
+
+void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryContext call_context) {
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->sub = load_subscription(sub_name);
+    ctx->careful = careful;
+    use_origin(ctx->sub);
+    ctx->progress = replorigin_session_get_progress(false);
+    ctx->record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
+    ctx->call_context = call_context;
+    prune_tombstones_if_due();
+}
+
+/*
+ * The end of what this local transaction applies: pending truncates, the
+ * subscription's offset and counters, and the origin's progress and
+ * timestamp, all recorded by the commit that follows.
+ */
+void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
+    flush_truncates(ctx);
+    if (next_offset >= 0)
+        save_progress(ctx, next_offset);
+    if (ctx->max_lsn > replorigin_session_origin_lsn)
+        replorigin_session_origin_lsn = ctx->max_lsn;
+    /* the rows' commit time here is the source's: conflict resolution compares it */
+    replorigin_session_origin_timestamp = ctx->origin_ts_ms ? unix_ms_to_timestamptz(ctx->origin_ts_ms) : 0;
+}
+
+bool is_transient(int sqlerrcode) {
+    return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK ||
+           sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE || sqlerrcode == ERRCODE_QUERY_CANCELED ||
+           sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
+}
+
+/* A foreign key or unique constraint other than the key refused the record: a conflict of kind "constraint". */
+void log_constraint_conflict(const ApplyContext *ctx, const char *message, const char *resolution) {
+    ConflictRecord c;
+    memset(&c, 0, sizeof(c));
+    c.sub_name = ctx->sub->name;
+    c.peer = ctx->sub->peer;
+    c.table = ctx->current_table ? ctx->current_table : "(unknown)";
+    c.kind = "constraint";
+    c.remote_row_json = nullptr;
+    c.key_json = nullptr;
+    c.resolution = resolution;
+    (void)message;
+    log_conflict(c);
+}
+
 } // namespace
 
 extern "C" {
@@ -351,23 +486,17 @@ extern "C" {
  *             headers bytea[], careful bool,
  *             OUT applied int8, OUT skipped int8, OUT conflicts int8,
  *             OUT dead_letters int8, OUT failed_offset int8, OUT failed_error text)
+ *
+ * Inside the sidecar's transaction block: part of one source transaction (a
+ * streamed one), or one source transaction in careful mode.
  */
 Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
-    if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_chunk arguments must not be null")));
     if (!IsTransactionBlock())
         ereport(ERROR, (errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
                         errmsg("kafka_sync.apply_chunk() must run inside a transaction block"),
                         errdetail("A source transaction is applied whole, in one local transaction.")));
+    ChunkArgs args = read_chunk_args(fcinfo);
     char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-    ArrayType *offsets_arr = PG_GETARG_ARRAYTYPE_P(1);
-    const int n = ArrayGetNItems(ARR_NDIM(offsets_arr), ARR_DIMS(offsets_arr));
-    Datum *offsets, *keys, *vals, *hdrs;
-    bool *offset_nulls, *key_nulls, *val_nulls, *hdr_nulls;
-    deconstruct(offsets_arr, INT8OID, "offsets", n, &offsets, &offset_nulls);
-    deconstruct(PG_GETARG_ARRAYTYPE_P(2), BYTEAOID, "keys", n, &keys, &key_nulls);
-    deconstruct(PG_GETARG_ARRAYTYPE_P(3), BYTEAOID, "vals", n, &vals, &val_nulls);
-    deconstruct(PG_GETARG_ARRAYTYPE_P(4), BYTEAOID, "headers", n, &hdrs, &hdr_nulls);
     const bool careful = !PG_ARGISNULL(5) && PG_GETARG_BOOL(5);
 
     TupleDesc tupdesc;
@@ -377,13 +506,7 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     MemoryContext call_context = CurrentMemoryContext;
     SPI_connect();
     ApplyContext ctx;
-    memset(&ctx, 0, sizeof(ctx));
-    ctx.sub = load_subscription(sub_name);
-    ctx.careful = careful;
-    use_origin(ctx.sub);
-    ctx.progress = replorigin_session_get_progress(false);
-    ctx.record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
-    ctx.call_context = call_context;
+    begin_apply(&ctx, sub_name, careful, call_context);
 
     ErrorContextCallback errcallback;
     errcallback.callback = apply_error_context;
@@ -396,18 +519,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     bool failed = false;
     int64 failed_offset = 0;
     char *failed_error = nullptr;
-    for (int i = 0; i < n; i++) {
-        if (offset_nulls[i])
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_chunk: offsets must not be null")));
-        ChunkRecord r;
-        r.offset = DatumGetInt64(offsets[i]);
-        bytea_field(keys[i], key_nulls[i], &r.key, &r.key_len);
-        bytea_field(vals[i], val_nulls[i], &r.value, &r.value_len);
-        bytea_field(hdrs[i], hdr_nulls[i], &r.headers, &r.headers_len);
-        if (r.headers_len < 0) {
-            r.headers = "";
-            r.headers_len = 0;
-        }
+    for (int i = 0; i < args.n; i++) {
+        ChunkRecord r = chunk_record(args, i);
         ctx.current = &r;
         if (r.offset == ctx.sub->skip_offset) {
             /* already in dead_letters; its transaction's other records still apply */
@@ -421,10 +534,15 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
             apply_record(&ctx);
         } else {
             ErrorData *edata = kafka_sync::run_in_subtransaction(apply_record, &ctx);
+            if (edata && is_transient(edata->sqlerrcode))
+                ReThrowError(edata); /* a deadlock, say: the whole transaction is tried again */
             if (edata) {
                 MemoryContextSwitchTo(call_context);
                 char *message = describe_error(edata);
-                if (!ctx.sub->skip_on_error) {
+                const bool conflict_pauses = edata->sqlerrcode == ERRCODE_KAFKA_SYNC_CONFLICT;
+                const bool constraint =
+                    ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
+                if (!ctx.sub->skip_on_error || conflict_pauses) {
                     /* pause: the sidecar rolls back and records the failure */
                     failed = true;
                     failed_offset = r.offset;
@@ -432,6 +550,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
                     MemoryContextSwitchTo(old);
                     break;
                 }
+                if (constraint)
+                    log_constraint_conflict(&ctx, message, "dead_letter");
                 ctx.current = nullptr;
                 insert_dead_letter(ctx.sub, &r, message);
                 dead++;
@@ -442,17 +562,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         next_offset = Max(next_offset, r.offset + 1);
         ctx.current = nullptr;
     }
-    if (!failed) {
-        flush_truncates(&ctx);
-        if (next_offset >= 0)
-            save_progress(&ctx, next_offset);
-        if (ctx.max_lsn > replorigin_session_origin_lsn) {
-            /* recorded with the commit of this local transaction; time 0 (unknown) means "now" */
-            replorigin_session_origin_lsn = ctx.max_lsn;
-            replorigin_session_origin_timestamp =
-                ctx.max_lsn_commit_ms ? unix_ms_to_timestamptz(ctx.max_lsn_commit_ms) : 0;
-        }
-    }
+    if (!failed)
+        finish_local_transaction(&ctx, next_offset);
     error_context_stack = errcallback.previous;
 
     MemoryContext spi_context = MemoryContextSwitchTo(call_context);
@@ -464,6 +575,109 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     values[3] = Int64GetDatum(dead);
     values[4] = Int64GetDatum(failed_offset);
     values[5] = failed ? CStringGetTextDatum(failed_error) : (Datum)0;
+    HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
+    MemoryContextSwitchTo(spi_context);
+    SPI_finish();
+    PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}
+
+/*
+ * CALL apply_transactions(sub_name text, offsets int8[], keys bytea[],
+ *                         vals bytea[], headers bytea[],
+ *                         INOUT applied int8, INOUT skipped int8, INOUT conflicts int8)
+ *
+ * Complete source transactions, each committed here as its own local
+ * transaction, with its own offset, origin progress and commit time (so the
+ * rows' commit time is their source transaction's, which conflict
+ * resolution compares). Snapshot rows are committed per row time. An error
+ * stops the call: what was committed stays, the rest is read again.
+ */
+Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
+    auto *call = fcinfo->context && IsA(fcinfo->context, CallContext) ? (CallContext *)fcinfo->context : nullptr;
+    if (!call || call->atomic)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+                        errmsg("kafka_sync.apply_transactions() must be CALLed outside a transaction block"),
+                        errdetail("It commits each source transaction on its own.")));
+    ChunkArgs args = read_chunk_args(fcinfo);
+    char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+    TupleDesc tupdesc;
+    if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "return type must be a row type");
+    tupdesc = BlessTupleDesc(tupdesc);
+
+    MemoryContext call_context = CurrentMemoryContext;
+    SPI_connect_ext(SPI_OPT_NONATOMIC);
+    /* a procedure with transaction control cannot have SET search_path: set it per transaction */
+    auto pin_search_path = []() {
+        if (SPI_execute("SET LOCAL search_path = pg_catalog, pg_temp", false, 0) != SPI_OK_UTILITY)
+            elog(ERROR, "kafka_sync could not set search_path");
+    };
+    pin_search_path();
+    ApplyContext ctx;
+    begin_apply(&ctx, sub_name, false, call_context);
+
+    ErrorContextCallback errcallback;
+    errcallback.callback = apply_error_context;
+    errcallback.arg = &ctx;
+    errcallback.previous = error_context_stack;
+    error_context_stack = &errcallback;
+
+    ApplyCounters total;
+    memset(&total, 0, sizeof(total));
+    int64 next_offset = -1;
+    bool open = false;           /* this local transaction applied something */
+    uint64 txn_lsn = 0;          /* its source transaction */
+    int64 txn_row_ts = 0;        /* snapshot rows: their time */
+    auto commit = [&]() {
+        finish_local_transaction(&ctx, next_offset);
+        total.applied += ctx.counters.applied;
+        total.skipped += ctx.counters.skipped;
+        total.conflicts += ctx.counters.conflicts;
+        memset(&ctx.counters, 0, sizeof(ctx.counters));
+        ctx.max_lsn = 0;
+        ctx.max_lsn_commit_ms = 0;
+        ctx.origin_ts_ms = 0;
+        SPI_commit();
+        pin_search_path();
+        ctx.progress = replorigin_session_get_progress(false);
+        open = false;
+    };
+    for (int i = 0; i < args.n; i++) {
+        ChunkRecord r = chunk_record(args, i);
+        ctx.current = &r;
+        MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
+        if (r.offset == ctx.sub->skip_offset) {
+            ctx.counters.skipped++;
+        } else {
+            decode_record(&ctx);
+            const kafka_sync::DecodedHeaders *h = ctx.headers;
+            const bool snapshot_row = ctx.rec && ctx.rec->op == 'r' && ctx.rec->has_row_ts;
+            const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
+            if (open && (lsn != txn_lsn || (snapshot_row && ctx.rec->row_ts_ms != txn_row_ts))) {
+                MemoryContextSwitchTo(old);
+                commit();
+                MemoryContextSwitchTo(ctx.record_context);
+            }
+            txn_lsn = lsn;
+            txn_row_ts = snapshot_row ? ctx.rec->row_ts_ms : 0;
+            if (ctx.rec) {
+                apply_decoded(&ctx);
+                open = true;
+            }
+        }
+        MemoryContextSwitchTo(old);
+        MemoryContextReset(ctx.record_context);
+        next_offset = Max(next_offset, r.offset + 1);
+        ctx.current = nullptr;
+    }
+    if (next_offset >= 0)
+        commit();
+    error_context_stack = errcallback.previous;
+
+    MemoryContext spi_context = MemoryContextSwitchTo(call_context);
+    Datum values[3] = {Int64GetDatum(total.applied), Int64GetDatum(total.skipped), Int64GetDatum(total.conflicts)};
+    bool nulls[3] = {false, false, false};
     HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
     MemoryContextSwitchTo(spi_context);
     SPI_finish();

@@ -122,6 +122,15 @@ bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &ou
         out.origin = string_field(source, "origin");
         if (!out.origin)
             out.origin = string_field(source, "name");
+        // Snapshot rows carry their own version: when and where the row last changed.
+        json_t *row_ts = json_object_get(source, "row_ts_ms");
+        if (json_is_integer(row_ts)) {
+            out.has_row_ts = true;
+            out.row_ts_ms = json_integer_value(row_ts);
+        }
+        out.row_origin = string_field(source, "row_origin");
+        if (out.row_origin && (!*out.row_origin || strlen(out.row_origin) > kMaxIdentifier))
+            out.row_origin = nullptr;
 
         json_t *before = json_object_get(payload, "before");
         json_t *after = json_object_get(payload, "after");
@@ -223,6 +232,8 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
                 out.commit_ts_ms = ms;
             } else if (name == "kafka_sync.origin")
                 out.origin = value;
+            else if (name == "kafka_sync.txn_end")
+                out.has_txn_end = true;
         }
         char *text = json_dumps(all, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(all);

@@ -28,6 +28,10 @@ struct DecodedRecord {
     const char *schema = nullptr;
     const char *table = nullptr;
     const char *origin = nullptr; // source.origin (or source.name)
+    // "r" (snapshot) records: the row's own last change, when the source knew it
+    bool has_row_ts = false;
+    int64_t row_ts_ms = 0;
+    const char *row_origin = nullptr;
     bool has_before = false;
     bool has_after = false;
     std::vector<DecodedColumn> before;
@@ -39,6 +43,7 @@ struct DecodedHeaders {
     uint64_t lsn = 0;
     bool has_commit_ts = false;
     int64_t commit_ts_ms = 0;
+    bool has_txn_end = false; // the last record of its source transaction
     std::string origin;       // empty when absent
     std::string as_json;      // every header, for dead letters
 };

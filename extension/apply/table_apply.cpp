@@ -12,6 +12,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -364,18 +365,260 @@ void build_delete(TargetInfo *t, List *, List *where, StringInfo sql) {
     append_column_list(t, where, sql, " AND ", "%1$s = $%2$d", 1);
 }
 
-void upsert(TargetInfo *t, List *row, ApplyCounters *counters) {
-    bool inserted = false;
-    uint64 n = run(t, 'i', row, NIL, build_upsert, &inserted);
-    if (n == 0 || !inserted)
-        counters->conflicts++; /* the row existed: applied as an update (or already equal) */
-}
-
 void require_key(TargetInfo *t, const char *what) {
     if (t->nkeys == 0)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("cannot apply %s to table %s: it has no primary key", what, t->qualified_name),
                         errhint("Give the table a primary key (the same as on its other nodes).")));
+}
+
+/* The local row of a key: locked, with its version. */
+struct LocalRow {
+    bool found;
+    RowVersion version;
+};
+
+void build_lookup(TargetInfo *t, List *, List *where, StringInfo sql) {
+    appendStringInfo(sql, "SELECT xmin FROM %s WHERE ", t->qualified_name);
+    append_column_list(t, where, sql, " AND ", "%1$s = $%2$d", 1);
+    appendStringInfoString(sql, " FOR UPDATE");
+}
+
+void build_row_json(TargetInfo *t, List *, List *where, StringInfo sql) {
+    appendStringInfo(sql, "SELECT pg_catalog.to_jsonb(t)::text FROM %s t WHERE ", t->qualified_name);
+    append_column_list(t, where, sql, " AND ", "t.%1$s = $%2$d", 1);
+}
+
+void build_insert(TargetInfo *t, List *set, List *, StringInfo sql) {
+    appendStringInfo(sql, "INSERT INTO %s (", t->qualified_name);
+    append_column_list(t, set, sql, ", ", "%1$s", 1);
+    appendStringInfoString(sql, ") VALUES (");
+    for (int i = 1; i <= list_length(set); i++)
+        appendStringInfo(sql, "%s$%d", i > 1 ? ", " : "", i);
+    appendStringInfoChar(sql, ')');
+    if (t->nkeys == 0)
+        return;
+    /* a row inserted here meanwhile is not overwritten: the caller looks again */
+    appendStringInfoString(sql, " ON CONFLICT (");
+    for (int i = 0; i < t->nkeys; i++)
+        appendStringInfo(sql, "%s%s", i > 0 ? ", " : "", t->quoted_names[t->key_attnums[i] - 1]);
+    appendStringInfoString(sql, ") DO NOTHING");
+}
+
+/* One change being applied: the table, where it comes from, the counters. */
+struct Change {
+    TargetInfo *t;
+    const RemoteChange *remote;
+    ApplyCounters *counters;
+};
+
+LocalRow lookup(const Change &ch, List *key) {
+    LocalRow row{false, RowVersion()};
+    run(ch.t, 'l', NIL, key, build_lookup, nullptr);
+    if (SPI_processed == 0)
+        return row;
+    bool isnull;
+    Datum xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    row.found = true;
+    row.version = row_version_of_xid(DatumGetTransactionId(xmin), ch.remote->local_node);
+    return row;
+}
+
+/* No conflict: the local state was last written by the change's own node (or this transaction). */
+bool same_origin(const RowVersion &local, const RowVersion &remote) {
+    return local.current_xact || (local.node[0] != '\0' && strcmp(local.node, remote.node) == 0);
+}
+
+/* {"col": "text value" or null, ...} */
+char *params_json(TargetInfo *t, List *params) {
+    StringInfoData s;
+    initStringInfo(&s);
+    appendStringInfoChar(&s, '{');
+    ListCell *lc;
+    foreach (lc, params) {
+        auto *p = static_cast<ColumnParam *>(lfirst(lc));
+        if (foreach_current_index(lc) > 0)
+            appendStringInfoString(&s, ", ");
+        char *name = get_attname(t->relid, p->attnum, false);
+        escape_json(&s, name);
+        appendStringInfoString(&s, ": ");
+        if (p->value)
+            escape_json(&s, p->value);
+        else
+            appendStringInfoString(&s, "null");
+    }
+    appendStringInfoChar(&s, '}');
+    return s.data;
+}
+
+bytea *key_bytes(TargetInfo *t, List *key) {
+    const int n = list_length(key);
+    Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * n));
+    Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    ListCell *lc;
+    foreach (lc, key) {
+        auto *p = static_cast<ColumnParam *>(lfirst(lc));
+        const int a = p->attnum - 1;
+        const int i = foreach_current_index(lc);
+        types[i] = t->types[a];
+        values[i] = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+    }
+    return encode_key(n, types, values);
+}
+
+/*
+ * A conflict of the given kind: picks the winner (raises ERROR under the
+ * "error" strategy), logs it, counts it. local is NULL when nothing local is
+ * known (an update of a row never seen here).
+ */
+bool resolve(const Change &ch, const char *kind, List *key, const RowVersion *local, bool local_row_exists,
+             List *remote_row) {
+    TargetInfo *t = ch.t;
+    char *key_json = params_json(t, key);
+    bool wins;
+    if (local) {
+        wins = remote_wins(ch.remote->strategy, ch.remote->version, *local, kind, t->qualified_name, key_json);
+    } else {
+        /* nothing to compare with: only keep_local (and error) refuse the change */
+        RowVersion unknown;
+        wins = ch.remote->strategy == ConflictStrategy::KeepLocal
+                   ? false
+                   : remote_wins(ch.remote->strategy == ConflictStrategy::Error ? ConflictStrategy::Error
+                                                                                : ConflictStrategy::ApplyRemote,
+                                 ch.remote->version, unknown, kind, t->qualified_name, key_json);
+    }
+    char *local_json = nullptr;
+    if (local_row_exists) {
+        run(t, 'j', NIL, key, build_row_json, nullptr);
+        if (SPI_processed > 0)
+            local_json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    }
+    ConflictRecord c;
+    c.sub_name = ch.remote->sub_name;
+    c.peer = ch.remote->peer;
+    c.table = t->qualified_name;
+    c.kind = kind;
+    c.key_json = key_json;
+    c.local_row_json = local_json;
+    c.local = local;
+    c.remote_row_json = remote_row != NIL ? params_json(t, remote_row) : nullptr;
+    c.remote = &ch.remote->version;
+    c.resolution = wins ? "apply_remote" : "keep_local";
+    log_conflict(c);
+    ch.counters->conflicts++;
+    return wins;
+}
+
+/* Non-key columns of a row image. */
+List *non_key(TargetInfo *t, List *row) {
+    List *set = NIL;
+    ListCell *lc;
+    foreach (lc, row)
+        if (!is_key(t, static_cast<ColumnParam *>(lfirst(lc))->attnum))
+            set = lappend(set, lfirst(lc));
+    return set;
+}
+
+/* false: a row with this key appeared meanwhile (a concurrent local insert) */
+bool insert_row(const Change &ch, List *row) { return run(ch.t, 'i', row, NIL, build_insert, nullptr) > 0; }
+
+void overwrite_row(const Change &ch, List *row, List *key) {
+    List *set = non_key(ch.t, row);
+    if (set != NIL)
+        run(ch.t, 'u', set, key, build_update, nullptr);
+}
+
+/* A key with no row here: was it deleted here, and does the change beat that? */
+bool may_create(const Change &ch, List *key, const char *kind, List *row, bool snapshot_row) {
+    bool found;
+    RowVersion tomb = find_tombstone(ch.t->relid, key_bytes(ch.t, key), ch.remote->local_node, &found);
+    if (!found)
+        return true;
+    if (same_origin(tomb, ch.remote->version))
+        return !snapshot_row || compare_versions(ch.remote->version, tomb) > 0;
+    return resolve(ch, kind, key, &tomb, false, row);
+}
+
+void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
+    TargetInfo *t = ch.t;
+    List *row = row_params(t, rec->after);
+    if (t->nkeys == 0) {
+        insert_row(ch, row); /* no key: nothing to be in conflict with */
+        return;
+    }
+    const bool snapshot_row = rec->op == 'r';
+    if (snapshot_row && strcmp(ch.remote->row_origin, ch.remote->local_node) == 0) {
+        ch.counters->skipped++; /* our own row in a peer's snapshot: ours is as new or newer */
+        return;
+    }
+    List *key = key_params(t, row, true);
+    LocalRow local = lookup(ch, key);
+    if (!local.found) {
+        if (!may_create(ch, key, "insert_deleted", row, snapshot_row) || insert_row(ch, row))
+            return;
+        local = lookup(ch, key); /* inserted here meanwhile: now a conflict like any other */
+        if (!local.found)
+            ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                            errmsg("a row of table %s appeared and vanished while a change was applied to it",
+                                   t->qualified_name),
+                            errhint("The sidecar retries the transaction.")));
+    }
+    if (same_origin(local.version, ch.remote->version)) {
+        if (!snapshot_row || compare_versions(ch.remote->version, local.version) > 0)
+            overwrite_row(ch, row, key);
+        return;
+    }
+    if (resolve(ch, "insert_exists", key, &local.version, true, row))
+        overwrite_row(ch, row, key);
+}
+
+void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
+    TargetInfo *t = ch.t;
+    List *after = row_params(t, rec->after);
+    List *old_key = rec->has_before ? key_params(t, row_params(t, rec->before), false) : NIL;
+    List *where = old_key != NIL ? old_key : key_params(t, after, true);
+    /* key columns are SET only when the key changes */
+    List *set = old_key != NIL ? after : non_key(t, after);
+    LocalRow local = lookup(ch, where);
+    if (!local.found) {
+        bool found;
+        RowVersion tomb = find_tombstone(t->relid, key_bytes(t, where), ch.remote->local_node, &found);
+        bool create;
+        if (found && !same_origin(tomb, ch.remote->version))
+            create = resolve(ch, "update_deleted", where, &tomb, false, after);
+        else if (found)
+            create = true;
+        else
+            create = resolve(ch, "update_missing", where, nullptr, false, after);
+        if (create)
+            run(t, 'c', after, NIL, build_upsert, nullptr);
+        return;
+    }
+    if (!same_origin(local.version, ch.remote->version) &&
+        !resolve(ch, "update_update", where, &local.version, true, after))
+        return;
+    if (set != NIL)
+        run(t, 'u', set, where, build_update, nullptr);
+}
+
+void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
+    TargetInfo *t = ch.t;
+    List *key = key_params(t, row_params(t, rec->before), true);
+    LocalRow local = lookup(ch, key);
+    if (local.found) {
+        if (same_origin(local.version, ch.remote->version) ||
+            resolve(ch, "delete_updated", key, &local.version, true, nullptr))
+            run(t, 'd', NIL, key, build_delete, nullptr); /* the trigger records the tombstone */
+        return;
+    }
+    /* Gone already: remember the delete, so that an older change of the key arriving later loses to it. */
+    bytea *kb = key_bytes(t, key);
+    bool found;
+    RowVersion tomb = find_tombstone(t->relid, kb, ch.remote->local_node, &found);
+    if (!found || !same_origin(tomb, ch.remote->version))
+        resolve(ch, "delete_missing", key, found ? &tomb : nullptr, false, nullptr);
+    if (!found || compare_versions(ch.remote->version, tomb) > 0)
+        write_tombstone(t->relid, kb);
 }
 
 } // namespace
@@ -400,38 +643,23 @@ Oid apply_target_relid(const char *schema, const char *table) {
     return relid;
 }
 
-void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, ApplyCounters *counters) {
+void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
+                      ApplyCounters *counters) {
     TargetInfo *t = target_for(relid);
+    Change ch{t, remote, counters};
     switch (rec->op) {
     case 'c':
     case 'r':
-        upsert(t, row_params(t, rec->after), counters);
+        apply_insert(ch, rec);
         break;
-    case 'u': {
+    case 'u':
         require_key(t, "an UPDATE");
-        List *after = row_params(t, rec->after);
-        List *old_key = rec->has_before ? key_params(t, row_params(t, rec->before), false) : NIL;
-        List *where = old_key != NIL ? old_key : key_params(t, after, true);
-        /* key columns are SET only when the key changes */
-        List *set = NIL;
-        ListCell *lc;
-        foreach (lc, after)
-            if (old_key != NIL || !is_key(t, static_cast<ColumnParam *>(lfirst(lc))->attnum))
-                set = lappend(set, lfirst(lc));
-        if (set == NIL || run(t, 'u', set, where, build_update, nullptr) == 0) {
-            if (set != NIL)
-                counters->conflicts++; /* the row is missing here: insert it */
-            upsert(t, after, counters);
-        }
+        apply_update(ch, rec);
         break;
-    }
-    case 'd': {
+    case 'd':
         require_key(t, "a DELETE");
-        List *where = key_params(t, row_params(t, rec->before), true);
-        if (run(t, 'd', NIL, where, build_delete, nullptr) == 0)
-            counters->conflicts++; /* already gone */
+        apply_delete(ch, rec);
         break;
-    }
     default:
         elog(ERROR, "kafka_sync: unexpected operation '%c'", rec->op);
     }

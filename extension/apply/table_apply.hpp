@@ -7,6 +7,7 @@
 // and kept until the table's definition changes.
 #pragma once
 
+#include "apply/conflicts.hpp"
 #include "apply/record_decoder.hpp"
 
 extern "C" {
@@ -18,14 +19,25 @@ extern "C" {
 struct ApplyCounters {
     int64 applied;
     int64 skipped;
-    int64 conflicts; /* insert of an existing key, update/delete of a missing row */
+    int64 conflicts; /* resolved conflicts, each logged in kafka_sync.conflicts */
+};
+
+/* Where a change comes from and how its conflicts are resolved. */
+struct RemoteChange {
+    ConflictStrategy strategy;
+    const char *sub_name;
+    const char *peer;
+    const char *local_node; /* this node's name ("" when not a node) */
+    RowVersion version;     /* of the incoming change (a snapshot row: its own time) */
+    const char *row_origin; /* the node that made the change (a snapshot row: its last writer) */
 };
 
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);
 
-/* Applies a c/u/d/r change to relid; raises ERROR when it cannot. */
-void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, ApplyCounters *counters);
+/* Applies a c/u/d/r change to relid, resolving conflicts; raises ERROR when it cannot. */
+void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
+                      ApplyCounters *counters);
 
 /* TRUNCATE of these tables, in one statement (foreign keys between them). */
 void apply_truncate(List *relids);

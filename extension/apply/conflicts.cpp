@@ -1,0 +1,310 @@
+// Conflict detection and resolution helpers (see conflicts.hpp).
+#include "apply/conflicts.hpp"
+
+extern "C" {
+#include "access/commit_ts.h"
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/bitmapset.h"
+#include "port/pg_bswap.h"
+#include "replication/origin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(kafka_sync_record_tombstone);
+}
+
+namespace {
+
+int conflict_log_max_rows = 100000;
+int tombstone_retention_s = 7 * 24 * 3600;
+
+constexpr char kOriginPrefix[] = "kafka_sync_";
+
+SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types) {
+    SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
+    if (!plan)
+        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+    SPI_keepplan(plan);
+    return plan;
+}
+
+const char *describe_version(const RowVersion &v) {
+    if (!v.known)
+        return "at an unknown time";
+    return psprintf("by node %s at %s", v.node[0] ? v.node : "(unknown)", timestamptz_to_str(v.ts));
+}
+
+} // namespace
+
+ConflictStrategy conflict_strategy_from_name(const char *name) {
+    if (strcmp(name, "first_update_wins") == 0)
+        return ConflictStrategy::FirstUpdateWins;
+    if (strcmp(name, "apply_remote") == 0)
+        return ConflictStrategy::ApplyRemote;
+    if (strcmp(name, "keep_local") == 0)
+        return ConflictStrategy::KeepLocal;
+    if (strcmp(name, "error") == 0)
+        return ConflictStrategy::Error;
+    return ConflictStrategy::LastUpdateWins;
+}
+
+RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
+    RowVersion v;
+    if (TransactionIdIsCurrentTransactionId(xid)) {
+        v.current_xact = true;
+        return v;
+    }
+    if (!TransactionIdIsNormal(xid))
+        return v; /* frozen or bootstrap: older than anything we know */
+    TimestampTz ts;
+    RepOriginId origin;
+    if (!TransactionIdGetCommitTsData(xid, &ts, &origin))
+        return v; /* before track_commit_timestamp, or truncated away */
+    v.known = true;
+    v.ts = ts;
+    if (origin == InvalidRepOriginId) {
+        strlcpy(v.node, local_node ? local_node : "", sizeof(v.node));
+    } else {
+        char *name = nullptr;
+        if (replorigin_by_oid(origin, true, &name) && name) {
+            const size_t plen = sizeof(kOriginPrefix) - 1;
+            strlcpy(v.node, strncmp(name, kOriginPrefix, plen) == 0 ? name + plen : name, sizeof(v.node));
+        }
+    }
+    return v;
+}
+
+int compare_versions(const RowVersion &a, const RowVersion &b) {
+    /*
+     * Milliseconds, the precision records carry: a local write keeps its
+     * microseconds here, the same write applied on a peer does not. Every
+     * node must reach the same verdict, so both are compared truncated.
+     */
+    auto ms = [](const RowVersion &v) -> int64 {
+        if (!v.known)
+            return PG_INT64_MIN;
+        return v.ts >= 0 ? v.ts / 1000 : -((-v.ts + 999) / 1000);
+    };
+    const int64 ta = ms(a);
+    const int64 tb = ms(b);
+    if (ta != tb)
+        return ta < tb ? -1 : 1;
+    int c = strcmp(a.node, b.node);
+    return c < 0 ? -1 : (c > 0 ? 1 : 0);
+}
+
+bool remote_wins(ConflictStrategy strategy, const RowVersion &remote, const RowVersion &local, const char *kind,
+                 const char *table, const char *key_json) {
+    switch (strategy) {
+    case ConflictStrategy::LastUpdateWins:
+        return compare_versions(remote, local) > 0;
+    case ConflictStrategy::FirstUpdateWins:
+        return compare_versions(remote, local) < 0;
+    case ConflictStrategy::ApplyRemote:
+        return true;
+    case ConflictStrategy::KeepLocal:
+        return false;
+    case ConflictStrategy::Error:
+        break;
+    }
+    ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
+                    errmsg("conflict %s on table %s, key %s", kind, table, key_json ? key_json : "(none)"),
+                    errdetail("The local row was last changed %s; the incoming change was made %s.",
+                              describe_version(local), describe_version(remote)),
+                    errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
+                            "choose a strategy with kafka_sync.alter_subscription(), then "
+                            "kafka_sync.resume_subscription().")));
+    return false;
+}
+
+void log_conflict(const ConflictRecord &c) {
+    static SPIPlanPtr plan = nullptr;
+    static SPIPlanPtr prune_plan = nullptr;
+    if (conflict_log_max_rows == 0)
+        return;
+    if (!plan) {
+        Oid types[12] = {TEXTOID, TEXTOID,        TEXTOID, TEXTOID, TEXTOID,        TIMESTAMPTZOID,
+                         TEXTOID, TEXTOID,        TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+        plan = keep_plan("INSERT INTO kafka_sync.conflicts (sub_name, peer_node, table_name, key, local_row, "
+                         "local_commit_ts, local_origin, remote_row, remote_commit_ts, remote_origin, kind, "
+                         "resolution) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12)",
+                         12, types);
+        Oid prune_types[1] = {INT8OID};
+        prune_plan = keep_plan("DELETE FROM kafka_sync.conflicts WHERE id <= "
+                               "(SELECT max(id) FROM kafka_sync.conflicts) - $1",
+                               1, prune_types);
+    }
+    Datum v[12];
+    char n[12];
+    auto text_or_null = [&](int i, const char *s) {
+        n[i] = s ? ' ' : 'n';
+        v[i] = s ? CStringGetTextDatum(s) : (Datum)0;
+    };
+    auto version = [&](int ts_i, int node_i, const RowVersion *rv) {
+        n[ts_i] = rv && rv->known ? ' ' : 'n';
+        v[ts_i] = rv && rv->known ? TimestampTzGetDatum(rv->ts) : (Datum)0;
+        text_or_null(node_i, rv && rv->node[0] ? rv->node : nullptr);
+    };
+    text_or_null(0, c.sub_name);
+    text_or_null(1, c.peer);
+    text_or_null(2, c.table);
+    text_or_null(3, c.key_json);
+    text_or_null(4, c.local_row_json);
+    version(5, 6, c.local);
+    text_or_null(7, c.remote_row_json);
+    version(8, 9, c.remote);
+    text_or_null(10, c.kind);
+    text_or_null(11, c.resolution);
+    if (SPI_execute_plan(plan, v, n, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "kafka_sync could not log a conflict");
+    /* conflicts are rare: keeping the log bounded after each one costs an index probe */
+    if (conflict_log_max_rows > 0) {
+        Datum limit = Int64GetDatum(conflict_log_max_rows);
+        if (SPI_execute_plan(prune_plan, &limit, nullptr, false, 0) != SPI_OK_DELETE)
+            elog(ERROR, "kafka_sync could not prune kafka_sync.conflicts");
+    }
+}
+
+bytea *encode_key(int nkeys, const Oid *types, const Datum *values) {
+    StringInfoData buf;
+    initStringInfo(&buf);
+    appendStringInfoSpaces(&buf, VARHDRSZ);
+    for (int i = 0; i < nkeys; i++) {
+        Oid func;
+        bool varlena;
+        bytea *part;
+        /* the binary form does not depend on session settings (TimeZone, DateStyle) */
+        HeapTuple tp = SearchSysCache1(TYPEOID, ObjectIdGetDatum(types[i]));
+        if (!HeapTupleIsValid(tp))
+            elog(ERROR, "cache lookup failed for type %u", types[i]);
+        const bool has_send = OidIsValid(((Form_pg_type)GETSTRUCT(tp))->typsend);
+        ReleaseSysCache(tp);
+        if (has_send) {
+            getTypeBinaryOutputInfo(types[i], &func, &varlena);
+            part = OidSendFunctionCall(func, values[i]);
+        } else {
+            getTypeOutputInfo(types[i], &func, &varlena);
+            char *text = OidOutputFunctionCall(func, values[i]);
+            part = cstring_to_text(text);
+        }
+        uint32 len = pg_hton32((uint32)VARSIZE_ANY_EXHDR(part));
+        appendBinaryStringInfo(&buf, reinterpret_cast<char *>(&len), sizeof(len));
+        appendBinaryStringInfo(&buf, VARDATA_ANY(part), VARSIZE_ANY_EXHDR(part));
+    }
+    bytea *result = reinterpret_cast<bytea *>(buf.data);
+    SET_VARSIZE(result, buf.len);
+    return result;
+}
+
+RowVersion find_tombstone(Oid relid, bytea *key, const char *local_node, bool *found) {
+    static SPIPlanPtr plan = nullptr;
+    if (!plan) {
+        Oid types[2] = {OIDOID, BYTEAOID};
+        plan = keep_plan("SELECT xmin FROM kafka_sync.tombstones WHERE relid = $1 AND key = $2 FOR UPDATE", 2, types);
+    }
+    Datum args[2] = {ObjectIdGetDatum(relid), PointerGetDatum(key)};
+    if (SPI_execute_plan(plan, args, nullptr, false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "kafka_sync could not read kafka_sync.tombstones");
+    *found = SPI_processed > 0;
+    if (!*found)
+        return RowVersion();
+    bool isnull;
+    Datum xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    return row_version_of_xid(DatumGetTransactionId(xmin), local_node);
+}
+
+void write_tombstone(Oid relid, bytea *key) {
+    static SPIPlanPtr plan = nullptr;
+    if (!plan) {
+        Oid types[2] = {OIDOID, BYTEAOID};
+        plan = keep_plan("INSERT INTO kafka_sync.tombstones AS t (relid, key) VALUES ($1, $2) "
+                         "ON CONFLICT (relid, key) DO UPDATE SET deleted_at = now()",
+                         2, types);
+    }
+    Datum args[2] = {ObjectIdGetDatum(relid), PointerGetDatum(key)};
+    if (SPI_execute_plan(plan, args, nullptr, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "kafka_sync could not record a deleted key");
+}
+
+void prune_tombstones_if_due() {
+    static TimestampTz last = 0;
+    static SPIPlanPtr plan = nullptr;
+    const TimestampTz now = GetCurrentTimestamp();
+    if (last != 0 && !TimestampDifferenceExceeds(last, now, 60 * 1000))
+        return;
+    last = now;
+    if (!plan) {
+        Oid types[1] = {INT4OID};
+        plan = keep_plan("DELETE FROM kafka_sync.tombstones "
+                         "WHERE deleted_at < now() - make_interval(secs => $1)",
+                         1, types);
+    }
+    Datum arg = Int32GetDatum(tombstone_retention_s);
+    if (SPI_execute_plan(plan, &arg, nullptr, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "kafka_sync could not prune kafka_sync.tombstones");
+}
+
+void conflict_define_settings() {
+    DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
+                            "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
+                            "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",
+                            &conflict_log_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("kafka_sync.tombstone_retention",
+                            "How long the version of a deleted key is remembered.",
+                            "Must exceed the longest time a change can take to reach every node (pauses and "
+                            "outages included); an older change of a key deleted longer ago can bring it back.",
+                            &tombstone_retention_s, 7 * 24 * 3600, 60, INT_MAX, PGC_SUSET, GUC_UNIT_S, nullptr,
+                            nullptr, nullptr);
+}
+
+extern "C" {
+
+/* AFTER DELETE FOR EACH ROW on every published table of the node. */
+Datum kafka_sync_record_tombstone(PG_FUNCTION_ARGS) {
+    if (!CALLED_AS_TRIGGER(fcinfo))
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("kafka_sync._record_tombstone() must be called as a trigger")));
+    auto *trigdata = reinterpret_cast<TriggerData *>(fcinfo->context);
+    if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+        !TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("kafka_sync._record_tombstone() must be an AFTER DELETE FOR EACH ROW trigger")));
+    Relation rel = trigdata->tg_relation;
+    /* the same key columns, in the same order, as the apply side (table_apply.cpp) */
+    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+    if (bms_is_empty(keys))
+        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    const int nkeys = bms_num_members(keys);
+    if (nkeys == 0)
+        return PointerGetDatum(nullptr);
+    Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * nkeys));
+    Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * nkeys));
+    TupleDesc desc = RelationGetDescr(rel);
+    int k = 0, member = -1;
+    while ((member = bms_next_member(keys, member)) >= 0) {
+        AttrNumber attnum = member + FirstLowInvalidHeapAttributeNumber;
+        bool isnull;
+        values[k] = heap_getattr(trigdata->tg_trigtuple, attnum, desc, &isnull);
+        types[k] = TupleDescAttr(desc, attnum - 1)->atttypid;
+        if (isnull)
+            return PointerGetDatum(nullptr); /* not a key after all */
+        k++;
+    }
+    bytea *key = encode_key(nkeys, types, values);
+    SPI_connect();
+    write_tombstone(RelationGetRelid(rel), key);
+    SPI_finish();
+    return PointerGetDatum(nullptr);
+}
+}

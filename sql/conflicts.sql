@@ -1,0 +1,186 @@
+\set SHOW_CONTEXT never
+-- Conflict detection and resolution: local writes against records of peer
+-- chat2 with known commit times (2023-11-14 is older than any local write
+-- here, 2100-01-01 newer), each strategy, each kind, the conflict log, the
+-- tombstones of deleted keys, and apply_transactions committing each source
+-- transaction with its own commit time.
+CREATE TABLE items (id int PRIMARY KEY, label text);
+CREATE PUBLICATION kafka_sync FOR ALL TABLES;
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false);
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1');
+-- published tables with a key get the delete-tracking trigger, now and after DDL
+CREATE TABLE later (id int PRIMARY KEY);
+CREATE TABLE keyless (v int);
+SELECT tgrelid::regclass AS tracked FROM pg_trigger WHERE tgname = 'kafka_sync_tombstone' ORDER BY 1;
+
+CREATE FUNCTION hdrs(lsn text, ts bigint, txn_end int DEFAULT NULL, origin text DEFAULT 'chat2') RETURNS bytea
+LANGUAGE sql AS $$
+    SELECT int4send(14) || 'kafka_sync.lsn'::bytea || int4send(octet_length(lsn)) || convert_to(lsn, 'UTF8')
+        || int4send(17) || 'kafka_sync.origin'::bytea || int4send(octet_length(origin)) || convert_to(origin, 'UTF8')
+        || int4send(20) || 'kafka_sync.commit_ts'::bytea || int4send(octet_length(ts::text)) || convert_to(ts::text, 'UTF8')
+        || CASE WHEN txn_end IS NULL THEN ''::bytea
+           ELSE int4send(18) || 'kafka_sync.txn_end'::bytea || int4send(octet_length(txn_end::text)) || convert_to(txn_end::text, 'UTF8') END
+$$;
+CREATE FUNCTION ev(op text, before jsonb, after jsonb) RETURNS bytea
+LANGUAGE sql AS $$
+    SELECT convert_to(jsonb_build_object('op', op, 'before', before, 'after', after,
+        'source', jsonb_build_object('connector', 'kafka_sync', 'name', 'chat2', 'origin', 'chat2',
+                                     'schema', 'public', 'table', 'items'))::text, 'UTF8')
+$$;
+-- one record as one source transaction
+CREATE FUNCTION apply1(off int, lsn text, ts bigint, rec bytea, careful boolean DEFAULT false)
+RETURNS TABLE (applied bigint, conflicts bigint, failed_offset bigint) LANGUAGE sql AS $$
+    SELECT applied, conflicts, failed_offset FROM kafka_sync.apply_chunk('from_chat2', ARRAY[off::int8],
+        '{NULL}', ARRAY[rec], ARRAY[hdrs(lsn, ts, 1)], careful)
+$$;
+CREATE VIEW log AS
+SELECT kind, key, local_origin, local_commit_ts IS NOT NULL AS local_ts, remote_origin,
+       remote_commit_ts, resolution, local_row, remote_row
+  FROM kafka_sync.conflicts ORDER BY id;
+
+INSERT INTO items VALUES (1, 'local one'), (2, 'local two'), (3, 'local three');
+
+-- last_update_wins (the default): an older remote update loses, a newer one wins
+BEGIN;
+SELECT * FROM apply1(0, '0/100', 1700000000000, ev('u', NULL, '{"id": 1, "label": "remote old"}'));
+SELECT * FROM apply1(1, '0/200', 4102444800000, ev('u', NULL, '{"id": 2, "label": "remote new"}'));
+COMMIT;
+SELECT * FROM items ORDER BY id;
+SELECT kind, key, local_origin, local_ts, remote_origin, remote_commit_ts, resolution FROM log;
+-- the loser's and the winner's rows are both in the log
+SELECT local_row, remote_row FROM log;
+-- the applied row now carries chat2's commit time and origin
+SELECT x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+  LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id = 2;
+-- so chat2's next change of it is no conflict
+BEGIN;
+SELECT * FROM apply1(2, '0/300', 1700000000000, ev('u', NULL, '{"id": 2, "label": "remote again"}'));
+COMMIT;
+SELECT * FROM items WHERE id = 2;
+
+-- insert of an existing key; delete of a row changed here; update and delete of missing rows
+TRUNCATE kafka_sync.conflicts;
+BEGIN;
+SELECT * FROM apply1(3, '0/400', 4102444800000, ev('c', NULL, '{"id": 3, "label": "remote three"}'));
+SELECT * FROM apply1(4, '0/500', 1700000000000, ev('d', '{"id": 1}', NULL));
+SELECT * FROM apply1(5, '0/600', 1700000000000, ev('u', NULL, '{"id": 9, "label": "never here"}'));
+SELECT * FROM apply1(6, '0/700', 1700000000000, ev('d', '{"id": 10}', NULL));
+COMMIT;
+SELECT * FROM items ORDER BY id;
+SELECT kind, key, local_origin, remote_origin, resolution FROM log;
+-- delete_missing remembered the delete
+SELECT count(*) AS tombstones FROM kafka_sync.tombstones;
+
+-- a key deleted here: an older update does not bring it back, a newer one does
+-- (local writes come from a new session: an apply session stays under the peer's origin)
+\c -
+\set SHOW_CONTEXT never
+DELETE FROM items WHERE id = 3;
+SELECT count(*) AS tombstones FROM kafka_sync.tombstones;
+TRUNCATE kafka_sync.conflicts;
+BEGIN;
+SELECT * FROM apply1(7, '0/800', 1700000000000, ev('u', NULL, '{"id": 3, "label": "stale"}'));
+COMMIT;
+SELECT * FROM items WHERE id = 3;
+BEGIN;
+SELECT * FROM apply1(8, '0/900', 4102444800000, ev('c', NULL, '{"id": 3, "label": "reborn"}'));
+COMMIT;
+SELECT * FROM items WHERE id = 3;
+SELECT kind, key, local_origin, remote_origin, resolution FROM log;
+
+-- first_update_wins, keep_local, apply_remote (alter_subscription takes effect at once)
+\c -
+\set SHOW_CONTEXT never
+INSERT INTO items VALUES (20, 'local'), (21, 'local'), (22, 'local');
+TRUNCATE kafka_sync.conflicts;
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'first_update_wins');
+BEGIN;
+SELECT * FROM apply1(9, '0/A00', 4102444800000, ev('u', NULL, '{"id": 20, "label": "remote newer"}'));
+SELECT * FROM apply1(10, '0/B00', 1700000000000, ev('u', NULL, '{"id": 21, "label": "remote older"}'));
+COMMIT;
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'keep_local');
+BEGIN;
+SELECT * FROM apply1(11, '0/C00', 4102444800000, ev('u', NULL, '{"id": 22, "label": "remote newer"}'));
+SELECT * FROM apply1(12, '0/D00', 4102444800000, ev('u', NULL, '{"id": 23, "label": "missing"}'));
+COMMIT;
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'apply_remote');
+\c -
+\set SHOW_CONTEXT never
+UPDATE items SET label = 'local again' WHERE id = 22;
+BEGIN;
+SELECT * FROM apply1(13, '0/E00', 1700000000000, ev('u', NULL, '{"id": 22, "label": "remote older"}'));
+COMMIT;
+SELECT * FROM items WHERE id >= 20 ORDER BY id;
+SELECT kind, key, resolution FROM log;
+SELECT name, conflict_resolution, conflicts FROM kafka_sync.subscription_status;
+
+-- error: the conflict stops the transaction; careful mode reports it for a pause even with on_error = skip
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'error', on_error => 'skip');
+\c -
+\set SHOW_CONTEXT never
+INSERT INTO items VALUES (30, 'local');
+BEGIN;
+\set VERBOSITY terse
+SELECT * FROM apply1(14, '0/F00', 4102444800000, ev('u', NULL, '{"id": 30, "label": "remote"}'));
+\set VERBOSITY default
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, split_part(failed_error, ' (', 1) AS failed_error
+  FROM kafka_sync.apply_chunk('from_chat2', '{14}', '{NULL}',
+       ARRAY[ev('u', NULL, '{"id": 30, "label": "remote"}')], ARRAY[hdrs('0/F00', 4102444800000, 1)], true);
+ROLLBACK;
+SELECT * FROM items WHERE id = 30;
+-- bad arguments
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'newest');
+SELECT kafka_sync.alter_subscription('nope', conflict_resolution => 'error');
+SELECT kafka_sync.create_subscription('from_chat3', 'chat3', 'localhost:1', conflict_resolution => 'random');
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'last_update_wins');
+
+-- the conflict log keeps only the newest kafka_sync.conflict_log_max_rows rows
+\c -
+\set SHOW_CONTEXT never
+INSERT INTO items VALUES (40, 'l'), (41, 'l'), (42, 'l');
+SET kafka_sync.conflict_log_max_rows = 2;
+BEGIN;
+SELECT * FROM apply1(15, '0/1000', 4102444800000, ev('u', NULL, '{"id": 40, "label": "r"}'));
+SELECT * FROM apply1(16, '0/1100', 4102444800000, ev('u', NULL, '{"id": 41, "label": "r"}'));
+SELECT * FROM apply1(17, '0/1200', 4102444800000, ev('u', NULL, '{"id": 42, "label": "r"}'));
+COMMIT;
+SELECT key FROM log;
+RESET kafka_sync.conflict_log_max_rows;
+
+-- apply_transactions: outside a transaction block, one local commit per source transaction,
+-- each with its source's commit time
+BEGIN;
+CALL kafka_sync.apply_transactions('from_chat2', '{18}', '{NULL}',
+     ARRAY[ev('c', NULL, '{"id": 50, "label": "x"}')], ARRAY[hdrs('0/1300', 1700000000000, 1)]);
+ROLLBACK;
+CALL kafka_sync.apply_transactions('from_chat2', '{18,19,20}', '{NULL,NULL,NULL}',
+     ARRAY[ev('c', NULL, '{"id": 50, "label": "first"}'),
+           ev('c', NULL, '{"id": 51, "label": "second a"}'),
+           ev('c', NULL, '{"id": 52, "label": "second b"}')],
+     ARRAY[hdrs('0/1300', 1700000000000, 1), hdrs('0/1400', 1700000001000), hdrs('0/1400', 1700000001000, 2)]);
+SELECT id, label, x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+  LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id >= 50 ORDER BY id;
+SELECT applied_offset, last_applied_lsn FROM kafka_sync.subscription_status;
+SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2';
+-- again: every record is a duplicate now
+CALL kafka_sync.apply_transactions('from_chat2', '{18,19,20}', '{NULL,NULL,NULL}',
+     ARRAY[ev('c', NULL, '{"id": 50, "label": "first"}'),
+           ev('c', NULL, '{"id": 51, "label": "second a"}'),
+           ev('c', NULL, '{"id": 52, "label": "second b"}')],
+     ARRAY[hdrs('0/1300', 1700000000000, 1), hdrs('0/1400', 1700000001000), hdrs('0/1400', 1700000001000, 2)]);
+
+-- plain users see nothing of it
+CREATE ROLE conflict_reader;
+SET ROLE conflict_reader;
+SELECT count(*) FROM kafka_sync.conflicts;
+SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'error');
+RESET ROLE;
+DROP ROLE conflict_reader;
+
+-- drop_node removes the triggers and the tombstones
+SELECT kafka_sync.drop_subscription('from_chat2');
+SELECT kafka_sync.drop_node();
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgname = 'kafka_sync_tombstone';
+SELECT count(*) AS tombstones FROM kafka_sync.tombstones;
