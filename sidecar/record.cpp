@@ -102,6 +102,8 @@ Record make_record(int64_t offset, const char *key, size_t key_len, const char *
             seq = &h;
         else if (h.name == "kafka_sync.txn_end")
             end = &h;
+        else if (h.name == "kafka_sync.snapshot")
+            r.snapshot = true;
     }
     r.has_lsn = lsn && lsn->value && parse_lsn(*lsn->value, r.lsn);
     if (!r.has_lsn)

@@ -29,6 +29,7 @@ struct Record {
     int64_t seq = 0;         // 1-based position in the transaction, 0 when absent/invalid
     bool txn_end = false;    // last record of its transaction
     int64_t txn_records = 0; // the txn_end header's record count, 0 when invalid
+    bool snapshot = false;   // a snapshot row (kafka_sync.snapshot): applied on its own, by version
 
     // Memory this record holds, for the chunk size limits.
     size_t bytes() const { return (key ? key->size() : 0) + (value ? value->size() : 0) + headers.size() + 64; }

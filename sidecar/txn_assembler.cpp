@@ -22,6 +22,20 @@ bool TxnAssembler::careful_from(int64_t first_offset) {
 }
 
 void TxnAssembler::add(Record record) {
+    // Snapshot rows need not be applied all together (each carries its own
+    // version and applying it twice changes nothing); the extension commits
+    // them grouped by row time, which is what makes their versions right
+    // here. So they travel like small complete transactions, however many.
+    if (record.snapshot) {
+        if (current_.active)
+            discard_current("a snapshot began before its last record");
+        size_t bytes = record.bytes();
+        bool careful = careful_from(record.offset);
+        std::vector<Record> one;
+        one.push_back(std::move(record));
+        add_complete(std::move(one), bytes, false, 0, careful);
+        return;
+    }
     if (!current_.active) {
         if (!record.has_lsn) {
             size_t bytes = record.bytes();

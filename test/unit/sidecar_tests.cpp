@@ -107,6 +107,33 @@ void small_transactions_share_one_local_transaction_until_idle() {
     CHECK_EQ(trace(a), "");
 }
 
+// A snapshot row (kafka_sync.snapshot header) of the snapshot transaction `lsn`.
+Record snap(int64_t offset, uint64_t lsn, int seq, int txn_end = 0) {
+    std::vector<KafkaHeader> h;
+    h.push_back({"kafka_sync.origin", std::string("chat1")});
+    h.push_back({"kafka_sync.lsn", format_lsn(lsn)});
+    h.push_back({"kafka_sync.seq", std::to_string(seq)});
+    h.push_back({"kafka_sync.snapshot", std::string("true")});
+    if (txn_end > 0)
+        h.push_back({"kafka_sync.txn_end", std::to_string(txn_end)});
+    return make_record(offset, "k", 1, "row", 3, h);
+}
+
+bool record_reads_snapshot_header() { return snap(0, 1, 1).snapshot && !rec(0, 1, 1).snapshot; }
+
+void snapshot_rows_travel_like_small_transactions_never_streamed() {
+    TxnAssembler a(limits(3));
+    a.add(rec(0, 100, 1));
+    a.add(snap(1, 101, 1)); // the open transaction was a partial copy
+    for (int i = 2; i <= 7; i++)
+        a.add(snap(i, 101, i, i == 7 ? 7 : 0));
+    a.add(rec(8, 200, 1, 1));
+    a.idle();
+    CHECK_EQ(trace(a), "S(1,2,3) C S(4,5,6) C S(7,8) C");
+    CHECK_EQ(std::to_string(a.take_notes().size()), "1");
+    CHECK(record_reads_snapshot_header());
+}
+
 void incomplete_transaction_is_not_sent_at_idle() {
     TxnAssembler a(limits(100));
     a.add(rec(0, 100, 1, 1));
@@ -533,6 +560,7 @@ void passwords_never_reach_the_log() {
 
 int main() {
     small_transactions_share_one_local_transaction_until_idle();
+    snapshot_rows_travel_like_small_transactions_never_streamed();
     incomplete_transaction_is_not_sent_at_idle();
     pipelining_commits_at_the_record_limit();
     pipelining_commits_at_the_byte_limit();
