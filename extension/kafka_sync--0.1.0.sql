@@ -174,6 +174,51 @@ REVOKE ALL ON FUNCTION kafka_sync.create_node(text, text, name, text, jsonb, boo
 REVOKE ALL ON FUNCTION kafka_sync.pause_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.resume_node() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.drop_node() FROM PUBLIC;
+
+-- kafka_sync.resnapshot(): the node's producer worker publishes every row
+-- again. The request is durable: until Kafka acknowledged every record of
+-- the snapshot (completed_at), a worker that stops publishes it again when
+-- it runs next. One row per node; a new request replaces a fulfilled one.
+CREATE TABLE kafka_sync.resnapshot_request (
+    node_name    text PRIMARY KEY REFERENCES kafka_sync.node ON DELETE CASCADE,
+    requested_at timestamptz NOT NULL,
+    completed_at timestamptz,   -- NULL: pending
+    snapshot_lsn pg_lsn,        -- kafka_sync.lsn header of the last completed snapshot
+    records      bigint         -- its number of records
+);
+REVOKE ALL ON kafka_sync.resnapshot_request FROM PUBLIC;
+
+CREATE FUNCTION kafka_sync._wake_producer() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_wake_producer';
+
+CREATE FUNCTION kafka_sync.resnapshot() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n kafka_sync.node := kafka_sync._this_node();
+    w record;
+    earlier timestamptz;
+BEGIN
+    SELECT r.requested_at INTO earlier FROM kafka_sync.resnapshot_request r WHERE r.completed_at IS NULL;
+    INSERT INTO kafka_sync.resnapshot_request AS r (node_name, requested_at)
+    VALUES (n.node_name, clock_timestamp())
+    ON CONFLICT (node_name) DO UPDATE SET requested_at = excluded.requested_at, completed_at = NULL;
+    PERFORM kafka_sync._wake_producer();
+    IF earlier IS NOT NULL THEN
+        RAISE NOTICE 'a snapshot requested at % is not fully published yet', earlier
+            USING DETAIL = 'This request replaces it; if the worker is already publishing it, it publishes the rows once more afterwards.';
+    END IF;
+    SELECT * INTO w FROM kafka_sync._worker_status();
+    IF NOT n.enabled THEN
+        RAISE NOTICE 'node "%" is paused: the snapshot is published after kafka_sync.resume_node()', n.node_name;
+    ELSIF w.worker_pid IS NULL THEN
+        RAISE NOTICE 'the producer worker of node "%" is not running (state %): the snapshot is published when it runs',
+                     n.node_name, w.state
+            USING HINT = 'See kafka_sync.node_status.last_error.';
+    END IF;
+END $$;
+
+REVOKE ALL ON FUNCTION kafka_sync._wake_producer() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.resnapshot() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_requirements() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_node_name(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_kafka_target(text, text) FROM PUBLIC;

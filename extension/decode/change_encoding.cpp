@@ -77,7 +77,8 @@ uint64 next_collection_order(RelationInfo *info, const ChangeSource *source) {
 } // namespace
 
 void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldtuple, HeapTuple newtuple,
-                       const ChangeSource *source, uint64 total_order, EncodedRecord *out) {
+                       const ChangeSource *source, uint64 total_order, EncodedRecord *out,
+                       const RowVersion *version) {
     const size_t n = static_cast<size_t>(info->ncolumns);
     auto *old_values = static_cast<FieldValue *>(palloc0(sizeof(FieldValue) * Max(n, 1)));
     auto *new_values = static_cast<FieldValue *>(palloc0(sizeof(FieldValue) * Max(n, 1)));
@@ -95,6 +96,11 @@ void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldt
     ev.before = oldtuple ? &before : nullptr;
     ev.after = newtuple ? &after : nullptr;
     ev.source = source_meta(source);
+    if (version) {
+        ev.source.has_row_ts = version->has_ts;
+        ev.source.row_ts_ms = version->ts_ms;
+        ev.source.row_origin = version->origin;
+    }
     ev.event_ts_ms = unix_ms_now();
     ev.total_order = total_order;
     ev.data_collection_order = next_collection_order(info, source);

@@ -21,6 +21,17 @@ struct ChangeSource {
     uint64 txn_seq;       /* distinct per transaction within a session, never 0 */
 };
 
+/*
+ * The version of a row read from a table (snapshot records only): commit time
+ * and node of its last change, for receivers that resolve conflicts by last
+ * update. Changes decoded from WAL need none: their transaction is the version.
+ */
+struct RowVersion {
+    bool has_ts;
+    int64 ts_ms;
+    const char *origin; /* NULL: unknown, left out of the record */
+};
+
 /* Output buffers, owned (new/delete) by the session that encodes. */
 struct EncodedRecord {
     std::string key;
@@ -31,11 +42,13 @@ struct EncodedRecord {
 /*
  * Encode one change. op is 'c', 'u', 'd' or 'r'. oldtuple/newtuple may be
  * NULL as the operation allows. total_order counts records of the source
- * transaction (1-based). Works in CurrentMemoryContext, which the caller
- * resets after each change.
+ * transaction (1-based). version (may be NULL) is the row's own version,
+ * for op 'r'. Works in CurrentMemoryContext, which the caller resets after
+ * each change.
  */
 void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldtuple, HeapTuple newtuple,
-                       const ChangeSource *source, uint64 total_order, EncodedRecord *out);
+                       const ChangeSource *source, uint64 total_order, EncodedRecord *out,
+                       const RowVersion *version = nullptr);
 
 /* Encode a TRUNCATE of rel (no key, no row images). */
 void encode_truncate(RelationInfo *info, const ChangeSource *source, uint64 total_order, EncodedRecord *out);

@@ -35,6 +35,7 @@ struct PluginState {
     ChangeSource source;
     uint64 txn_records;
     EncodedRecord *record; /* C++-owned buffers, reused for every record */
+    RelationInfoCache *relations;
 };
 
 bool parse_bool_option(DefElem *elem) {
@@ -175,7 +176,7 @@ void kafka_sync_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, b
     parse_options(state, ctx->output_plugin_options, is_init);
     opt->output_type = state->kafka_framing ? OUTPUT_PLUGIN_BINARY_OUTPUT : OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
     opt->receive_rewrites = false;
-    relation_info_begin_session(&state->settings);
+    state->relations = relation_info_cache_create(&state->settings, ctx->context);
     state->record = kafka_sync::ks_guard([]() { return new EncodedRecord(); });
 }
 
@@ -185,7 +186,8 @@ void kafka_sync_shutdown(LogicalDecodingContext *ctx) {
         return;
     delete state->record;
     state->record = nullptr;
-    relation_info_reset();
+    relation_info_cache_destroy(state->relations);
+    state->relations = nullptr;
 }
 
 void kafka_sync_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
@@ -218,7 +220,7 @@ void kafka_sync_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogR
 void kafka_sync_change(LogicalDecodingContext *ctx, ReorderBufferTXN *, Relation rel, ReorderBufferChange *change) {
     PluginState *state = state_of(ctx);
     MemoryContext old = MemoryContextSwitchTo(state->change_context);
-    RelationInfo *info = relation_info_get(rel);
+    RelationInfo *info = relation_info_get(state->relations, rel);
     char op = 0;
     HeapTuple oldtuple = nullptr;
     HeapTuple newtuple = nullptr;
@@ -261,7 +263,7 @@ void kafka_sync_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *, int nr
     PluginState *state = state_of(ctx);
     MemoryContext old = MemoryContextSwitchTo(state->change_context);
     for (int i = 0; i < nrelations; i++) {
-        RelationInfo *info = relation_info_get(relations[i]);
+        RelationInfo *info = relation_info_get(state->relations, relations[i]);
         if (!info->published || !info->pub_truncate)
             continue;
         encode_truncate(info, &state->source, state->txn_records + 1, state->record);

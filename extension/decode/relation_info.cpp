@@ -23,12 +23,19 @@ extern "C" {
 #include "utils/syscache.h"
 }
 
+struct RelationInfoCache {
+    HTAB *hash;
+    MemoryContext context; /* everything of this cache, freed with it */
+    RelationInfoSettings settings;
+    const char *db;
+    RelationInfoCache *next; /* in live_caches */
+    MemoryContextCallback on_free;
+};
+
 namespace {
 
-HTAB *relation_cache = nullptr;
-MemoryContext relation_cache_context = nullptr;
-RelationInfoSettings session; /* strings live in relation_cache_context */
-const char *session_db = nullptr;
+/* Every cache not freed yet: invalidation callbacks mark entries in all. */
+RelationInfoCache *live_caches = nullptr;
 bool callbacks_registered = false;
 
 void release_entry(RelationInfo *entry) {
@@ -47,41 +54,39 @@ void release_entry(RelationInfo *entry) {
     entry->valid = false;
 }
 
-void invalidate_relation(Datum, Oid relid) {
-    if (!relation_cache)
-        return;
+void invalidate_in(RelationInfoCache *cache, Oid relid) {
     if (relid == InvalidOid) {
         HASH_SEQ_STATUS status;
-        hash_seq_init(&status, relation_cache);
+        hash_seq_init(&status, cache->hash);
         while (auto *entry = static_cast<RelationInfo *>(hash_seq_search(&status)))
             entry->valid = false;
         return;
     }
-    auto *entry = static_cast<RelationInfo *>(hash_search(relation_cache, &relid, HASH_FIND, nullptr));
+    auto *entry = static_cast<RelationInfo *>(hash_search(cache->hash, &relid, HASH_FIND, nullptr));
     if (entry)
         entry->valid = false;
+}
+
+void invalidate_relation(Datum, Oid relid) {
+    for (RelationInfoCache *c = live_caches; c; c = c->next)
+        invalidate_in(c, relid);
 }
 
 /* Publication membership can change without a relcache event on the table. */
 void invalidate_all(Datum arg, int, uint32) { invalidate_relation(arg, InvalidOid); }
 
-void ensure_cache() {
-    if (relation_cache)
-        return;
-    relation_cache_context = AllocSetContextCreate(CacheMemoryContext, "kafka_sync relation cache", ALLOCSET_DEFAULT_SIZES);
-    HASHCTL ctl;
-    memset(&ctl, 0, sizeof(ctl));
-    ctl.keysize = sizeof(Oid);
-    ctl.entrysize = sizeof(RelationInfo);
-    ctl.hcxt = relation_cache_context;
-    relation_cache = hash_create("kafka_sync relations", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-    if (!callbacks_registered) {
-        CacheRegisterRelcacheCallback(invalidate_relation, (Datum)0);
-        CacheRegisterSyscacheCallback(PUBLICATIONOID, invalidate_all, (Datum)0);
-        CacheRegisterSyscacheCallback(PUBLICATIONRELMAP, invalidate_all, (Datum)0);
-        CacheRegisterSyscacheCallback(PUBLICATIONNAMESPACEMAP, invalidate_all, (Datum)0);
-        callbacks_registered = true;
-    }
+/* Runs when the cache's memory context goes, by destroy or by an ERROR. */
+void cache_freed(void *arg) {
+    auto *cache = static_cast<RelationInfoCache *>(arg);
+    for (RelationInfoCache **p = &live_caches; *p; p = &(*p)->next)
+        if (*p == cache) {
+            *p = cache->next;
+            break;
+        }
+    HASH_SEQ_STATUS status;
+    hash_seq_init(&status, cache->hash);
+    while (auto *entry = static_cast<RelationInfo *>(hash_seq_search(&status)))
+        release_entry(entry);
 }
 
 Publication *lookup_publication(const char *name) {
@@ -151,27 +156,27 @@ struct ColumnSpec {
     bool is_key;
 };
 
-kafka_sync::TableEncoder *make_encoder(const char *schema, const char *table, const ColumnSpec *cols, int ncols,
+kafka_sync::TableEncoder *make_encoder(const RelationInfoCache *cache, const char *schema, const char *table, const ColumnSpec *cols, int ncols,
                                        bool has_key) {
     return kafka_sync::ks_guard([&]() {
         kafka_sync::TableDesc desc;
-        desc.node = session.node_name;
-        desc.db = session_db;
+        desc.node = cache->settings.node_name;
+        desc.db = cache->db;
         desc.schema = schema;
         desc.table = table;
         desc.has_key = has_key;
         for (int i = 0; i < ncols; i++)
             desc.columns.push_back({cols[i].name, cols[i].type_name, cols[i].optional, cols[i].is_key});
         kafka_sync::EncodeOptions opts;
-        opts.include_schema = session.include_schema;
-        opts.include_xids = session.include_xids;
-        opts.include_lsn = session.include_lsn;
-        opts.include_timestamps = session.include_timestamps;
+        opts.include_schema = cache->settings.include_schema;
+        opts.include_xids = cache->settings.include_xids;
+        opts.include_lsn = cache->settings.include_lsn;
+        opts.include_timestamps = cache->settings.include_timestamps;
         return new kafka_sync::TableEncoder(std::move(desc), opts);
     });
 }
 
-void build_entry(RelationInfo *entry, Relation rel) {
+void build_entry(RelationInfoCache *cache, RelationInfo *entry, Relation rel) {
     release_entry(entry);
     entry->published = false;
     entry->pub_insert = entry->pub_update = entry->pub_delete = entry->pub_truncate = false;
@@ -185,7 +190,7 @@ void build_entry(RelationInfo *entry, Relation rel) {
         return;
     }
 
-    Publication *pub = lookup_publication(session.publication);
+    Publication *pub = lookup_publication(cache->settings.publication);
     bool via_table;
     Oid member = publication_member(rel, pub, &via_table);
     if (!OidIsValid(member)) {
@@ -199,7 +204,7 @@ void build_entry(RelationInfo *entry, Relation rel) {
         key_attrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
 
     TupleDesc tupdesc = RelationGetDescr(rel);
-    MemoryContext old = MemoryContextSwitchTo(relation_cache_context);
+    MemoryContext old = MemoryContextSwitchTo(cache->context);
     auto *attnums = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * Max(tupdesc->natts, 1)));
     auto *is_key = static_cast<bool *>(palloc(sizeof(bool) * Max(tupdesc->natts, 1)));
     auto *out_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(tupdesc->natts, 1)));
@@ -217,7 +222,7 @@ void build_entry(RelationInfo *entry, Relation rel) {
         Oid typoutput;
         bool isvarlena;
         getTypeOutputInfo(att->atttypid, &typoutput, &isvarlena);
-        fmgr_info_cxt(typoutput, &out_funcs[n], relation_cache_context);
+        fmgr_info_cxt(typoutput, &out_funcs[n], cache->context);
         attnums[n] = att->attnum;
         is_key[n] = bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, key_attrs);
         has_key |= is_key[n];
@@ -228,7 +233,7 @@ void build_entry(RelationInfo *entry, Relation rel) {
         n++;
     }
 
-    entry->encoder = make_encoder(nspname, RelationGetRelationName(rel), specs, n, has_key);
+    entry->encoder = make_encoder(cache, nspname, RelationGetRelationName(rel), specs, n, has_key);
     entry->attnums = attnums;
     entry->is_key = is_key;
     entry->out_funcs = out_funcs;
@@ -244,46 +249,53 @@ void build_entry(RelationInfo *entry, Relation rel) {
 
 } // namespace
 
-void relation_info_reset(void) {
-    if (!relation_cache)
-        return;
-    HASH_SEQ_STATUS status;
-    hash_seq_init(&status, relation_cache);
-    while (auto *entry = static_cast<RelationInfo *>(hash_seq_search(&status)))
-        release_entry(entry);
-    hash_destroy(relation_cache);
-    relation_cache = nullptr;
-    MemoryContextDelete(relation_cache_context);
-    relation_cache_context = nullptr;
-    session_db = nullptr;
+RelationInfoCache *relation_info_cache_create(const RelationInfoSettings *settings, MemoryContext parent) {
+    if (!callbacks_registered) {
+        CacheRegisterRelcacheCallback(invalidate_relation, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONOID, invalidate_all, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONRELMAP, invalidate_all, (Datum)0);
+        CacheRegisterSyscacheCallback(PUBLICATIONNAMESPACEMAP, invalidate_all, (Datum)0);
+        callbacks_registered = true;
+    }
+    MemoryContext context = AllocSetContextCreate(parent, "kafka_sync relation cache", ALLOCSET_DEFAULT_SIZES);
+    auto *cache = static_cast<RelationInfoCache *>(MemoryContextAllocZero(context, sizeof(RelationInfoCache)));
+    cache->context = context;
+    cache->settings = *settings;
+    cache->settings.node_name = MemoryContextStrdup(context, settings->node_name);
+    cache->settings.publication = MemoryContextStrdup(context, settings->publication);
+    HASHCTL ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.keysize = sizeof(Oid);
+    ctl.entrysize = sizeof(RelationInfo);
+    ctl.hcxt = context;
+    cache->hash = hash_create("kafka_sync relations", 128, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    cache->on_free.func = cache_freed;
+    cache->on_free.arg = cache;
+    MemoryContextRegisterResetCallback(context, &cache->on_free);
+    cache->next = live_caches;
+    live_caches = cache;
+    return cache;
 }
 
-void relation_info_begin_session(const RelationInfoSettings *settings) {
-    relation_info_reset();
-    ensure_cache();
-    session.node_name = MemoryContextStrdup(relation_cache_context, settings->node_name);
-    session.publication = MemoryContextStrdup(relation_cache_context, settings->publication);
-    session.include_schema = settings->include_schema;
-    session.include_xids = settings->include_xids;
-    session.include_lsn = settings->include_lsn;
-    session.include_timestamps = settings->include_timestamps;
+void relation_info_cache_destroy(RelationInfoCache *cache) {
+    if (cache)
+        MemoryContextDelete(cache->context); /* cache_freed unlinks it */
 }
 
-RelationInfo *relation_info_get(Relation rel) {
-    Assert(relation_cache != nullptr);
-    if (!session_db) {
+RelationInfo *relation_info_get(RelationInfoCache *cache, Relation rel) {
+    if (!cache->db) {
         char *db = get_database_name(MyDatabaseId);
-        session_db = MemoryContextStrdup(relation_cache_context, db ? db : "");
+        cache->db = MemoryContextStrdup(cache->context, db ? db : "");
     }
     Oid relid = RelationGetRelid(rel);
     bool found;
-    auto *entry = static_cast<RelationInfo *>(hash_search(relation_cache, &relid, HASH_ENTER, &found));
+    auto *entry = static_cast<RelationInfo *>(hash_search(cache->hash, &relid, HASH_ENTER, &found));
     if (!found) {
         memset(reinterpret_cast<char *>(entry) + sizeof(Oid), 0, sizeof(RelationInfo) - sizeof(Oid));
         entry->relid = relid;
     }
     if (!entry->valid)
-        build_entry(entry, rel);
+        build_entry(cache, entry, rel);
     return entry;
 }
 

@@ -51,17 +51,19 @@ struct RelationInfoSettings {
 };
 
 /*
- * Start a session: (re)initialise the cache for these settings. Entries built
- * for other settings are dropped. Must be called in a transaction-free or
- * transaction context alike; it does no catalog access.
+ * One cache per reader: the output plugin's decoding session (catalog as of
+ * each decoded change) and a snapshot (catalog as of now) each have their
+ * own, so a snapshot taken while decoding never sees or evicts the other's
+ * entries. A cache lives in a child of parent and goes away with it (also
+ * when an ERROR frees parent); relation_info_cache_destroy ends it earlier.
  */
-void relation_info_begin_session(const RelationInfoSettings *settings);
+struct RelationInfoCache;
+
+RelationInfoCache *relation_info_cache_create(const RelationInfoSettings *settings, MemoryContext parent);
+void relation_info_cache_destroy(RelationInfoCache *cache);
 
 /* The (possibly rebuilt) entry for rel. Needs catalog access. */
-RelationInfo *relation_info_get(Relation rel);
-
-/* Drop every entry, e.g. when a session ends. */
-void relation_info_reset(void);
+RelationInfo *relation_info_get(RelationInfoCache *cache, Relation rel);
 
 /*
  * Raise a clear error when the publication cannot be used by kafka_sync

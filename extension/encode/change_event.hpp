@@ -63,6 +63,12 @@ struct SourceMeta {
     uint32_t xid = 0;
     uint64_t lsn = 0;         // commit (end) LSN of the source transaction
     const char *snapshot = "false"; // "true", "last" or "false", as Debezium
+    // The version of the row itself, on snapshot records: a receiver that
+    // resolves conflicts by last update needs when and where the row last
+    // changed, not when the snapshot was taken. Omitted when unknown.
+    bool has_row_ts = false;
+    int64_t row_ts_ms = 0;            // commit time of the row's last change
+    const char *row_origin = nullptr; // node that made that change; null: omitted
 };
 
 struct ChangeEvent {

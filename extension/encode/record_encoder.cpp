@@ -88,6 +88,8 @@ json_t *source_struct() {
     append(fields, field("int64", true, "txId"));
     append(fields, field("int64", true, "lsn"));
     append(fields, field("string", false, "origin"));
+    append(fields, field("int64", true, "row_ts_ms"));
+    append(fields, field("string", true, "row_origin"));
     set(s, "fields", fields);
     set(s, "optional", json_boolean(false));
     set(s, "name", json_string("io.kafka_sync.Source"));
@@ -246,6 +248,14 @@ void TableEncoder::append_source(const SourceMeta &src, std::string &out) const 
     }
     out.append(",\"origin\":");
     append_cstr(out, desc_.node);
+    if (src.has_row_ts && options_.include_timestamps) {
+        out.append(",\"row_ts_ms\":");
+        append_int(out, src.row_ts_ms);
+    }
+    if (src.row_origin) {
+        out.append(",\"row_origin\":");
+        append_json_string(out, src.row_origin, strlen(src.row_origin));
+    }
     out.push_back('}');
 }
 

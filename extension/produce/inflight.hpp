@@ -31,6 +31,9 @@ class InflightTransactions {
     // of the last one popped, or 0 if none completed.
     uint64_t take_confirmable();
 
+    // Transaction seq was fully acknowledged and taken by take_confirmable.
+    bool completed(Seq seq) const { return seq < first_seq_; }
+
     bool empty() const { return txns_.empty(); }
     size_t size() const { return txns_.size(); }
     uint64_t unacknowledged_records() const { return unacked_; }

@@ -57,6 +57,14 @@ constexpr int kUnavailableAfterMs = 5000;
 /* Confirming the slot costs a spinlock and, sometimes, a slot file write. */
 constexpr int kConfirmIntervalMs = 100;
 constexpr int kTopicRetryMs = 2000;
+/* How often the stream looks for a kafka_sync.resnapshot() request unwoken. */
+constexpr int kResnapshotPollMs = 1000;
+/*
+ * Handed-over transactions a resnapshot makes sure it sees: the committing
+ * backend leaves the proc array only a moment after its commit record is
+ * flushed (and decodable); see wait_until_visible in resnapshot.cpp.
+ */
+constexpr uint32 kRecentXids = 4096;
 
 struct NodeConfig {
     char *node_name;
@@ -96,6 +104,21 @@ struct NodeWorker {
     XLogRecPtr confirmed;
     TimestampTz last_confirm;
     bool streaming; /* a decoding slot is acquired and may be confirmed */
+
+    /* kafka_sync.resnapshot(), see serve_resnapshot */
+    uint64 last_header_lsn;    /* lsn header of the last transaction with records; 0: none yet */
+    uint64 last_ring_lsn;      /* in-flight ring position of the last transaction, empty or not */
+    XLogRecPtr startup_flush;  /* WAL flushed when this run began streaming */
+    bool snapshot_running;     /* a resnapshot is out and not all acknowledged: state 'snapshot' */
+    bool resnapshot_wake;      /* latch set: look for a request now */
+    TimestampTz resnapshot_checked;
+    TimestampTz resnapshot_request;                  /* being published; 0: none */
+    kafka_sync::InflightTransactions::Seq resnapshot_seq; /* its pseudo-transaction */
+    uint64 resnapshot_lsn;
+    uint64 resnapshot_records;
+    /* xids of the last transactions handed to the producer (a ring) */
+    TransactionId recent_xids[kRecentXids];
+    uint32 recent_xids_next;
 };
 
 namespace {
@@ -232,7 +255,7 @@ void service_producer(NodeWorker *w, int timeout_ms) {
     if (v.waiting && (v.brokers_down || unix_ms_now() - v.last_ack_ms > kUnavailableAfterMs))
         set_state(w, NODE_STATE_KAFKA_UNAVAILABLE, producer_error(w));
     else if (state == NODE_STATE_KAFKA_UNAVAILABLE || state == NODE_STATE_STARTING || state == NODE_STATE_ERROR)
-        set_state(w, w->streaming ? NODE_STATE_STREAMING : NODE_STATE_SNAPSHOT, nullptr);
+        set_state(w, w->streaming && !w->snapshot_running ? NODE_STATE_STREAMING : NODE_STATE_SNAPSHOT, nullptr);
     else
         set_state(w, state, nullptr);
 }
@@ -273,14 +296,31 @@ void flush_held(NodeWorker *w, int64 txn_end) {
 
 } // namespace
 
-void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms) {
-    w->seq = kafka_sync::ks_guard([&]() { return w->inflight->begin(commit_lsn); });
-    w->headers.commit_lsn = commit_lsn;
+namespace {
+
+void begin_txn(NodeWorker *w, uint64 header_lsn, uint64 ring_lsn, uint32 xid, int64 commit_ts_ms) {
+    w->seq = kafka_sync::ks_guard([&]() { return w->inflight->begin(ring_lsn); });
+    w->last_ring_lsn = ring_lsn;
+    w->headers.commit_lsn = header_lsn;
     w->headers.xid = xid;
     w->headers.commit_ts_ms = commit_ts_ms;
     w->in_txn = true;
     w->held = false;
     w->txn_seq = 0;
+}
+
+} // namespace
+
+void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms) {
+    begin_txn(w, commit_lsn, commit_lsn, xid, commit_ts_ms);
+    if (TransactionIdIsNormal(xid)) {
+        w->recent_xids[w->recent_xids_next % kRecentXids] = xid;
+        w->recent_xids_next++;
+    }
+}
+
+void node_worker_begin_snapshot_txn(NodeWorker *w, uint64 header_lsn, uint64 confirm_lsn, int64 snapshot_ts_ms) {
+    begin_txn(w, header_lsn, confirm_lsn, 0, snapshot_ts_ms);
 }
 
 void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value,
@@ -298,6 +338,8 @@ void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool
 void node_worker_end_txn(NodeWorker *w, uint64 nrecords) {
     flush_held(w, (int64)nrecords);
     kafka_sync::ks_guard([&]() { w->inflight->end(w->seq); });
+    if (nrecords > 0) /* consumers see only transactions with records */
+        w->last_header_lsn = w->headers.commit_lsn;
     w->in_txn = false;
 }
 
@@ -428,7 +470,7 @@ void create_slot(NodeWorker *w) {
     FreeDecodingContext(ctx);
     if (w->cfg.snapshot) {
         set_state(w, NODE_STATE_SNAPSHOT, nullptr);
-        publish_initial_snapshot(w, consistent);
+        publish_table_snapshot(w, consistent, consistent, "initial snapshot");
         node_worker_wait_for_acks(w);
     }
     ReplicationSlotPersist();
@@ -473,6 +515,59 @@ void check_stop_requested(NodeWorker *w) {
     }
 }
 
+/*
+ * kafka_sync.resnapshot(): publish every row again, between two decoded
+ * transactions, as a pseudo-transaction whose lsn header X+1 sits right
+ * above X, the last transaction published (or the slot's confirmed position
+ * when there is none): above everything published before, below every
+ * commit decoded later (a later commit record starts at or after the read
+ * position, so it ends well above X+1).
+ *
+ * After a restart, the earlier run may have published transactions beyond
+ * the slot's confirmed position; they are decoded again, so a snapshot
+ * waits until this run has read all WAL flushed when it began. A snapshot
+ * directly after another waits until some WAL record was read past the
+ * first, so their headers stay below the next commit.
+ */
+void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto) {
+    if (w->resnapshot_seq != 0) {
+        bool acknowledged = kafka_sync::ks_guard([&]() { return w->inflight->completed(w->resnapshot_seq); });
+        if (!acknowledged)
+            return;
+        resnapshot_mark_done(w->resnapshot_request, w->resnapshot_lsn, w->resnapshot_records);
+        ereport(LOG, (errmsg("kafka_sync node %s: resnapshot at %X/%X acknowledged (" UINT64_FORMAT " records)",
+                             w->cfg.node_name, KS_LSN_ARGS(w->resnapshot_lsn), w->resnapshot_records)));
+        w->resnapshot_seq = 0;
+        w->resnapshot_request = 0;
+        w->snapshot_running = false;
+        set_state(w, NODE_STATE_STREAMING, nullptr);
+    }
+    const uint64 x = w->last_header_lsn != 0 ? w->last_header_lsn : w->confirmed;
+    if (read_upto < w->startup_flush || read_upto < x)
+        return;
+    TimestampTz now = GetCurrentTimestamp();
+    if (!w->resnapshot_wake && !TimestampDifferenceExceeds(w->resnapshot_checked, now, kResnapshotPollMs))
+        return;
+    w->resnapshot_wake = false;
+    w->resnapshot_checked = now;
+    TimestampTz requested_at = resnapshot_requested();
+    if (requested_at == 0)
+        return;
+
+    const uint64 header_lsn = x + 1;
+    const uint64 confirm_lsn = Max(w->last_ring_lsn, w->confirmed);
+    const uint32 nxids = Min(w->recent_xids_next, kRecentXids);
+    w->snapshot_running = true;
+    set_state(w, NODE_STATE_SNAPSHOT, nullptr);
+    ereport(LOG, (errmsg("kafka_sync node %s: resnapshot requested at %s, publishing at %X/%X", w->cfg.node_name,
+                         timestamptz_to_str(requested_at), KS_LSN_ARGS(header_lsn))));
+    uint64 nrecords = publish_resnapshot(w, header_lsn, confirm_lsn, w->recent_xids, nxids);
+    w->resnapshot_seq = w->seq;
+    w->resnapshot_request = requested_at;
+    w->resnapshot_lsn = header_lsn;
+    w->resnapshot_records = nrecords;
+}
+
 void stream(NodeWorker *w) {
     ReplicationSlotAcquire(w->cfg.slot_name, true);
     LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, local_wal_reader(),
@@ -481,6 +576,7 @@ void stream(NodeWorker *w) {
     XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
     w->confirmed = MyReplicationSlot->data.confirmed_flush;
     w->confirmable = w->confirmed;
+    w->startup_flush = GetFlushRecPtr(nullptr);
     w->streaming = true;
     set_state(w, NODE_STATE_STREAMING, nullptr);
     ereport(LOG, (errmsg("kafka_sync node %s: streaming to topic %s.%s from %X/%X", w->cfg.node_name,
@@ -514,6 +610,7 @@ void stream(NodeWorker *w) {
          * flight, everything read so far is done with: confirm it, or WAL
          * that holds no published change would be retained forever.
          */
+        serve_resnapshot(w, ctx->reader->EndRecPtr);
         bool idle = kafka_sync::ks_guard([&]() { return w->inflight->empty(); });
         if (idle && ctx->reader->EndRecPtr > w->confirmable)
             w->confirmable = ctx->reader->EndRecPtr;
@@ -524,9 +621,11 @@ void stream(NodeWorker *w) {
         }
         if (idle) {
             service_producer(w, 0);
-            (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kafka_sync_poll_interval_ms,
-                            PG_WAIT_EXTENSION);
+            int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kafka_sync_poll_interval_ms,
+                               PG_WAIT_EXTENSION);
             ResetLatch(MyLatch);
+            if (rc & WL_LATCH_SET)
+                w->resnapshot_wake = true; /* kafka_sync.resnapshot() sets it at commit */
         } else {
             /* waiting for acknowledgements: sleep inside librdkafka */
             service_producer(w, kafka_sync_poll_interval_ms);

@@ -1,17 +1,28 @@
-// The producer worker's shared pieces, used by the WAL stream (node_worker.cpp)
-// and the initial snapshot (initial_snapshot.cpp) alike.
+// The producer worker's shared pieces, used by the WAL stream (node_worker.cpp),
+// the table snapshots (table_snapshot.cpp) and resnapshot requests
+// (resnapshot.cpp) alike.
 #pragma once
 
 #include "common/shared_state.hpp"
 
 extern "C" {
 #include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 }
 
 struct NodeWorker;
 
 /* Opens a source transaction (commit order) whose records follow. */
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms);
+
+/*
+ * Opens the pseudo-transaction of a table snapshot. Its records carry
+ * header_lsn; once Kafka acknowledged them the slot may confirm confirm_lsn,
+ * which must be a position the stream has really passed (a WAL record end):
+ * the slot restarts decoding there, and a header LSN between two records
+ * would make it skip the commit that starts right before it.
+ */
+void node_worker_begin_snapshot_txn(NodeWorker *w, uint64 header_lsn, uint64 confirm_lsn, int64 snapshot_ts_ms);
 
 /*
  * Adds one record of the open transaction. The record is held back until the
@@ -35,5 +46,26 @@ const char *node_worker_node_name(NodeWorker *w);
 const char *node_worker_publication(NodeWorker *w);
 bool node_worker_schemas(NodeWorker *w);
 
-/* initial_snapshot.cpp: publish every published row as op "r" records. */
-void publish_initial_snapshot(NodeWorker *w, XLogRecPtr consistent_lsn);
+/*
+ * table_snapshot.cpp: publishes every published row the active snapshot
+ * sees as op "r" records of one pseudo-transaction (see
+ * node_worker_begin_snapshot_txn). Needs a transaction. Returns the number
+ * of records.
+ */
+uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr confirm_lsn, const char *what);
+
+/*
+ * resnapshot.cpp, the worker's side of kafka_sync.resnapshot(). Each runs
+ * its own transaction(s), between decoded transactions.
+ */
+/* The pending request's requested_at; 0 when there is none. */
+TimestampTz resnapshot_requested(void);
+/*
+ * Waits until the transactions in xids (handed to the producer, committed)
+ * are visible, then publishes the snapshot under a fresh repeatable-read
+ * snapshot. Returns its number of records.
+ */
+uint64 publish_resnapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr confirm_lsn, const TransactionId *xids,
+                          uint32 nxids);
+/* Every record of the snapshot is acknowledged: the request is fulfilled. */
+void resnapshot_mark_done(TimestampTz requested_at, XLogRecPtr header_lsn, uint64 nrecords);

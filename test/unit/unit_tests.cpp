@@ -65,6 +65,28 @@ void empty_transactions_confirm_in_order() {
     CHECK(t.take_confirmable() == 150);
 }
 
+void snapshot_pseudo_transaction_completes_only_when_acknowledged() {
+    // A resnapshot enters the ring at the position of the transaction before
+    // it (its lsn header is not a WAL position the slot may restart from).
+    InflightTransactions t;
+    auto a = t.begin(100);
+    t.record_produced(a);
+    t.end(a);
+    auto snap = t.begin(100);
+    t.record_produced(snap);
+    t.record_produced(snap);
+    t.end(snap);
+    t.record_acknowledged(a);
+    CHECK(t.take_confirmable() == 100);
+    CHECK(t.completed(a));
+    CHECK(!t.completed(snap));
+    t.record_acknowledged(snap);
+    t.record_acknowledged(snap);
+    CHECK(!t.completed(snap)); // until take_confirmable has seen it
+    t.take_confirmable();
+    CHECK(t.completed(snap));
+}
+
 void inflight_rejects_out_of_order_and_unknown() {
     InflightTransactions t;
     auto a = t.begin(100);
@@ -204,6 +226,91 @@ void schemaless_records_are_bare_payloads_without_volatile_fields() {
                    "\"data_collection_order\":1}}");
 }
 
+void snapshot_record_carries_the_row_version_in_source() {
+    TableEncoder enc(users_table(), EncodeOptions());
+    FieldValue vals[3] = {{FieldValue::State::Present, "u1", 2},
+                          {FieldValue::State::Present, "Ann", 3},
+                          {FieldValue::State::Null, nullptr, 0}};
+    RowImage row{vals, 3};
+    ChangeEvent ev;
+    ev.op = Op::Read;
+    ev.after = &row;
+    ev.source.commit_ts_ms = 1700000009999; // when the snapshot was taken
+    ev.source.lsn = 0x5001;
+    ev.source.snapshot = "true";
+    ev.source.has_row_ts = true;
+    ev.source.row_ts_ms = 1600000000123; // when the row last changed
+    ev.source.row_origin = "peer\"x";
+    ev.total_order = 1;
+    ev.data_collection_order = 1;
+    std::string value;
+    enc.encode_value(ev, value);
+    json_t *v = parse(value);
+    CHECK(v != nullptr);
+    if (!v)
+        return;
+    json_t *src = json_object_get(json_object_get(v, "payload"), "source");
+    CHECK(json_is_integer(json_object_get(src, "row_ts_ms")));
+    CHECK(json_integer_value(json_object_get(src, "row_ts_ms")) == 1600000000123);
+    CHECK(std::string(json_string_value(json_object_get(src, "row_origin"))) == "peer\"x");
+    CHECK(json_integer_value(json_object_get(src, "ts_ms")) == 1700000009999);
+    CHECK(std::string(json_string_value(json_object_get(src, "snapshot"))) == "true");
+    // The Connect schema declares both, optional, so JsonConverter keeps them.
+    json_t *fields = nullptr;
+    json_t *env_fields = json_object_get(json_object_get(v, "schema"), "fields");
+    for (size_t i = 0; i < json_array_size(env_fields); i++) {
+        json_t *f = json_array_get(env_fields, i);
+        if (std::string(json_string_value(json_object_get(f, "field"))) == "source")
+            fields = json_object_get(f, "fields");
+    }
+    int declared = 0;
+    for (size_t i = 0; i < json_array_size(fields); i++) {
+        json_t *f = json_array_get(fields, i);
+        std::string name = json_string_value(json_object_get(f, "field"));
+        std::string type = json_string_value(json_object_get(f, "type"));
+        if ((name == "row_ts_ms" && type == "int64") || (name == "row_origin" && type == "string")) {
+            CHECK(json_is_true(json_object_get(f, "optional")));
+            declared++;
+        }
+    }
+    CHECK(declared == 2);
+    json_decref(v);
+}
+
+void unknown_row_version_is_left_out() {
+    EncodeOptions opts;
+    opts.include_schema = false;
+    TableEncoder enc(users_table(), opts);
+    FieldValue vals[3] = {{FieldValue::State::Present, "u1", 2}, {}, {}};
+    RowImage row{vals, 3};
+    ChangeEvent ev;
+    ev.op = Op::Read;
+    ev.after = &row;
+    ev.source.snapshot = "true";
+    std::string plain;
+    enc.encode_value(ev, plain);
+    CHECK(plain.find("row_ts_ms") == std::string::npos);
+    CHECK(plain.find("row_origin") == std::string::npos);
+
+    // known time, unknown origin (a replication origin that is no kafka_sync peer)
+    ev.source.has_row_ts = true;
+    ev.source.row_ts_ms = 42;
+    std::string with_ts;
+    enc.encode_value(ev, with_ts);
+    CHECK(with_ts.find(",\"origin\":\"chat1\",\"row_ts_ms\":42}") != std::string::npos);
+    CHECK(with_ts.find("row_origin") == std::string::npos);
+
+    // regression output without volatile fields drops the time, keeps the origin
+    EncodeOptions quiet = opts;
+    quiet.include_timestamps = false;
+    TableEncoder quiet_enc(users_table(), quiet);
+    ev.source.row_origin = "chat1";
+    std::string q;
+    quiet_enc.encode_value(ev, q);
+    CHECK(q.find("row_ts_ms") == std::string::npos);
+    CHECK(q.find(",\"origin\":\"chat1\",\"row_origin\":\"chat1\"}") != std::string::npos);
+}
+
 void table_without_key_has_no_kafka_key() {
     TableDesc d = users_table();
     d.has_key = false;
@@ -340,12 +447,16 @@ int main() {
         {"open transaction blocks confirmation even when acknowledged",
          open_transaction_blocks_confirmation_even_when_acknowledged},
         {"empty transactions confirm in order", empty_transactions_confirm_in_order},
+        {"snapshot pseudo-transaction completes only when acknowledged",
+         snapshot_pseudo_transaction_completes_only_when_acknowledged},
         {"inflight rejects out-of-order and unknown", inflight_rejects_out_of_order_and_unknown},
         {"JSON strings are escaped and round-trip", json_strings_are_escaped_and_roundtrip},
         {"update record has the Debezium envelope and omits absent columns",
          update_record_has_debezium_envelope_and_omits_absent_columns},
         {"schemaless records are bare payloads without volatile fields",
          schemaless_records_are_bare_payloads_without_volatile_fields},
+        {"snapshot record carries the row version in source", snapshot_record_carries_the_row_version_in_source},
+        {"unknown row version is left out", unknown_row_version_is_left_out},
         {"table without key has no Kafka key", table_without_key_has_no_kafka_key},
         {"kafka_config accepts librdkafka properties and own settings",
          kafka_config_accepts_librdkafka_properties_and_own_settings},
