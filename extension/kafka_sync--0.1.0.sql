@@ -131,6 +131,7 @@ BEGIN
     END IF;
     INSERT INTO kafka_sync.node (node_name, brokers, publication, topic_prefix, kafka_config, snapshot, slot_name)
     VALUES (node_name, brokers, publication, topic_prefix, kafka_config, snapshot, slot);
+    PERFORM kafka_sync._track_deletes();
     PERFORM kafka_sync._node_created();
     RETURN topic_prefix || '.' || node_name;
 END $$;
@@ -139,9 +140,15 @@ CREATE FUNCTION kafka_sync.drop_node() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n kafka_sync.node := kafka_sync._this_node();
+    rel regclass;
 BEGIN
     PERFORM kafka_sync._stop_node_worker(true);
     DELETE FROM kafka_sync.node;
+    -- no node, no conflict resolution: the delete-tracking triggers go too
+    FOR rel IN SELECT g.tgrelid::regclass FROM pg_trigger g WHERE g.tgname = 'kafka_sync_tombstone' LOOP
+        EXECUTE format('DROP TRIGGER kafka_sync_tombstone ON %s', rel);
+    END LOOP;
+    DELETE FROM kafka_sync.tombstones;
     -- the worker is gone; the slot is released by its very last exit step
     FOR i IN 1 .. 200 LOOP
         EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = n.slot_name AND s.active);
@@ -267,6 +274,9 @@ CREATE TABLE kafka_sync.subscription (
     topic_prefix       text NOT NULL,
     start              text NOT NULL,
     on_error           text NOT NULL CHECK (on_error IN ('pause', 'skip')),
+    conflict_resolution text NOT NULL DEFAULT 'last_update_wins'
+                       CHECK (conflict_resolution IN ('last_update_wins', 'first_update_wins', 'apply_remote',
+                                                      'keep_local', 'error')),
     kafka_config       jsonb NOT NULL DEFAULT '{}',
     enabled            boolean NOT NULL DEFAULT true,
     paused_by_error    boolean NOT NULL DEFAULT false,
@@ -303,6 +313,103 @@ CREATE TABLE kafka_sync.dead_letters (
 CREATE INDEX ON kafka_sync.dead_letters (sub_name, kafka_offset);
 REVOKE ALL ON kafka_sync.dead_letters FROM PUBLIC;
 
+-- Every conflict the apply side resolved (see README, "Conflicts"). Kept to
+-- the newest kafka_sync.conflict_log_max_rows rows.
+CREATE TABLE kafka_sync.conflicts (
+    id               bigserial PRIMARY KEY,
+    detected_at      timestamptz NOT NULL DEFAULT now(),
+    sub_name         text NOT NULL,
+    peer_node        text NOT NULL,
+    table_name       text NOT NULL,
+    key              jsonb,
+    kind             text NOT NULL,
+    local_row        jsonb,
+    local_commit_ts  timestamptz,
+    local_origin     text,
+    remote_row       jsonb,
+    remote_commit_ts timestamptz,
+    remote_origin    text,
+    resolution       text NOT NULL
+);
+CREATE INDEX ON kafka_sync.conflicts (detected_at);
+REVOKE ALL ON kafka_sync.conflicts FROM PUBLIC;
+GRANT SELECT ON kafka_sync.conflicts TO pg_monitor;
+
+-- Keys deleted here (locally or by apply): the version of a delete is the
+-- commit time and origin of the transaction that last wrote its row here
+-- (its xmin), so that an older change arriving later does not bring the row
+-- back. Rows older than kafka_sync.tombstone_retention are pruned.
+CREATE TABLE kafka_sync.tombstones (
+    relid      oid NOT NULL,
+    key        bytea NOT NULL,         -- the key columns' binary send form
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relid, key)
+);
+CREATE INDEX ON kafka_sync.tombstones (deleted_at);
+REVOKE ALL ON kafka_sync.tombstones FROM PUBLIC;
+
+-- AFTER DELETE row trigger on every published table of the node.
+CREATE FUNCTION kafka_sync._record_tombstone() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'kafka_sync_record_tombstone';
+REVOKE ALL ON FUNCTION kafka_sync._record_tombstone() FROM PUBLIC;
+
+-- Puts the tombstone trigger on every table the node publishes that has a
+-- key and lacks it. Run by create_node and after DDL (event trigger below).
+CREATE FUNCTION kafka_sync._track_deletes() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pub name;
+    rel regclass;
+    added integer := 0;
+BEGIN
+    SELECT n.publication INTO pub FROM kafka_sync.node n;
+    IF pub IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR rel IN
+        SELECT format('%I.%I', t.schemaname, t.tablename)::regclass
+          FROM pg_publication_tables t
+         WHERE t.pubname = pub AND t.schemaname <> 'kafka_sync'
+    LOOP
+        IF EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = rel AND (i.indisprimary OR i.indisreplident))
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = rel AND g.tgname = 'kafka_sync_tombstone')
+           AND (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
+            EXECUTE format('CREATE TRIGGER kafka_sync_tombstone AFTER DELETE ON %s '
+                           'FOR EACH ROW EXECUTE FUNCTION kafka_sync._record_tombstone()', rel);
+            added := added + 1;
+        END IF;
+    END LOOP;
+    RETURN added;
+END $$;
+REVOKE ALL ON FUNCTION kafka_sync._track_deletes() FROM PUBLIC;
+
+CREATE FUNCTION kafka_sync._track_deletes_after_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM kafka_sync.node) THEN
+        PERFORM kafka_sync._track_deletes();
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION kafka_sync._track_deletes_after_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER kafka_sync_track_deletes ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'CREATE PUBLICATION',
+                 'ALTER PUBLICATION', 'CREATE INDEX')
+    EXECUTE FUNCTION kafka_sync._track_deletes_after_ddl();
+
+CREATE FUNCTION kafka_sync._check_conflict_resolution(conflict_resolution text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF conflict_resolution IS NULL OR conflict_resolution NOT IN
+       ('last_update_wins', 'first_update_wins', 'apply_remote', 'keep_local', 'error') THEN
+        RAISE EXCEPTION 'invalid conflict_resolution "%"', conflict_resolution
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use last_update_wins, first_update_wins, apply_remote, keep_local or error '
+                         '(see README, "Conflicts").';
+    END IF;
+END $$;
+
 CREATE FUNCTION kafka_sync._notify_sidecar(sub_name text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_notify('kafka_sync_subscriptions', sub_name) $$;
@@ -314,7 +421,8 @@ CREATE FUNCTION kafka_sync.create_subscription(
     topic_prefix text  DEFAULT 'kafka_sync',
     start        text  DEFAULT 'earliest',
     on_error     text  DEFAULT 'pause',
-    kafka_config jsonb DEFAULT '{}')
+    kafka_config jsonb DEFAULT '{}',
+    conflict_resolution text DEFAULT 'last_update_wins')
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -355,6 +463,7 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   DETAIL = 'Each peer is applied under its own replication origin, by one subscription.';
     END IF;
+    PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
     PERFORM kafka_sync._check_kafka_config(kafka_config);
 
     -- A left-over origin of a dropped subscription starts over from nothing.
@@ -370,8 +479,8 @@ BEGIN
         PERFORM pg_replication_origin_create(origin);
     END IF;
     INSERT INTO kafka_sync.subscription (sub_name, peer_node, brokers, topic_prefix, start, on_error,
-                                         kafka_config, origin_name)
-    VALUES (sub_name, peer_node, brokers, topic_prefix, start, on_error, kafka_config, origin);
+                                         conflict_resolution, kafka_config, origin_name)
+    VALUES (sub_name, peer_node, brokers, topic_prefix, start, on_error, conflict_resolution, kafka_config, origin);
     PERFORM kafka_sync._notify_sidecar(sub_name);
     RETURN topic_prefix || '.' || peer_node;
 END $$;
@@ -438,6 +547,64 @@ BEGIN
     PERFORM kafka_sync._notify_sidecar(s.sub_name);
 END $$;
 
+-- Changes how a subscription resolves conflicts or handles records it cannot
+-- apply; NULL leaves a setting as it is. Takes effect with the next record.
+CREATE FUNCTION kafka_sync.alter_subscription(
+    sub_name            text,
+    conflict_resolution text DEFAULT NULL,
+    on_error            text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription := kafka_sync._subscription_exists(sub_name);
+BEGIN
+    IF conflict_resolution IS NOT NULL THEN
+        PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
+    END IF;
+    IF on_error IS NOT NULL AND on_error NOT IN ('pause', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''pause'' or ''skip''.';
+    END IF;
+    UPDATE kafka_sync.subscription x
+       SET conflict_resolution = coalesce(alter_subscription.conflict_resolution, x.conflict_resolution),
+           on_error = coalesce(alter_subscription.on_error, x.on_error)
+     WHERE x.sub_name = s.sub_name;
+    PERFORM kafka_sync._notify_sidecar(s.sub_name);
+END $$;
+
+-- One node's half of a full mesh: a subscription "from_<peer>" to each peer.
+CREATE FUNCTION kafka_sync.create_mesh_subscriptions(
+    peers        text[],
+    brokers      text,
+    topic_prefix text  DEFAULT 'kafka_sync',
+    start        text  DEFAULT 'earliest',
+    on_error     text  DEFAULT 'pause',
+    kafka_config jsonb DEFAULT '{}',
+    conflict_resolution text DEFAULT 'last_update_wins')
+RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    peer text;
+    local_node text;
+BEGIN
+    IF peers IS NULL OR cardinality(peers) = 0 THEN
+        RAISE EXCEPTION 'peers must name at least one other node' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT n.node_name INTO local_node FROM kafka_sync.node n;
+    IF local_node IS NULL THEN
+        RAISE EXCEPTION 'this database is not a kafka_sync node'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A mesh member publishes its own changes: run kafka_sync.create_node() first.';
+    END IF;
+    FOREACH peer IN ARRAY peers LOOP
+        CONTINUE WHEN peer = local_node;
+        PERFORM kafka_sync.create_subscription('from_' || peer, peer, brokers, topic_prefix, start, on_error,
+                                               kafka_config, conflict_resolution);
+        RETURN NEXT 'from_' || peer;
+    END LOOP;
+END $$;
+
 -- For the sidecar: what to run, and from where.
 CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
@@ -455,6 +622,15 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     OUT failed_offset bigint, OUT failed_error text)
     LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
+-- Complete source transactions, each committed as its own local transaction
+-- (so each keeps its own commit time and origin). CALL it outside a
+-- transaction block. Procedures with transaction control cannot pin
+-- search_path: it sets its own per transaction.
+CREATE PROCEDURE kafka_sync.apply_transactions(
+    sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[],
+    INOUT applied bigint DEFAULT NULL, INOUT skipped bigint DEFAULT NULL, INOUT conflicts bigint DEFAULT NULL)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_transactions';
+
 CREATE FUNCTION kafka_sync.record_failure(
     sub_name text, kafka_offset int8, key bytea, value bytea, headers bytea, error text) RETURNS void
     LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
@@ -471,7 +647,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
      WHERE s.sub_name = report_progress.sub_name
 $$;
 
-REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.alter_subscription(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.create_mesh_subscriptions(text[], text, text, text, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE kafka_sync.apply_transactions(text, int8[], bytea[], bytea[], bytea[], bigint, bigint, bigint)
+    FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.drop_subscription(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.pause_subscription(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.resume_subscription(text, boolean) FROM PUBLIC;
@@ -497,6 +677,8 @@ SELECT s.sub_name AS name,
        s.last_applied_at - s.last_source_commit AS apply_latency,
        s.rows_applied,
        s.conflicts,
+       s.conflict_resolution,
+       s.on_error,
        (SELECT count(*) FROM kafka_sync.dead_letters d WHERE d.sub_name = s.sub_name) AS dead_letters,
        s.last_contact
   FROM kafka_sync.subscription s;

@@ -191,6 +191,12 @@ void flush_truncates(ApplyContext *ctx) {
     ctx->pending_truncates = NIL;
 }
 
+/* The local commit time of a snapshot row: its own, or (unknown) older than anything. */
+int64 snapshot_row_time(const kafka_sync::DecodedRecord *rec) {
+    constexpr int64 kUnknownRowTimeMs = 1; /* 1970-01-01; 0 would mean "now" */
+    return rec->has_row_ts && rec->row_ts_ms > 0 ? rec->row_ts_ms : kUnknownRowTimeMs;
+}
+
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
 void decode_record(ApplyContext *ctx) {
     const ChunkRecord *r = ctx->current;
@@ -255,9 +261,10 @@ void apply_decoded(ApplyContext *ctx) {
     const char *node = !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
     remote.row_origin = rec->op == 'r' && rec->row_origin ? rec->row_origin : node;
     strlcpy(remote.version.node, node, sizeof(remote.version.node));
-    if (rec->op == 'r' && rec->has_row_ts) {
-        remote.version.known = true;
-        remote.version.ts = unix_ms_to_timestamptz(rec->row_ts_ms);
+    if (rec->op == 'r') {
+        /* a snapshot row of unknown time is older than any change */
+        remote.version.known = rec->has_row_ts;
+        remote.version.ts = unix_ms_to_timestamptz(snapshot_row_time(rec));
     } else if (headers->has_commit_ts) {
         remote.version.known = true;
         remote.version.ts = unix_ms_to_timestamptz(headers->commit_ts_ms);
@@ -273,9 +280,9 @@ void apply_decoded(ApplyContext *ctx) {
         flush_truncates(ctx);
         apply_row_change(relid, rec, &remote, &ctx->counters);
     }
-    if (rec->op == 'r' && rec->has_row_ts) {
+    if (rec->op == 'r') {
         /* a snapshot row keeps its own time here; only the snapshot's last record completes it */
-        ctx->origin_ts_ms = rec->row_ts_ms;
+        ctx->origin_ts_ms = snapshot_row_time(rec);
         if (!headers->has_txn_end)
             return;
     } else {
@@ -438,6 +445,7 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
     ctx->progress = replorigin_session_get_progress(false);
     ctx->record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
     ctx->call_context = call_context;
+    apply_begin_call();
     prune_tombstones_if_due();
 }
 
@@ -623,20 +631,18 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     errcallback.previous = error_context_stack;
     error_context_stack = &errcallback;
 
-    ApplyCounters total;
-    memset(&total, 0, sizeof(total));
     int64 next_offset = -1;
     bool open = false;           /* this local transaction applied something */
     uint64 txn_lsn = 0;          /* its source transaction */
     int64 txn_row_ts = 0;        /* snapshot rows: their time */
-    auto commit = [&]() {
-        finish_local_transaction(&ctx, next_offset);
-        total.applied += ctx.counters.applied;
-        total.skipped += ctx.counters.skipped;
-        total.conflicts += ctx.counters.conflicts;
-        memset(&ctx.counters, 0, sizeof(ctx.counters));
-        ctx.max_lsn = 0;
-        ctx.max_lsn_commit_ms = 0;
+    /*
+     * Only the call's last commit records the Kafka offset and the counters
+     * (one row update per call, not per transaction): after a crash in
+     * between, the consumer starts a little early and the origin's progress,
+     * which every commit records, skips what was applied.
+     */
+    auto commit = [&](bool last) {
+        finish_local_transaction(&ctx, last ? next_offset : -1);
         ctx.origin_ts_ms = 0;
         SPI_commit();
         pin_search_path();
@@ -652,15 +658,16 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         } else {
             decode_record(&ctx);
             const kafka_sync::DecodedHeaders *h = ctx.headers;
-            const bool snapshot_row = ctx.rec && ctx.rec->op == 'r' && ctx.rec->has_row_ts;
+            const bool snapshot_row = ctx.rec && ctx.rec->op == 'r';
+            const int64 row_ts = snapshot_row ? snapshot_row_time(ctx.rec) : 0;
             const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
-            if (open && (lsn != txn_lsn || (snapshot_row && ctx.rec->row_ts_ms != txn_row_ts))) {
+            if (open && (lsn != txn_lsn || row_ts != txn_row_ts)) {
                 MemoryContextSwitchTo(old);
-                commit();
+                commit(false);
                 MemoryContextSwitchTo(ctx.record_context);
             }
             txn_lsn = lsn;
-            txn_row_ts = snapshot_row ? ctx.rec->row_ts_ms : 0;
+            txn_row_ts = row_ts;
             if (ctx.rec) {
                 apply_decoded(&ctx);
                 open = true;
@@ -672,11 +679,12 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         ctx.current = nullptr;
     }
     if (next_offset >= 0)
-        commit();
+        commit(true);
     error_context_stack = errcallback.previous;
 
     MemoryContext spi_context = MemoryContextSwitchTo(call_context);
-    Datum values[3] = {Int64GetDatum(total.applied), Int64GetDatum(total.skipped), Int64GetDatum(total.conflicts)};
+    Datum values[3] = {Int64GetDatum(ctx.counters.applied), Int64GetDatum(ctx.counters.skipped),
+                       Int64GetDatum(ctx.counters.conflicts)};
     bool nulls[3] = {false, false, false};
     HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
     MemoryContextSwitchTo(spi_context);

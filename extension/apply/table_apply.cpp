@@ -35,7 +35,12 @@ struct TargetInfo {
     int32 *typmods;
     int nkeys;
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
+    uint64 tombstones_checked_in; /* apply call that last looked whether it has tombstones */
+    bool has_tombstones;
 };
+
+/* Numbers the apply calls: some facts are looked up once per call. */
+uint64 apply_call_number = 1;
 
 constexpr int kPlanKeyLen = 512;
 struct PlanEntry {
@@ -528,6 +533,30 @@ void overwrite_row(const Change &ch, List *row, List *key) {
         run(ch.t, 'u', set, key, build_update, nullptr);
 }
 
+/*
+ * Whether kafka_sync.tombstones holds keys of this table, looked up once per
+ * apply call: an insert into a table without any needs no lookup at all.
+ */
+bool table_has_tombstones(TargetInfo *t) {
+    static SPIPlanPtr plan = nullptr;
+    if (t->tombstones_checked_in == apply_call_number)
+        return t->has_tombstones;
+    if (!plan) {
+        Oid types[1] = {OIDOID};
+        plan = SPI_prepare("SELECT EXISTS (SELECT 1 FROM kafka_sync.tombstones WHERE relid = $1)", 1, types);
+        if (!plan)
+            elog(ERROR, "kafka_sync could not prepare the tombstone check: %s", SPI_result_code_string(SPI_result));
+        SPI_keepplan(plan);
+    }
+    Datum arg = ObjectIdGetDatum(t->relid);
+    if (SPI_execute_plan(plan, &arg, nullptr, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+        elog(ERROR, "kafka_sync could not read kafka_sync.tombstones");
+    bool isnull;
+    t->has_tombstones = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    t->tombstones_checked_in = apply_call_number;
+    return t->has_tombstones;
+}
+
 /* A key with no row here: was it deleted here, and does the change beat that? */
 bool may_create(const Change &ch, List *key, const char *kind, List *row, bool snapshot_row) {
     bool found;
@@ -551,6 +580,9 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         ch.counters->skipped++; /* our own row in a peer's snapshot: ours is as new or newer */
         return;
     }
+    /* the common case, a new key: one statement */
+    if (!snapshot_row && !table_has_tombstones(t) && insert_row(ch, row))
+        return;
     List *key = key_params(t, row, true);
     LocalRow local = lookup(ch, key);
     if (!local.found) {
@@ -608,7 +640,10 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     if (local.found) {
         if (same_origin(local.version, ch.remote->version) ||
             resolve(ch, "delete_updated", key, &local.version, true, nullptr))
+        {
             run(t, 'd', NIL, key, build_delete, nullptr); /* the trigger records the tombstone */
+            t->has_tombstones = true;
+        }
         return;
     }
     /* Gone already: remember the delete, so that an older change of the key arriving later loses to it. */
@@ -617,11 +652,15 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     RowVersion tomb = find_tombstone(t->relid, kb, ch.remote->local_node, &found);
     if (!found || !same_origin(tomb, ch.remote->version))
         resolve(ch, "delete_missing", key, found ? &tomb : nullptr, false, nullptr);
-    if (!found || compare_versions(ch.remote->version, tomb) > 0)
+    if (!found || compare_versions(ch.remote->version, tomb) > 0) {
         write_tombstone(t->relid, kb);
+        t->has_tombstones = true;
+    }
 }
 
 } // namespace
+
+void apply_begin_call() { apply_call_number++; }
 
 Oid apply_target_relid(const char *schema, const char *table) {
     if (strcmp(schema, "kafka_sync") == 0 || strcmp(schema, "pg_catalog") == 0 ||

@@ -32,6 +32,9 @@ struct RemoteChange {
     const char *row_origin; /* the node that made the change (a snapshot row: its last writer) */
 };
 
+/* A new apply call (or local transaction) begins: facts cached per call are looked up again. */
+void apply_begin_call();
+
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);
 
