@@ -178,6 +178,10 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
         n = snprintf(num, sizeof(num), "%" PRId64, h.txn_end_count);
         rd_kafka_header_add(hdrs, "kafka_sync.txn_end", -1, num, n);
     }
+    // Snapshot rows each carry their own version, so a consumer may apply
+    // them one by one instead of holding the whole snapshot as one transaction.
+    if (h.snapshot)
+        rd_kafka_header_add(hdrs, "kafka_sync.snapshot", -1, "true", 4);
 
     rd_kafka_resp_err_t err = rd_kafka_producev(
         rk_, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

@@ -30,6 +30,7 @@ struct RecordHeaders {
     int64_t commit_ts_ms;
     uint64_t seq;          // 1-based position of the record in its transaction
     int64_t txn_end_count; // < 0: not the last record of its transaction
+    bool snapshot;         // a snapshot row (op "r"): header kafka_sync.snapshot
 };
 
 enum class ProduceStatus {

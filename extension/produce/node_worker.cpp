@@ -298,12 +298,13 @@ void flush_held(NodeWorker *w, int64 txn_end) {
 
 namespace {
 
-void begin_txn(NodeWorker *w, uint64 header_lsn, uint64 ring_lsn, uint32 xid, int64 commit_ts_ms) {
+void begin_txn(NodeWorker *w, uint64 header_lsn, uint64 ring_lsn, uint32 xid, int64 commit_ts_ms, bool snapshot) {
     w->seq = kafka_sync::ks_guard([&]() { return w->inflight->begin(ring_lsn); });
     w->last_ring_lsn = ring_lsn;
     w->headers.commit_lsn = header_lsn;
     w->headers.xid = xid;
     w->headers.commit_ts_ms = commit_ts_ms;
+    w->headers.snapshot = snapshot;
     w->in_txn = true;
     w->held = false;
     w->txn_seq = 0;
@@ -312,7 +313,7 @@ void begin_txn(NodeWorker *w, uint64 header_lsn, uint64 ring_lsn, uint32 xid, in
 } // namespace
 
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms) {
-    begin_txn(w, commit_lsn, commit_lsn, xid, commit_ts_ms);
+    begin_txn(w, commit_lsn, commit_lsn, xid, commit_ts_ms, false);
     if (TransactionIdIsNormal(xid)) {
         w->recent_xids[w->recent_xids_next % kRecentXids] = xid;
         w->recent_xids_next++;
@@ -320,7 +321,7 @@ void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 c
 }
 
 void node_worker_begin_snapshot_txn(NodeWorker *w, uint64 header_lsn, uint64 confirm_lsn, int64 snapshot_ts_ms) {
-    begin_txn(w, header_lsn, confirm_lsn, 0, snapshot_ts_ms);
+    begin_txn(w, header_lsn, confirm_lsn, 0, snapshot_ts_ms, true);
 }
 
 void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value,

@@ -243,6 +243,8 @@ def test_resnapshot_under_concurrent_writes_is_one_whole_pseudo_transaction_betw
         assert r.source["lsn"] == lsn, r.source
         assert r.source["ts_ms"] == int(r.headers["kafka_sync.commit_ts"])
         assert r.source["row_origin"] == node.name, r.source
+        assert r.headers.get("kafka_sync.snapshot") == "true", r.headers
+    assert all("kafka_sync.snapshot" not in r.headers for r in after if r.op != "r")
 
     # Every version a row had on the topic, with the commit time that made it.
     versions = {}
