@@ -434,6 +434,18 @@ bool same_origin(const RowVersion &local, const RowVersion &remote) {
     return local.current_xact || (local.node[0] != '\0' && strcmp(local.node, remote.node) == 0);
 }
 
+/*
+ * A snapshot row whose version this node already has: the same time (to the
+ * millisecond) from the row's last writer, or from the peer that applied it.
+ */
+bool same_snapshot_version(const RowVersion &local, const RemoteChange *remote) {
+    if (!local.known || !remote->version.known)
+        return false;
+    RowVersion from_writer = remote->version;
+    strlcpy(from_writer.node, remote->row_origin, sizeof(from_writer.node));
+    return compare_versions(local, remote->version) == 0 || compare_versions(local, from_writer) == 0;
+}
+
 /* {"col": "text value" or null, ...} */
 char *params_json(TargetInfo *t, List *params) {
     StringInfoData s;
@@ -594,6 +606,10 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
                             errmsg("a row of table %s appeared and vanished while a change was applied to it",
                                    t->qualified_name),
                             errhint("The sidecar retries the transaction.")));
+    }
+    if (snapshot_row && same_snapshot_version(local.version, ch.remote)) {
+        ch.counters->skipped++; /* the very version this node has already (from its origin or the peer) */
+        return;
     }
     if (same_origin(local.version, ch.remote->version)) {
         if (!snapshot_row || compare_versions(ch.remote->version, local.version) > 0)
