@@ -271,7 +271,7 @@ class MeshWriter(threading.Thread):
     back and are counted, never fatal."""
 
     RETRYABLE = (pgerrors.UniqueViolation, pgerrors.DeadlockDetected, pgerrors.SerializationFailure,
-                 pgerrors.LockNotAvailable, pgerrors.CheckViolation)
+                 pgerrors.LockNotAvailable)
 
     def __init__(self, master, writer_id, seed, slot=0, n_slots=1, pace=0.02):
         super().__init__(daemon=True)
