@@ -3,6 +3,7 @@
 #   make && make install      build and install extension + sidecar
 #   make test                 pg_regress, unit tests and pytest (as root: runs clusters as postgres)
 #   make installcheck         pg_regress only, with a private temporary instance
+#   make bench                kafka_sync beside native logical replication (BENCH_ARGS=--quick for CI)
 
 EXTENSION   = kafka_sync
 EXTVERSION  = 0.1.0
@@ -82,3 +83,8 @@ demo:
 
 demo-stop:
 	test/demo/demo.sh stop
+
+# Benchmark, not a test: prints one table and writes test/bench/results/bench-<time>.json.
+.PHONY: bench
+bench: all
+	/usr/bin/python3 test/bench/bench.py $(BENCH_ARGS)

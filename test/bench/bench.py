@@ -1,0 +1,622 @@
+#!/usr/bin/python3
+"""kafka_sync beside PostgreSQL's own logical replication, in one run.
+
+Source path (one cluster, a node with default settings, schemas on):
+  decode + produce: kafka_sync's producer worker against pg_recvlogical
+  draining the same WAL with pgoutput. The node is paused while the load is
+  written and a pgoutput slot created at the same moment; then resume_node()
+  until Kafka acknowledged every record, and pg_recvlogical --endpos, timed.
+  Loads: one R-row transaction; T single-row transactions.  -> records/s
+
+Apply path (two clusters src -> dst; database "native" with a publication
+and a subscription, database "ks" with a kafka_sync node on src, a
+subscription and a kafka_sync_sidecar on dst; same table in both):
+  S1 catch-up: T single-row INSERT transactions written while the native
+     subscription is disabled / the kafka_sync subscription is paused (the
+     sidecar's runner has stopped, and the node has produced them all: the
+     records wait in Kafka); then the time from ENABLE / resume_subscription
+     until the target has them all.  -> txn/s
+  S2 one R-row INSERT transaction, from its commit until every row is
+     visible on the target.  -> rows/s
+  S3 one U-row UPDATE transaction of rows already on the target, from its
+     commit until the target shows every new value.  -> rows/s
+  S4 latency: single-row INSERT transactions at a steady rate (1,000/s) for
+     D seconds, paced inside the server (a DO loop that sleeps until each
+     transaction's slot). Per transaction: source commit time (exactly,
+     pg_xact_commit_timestamp(xmin) on the source, track_commit_timestamp is
+     on) to the time it became visible on the target. Visibility is observed
+     by a poller on the target: one connection, every 2 ms a
+     "SELECT id ... WHERE id >= <lowest id not seen yet>", each new id
+     stamped with the time the query was sent (same machine, same clock).
+     A poller, not a trigger: it sees what readers see (after the applying
+     transaction's commit, whatever the apply batches), needs nothing on the
+     target table, and works the same for both systems (native apply fires
+     only ENABLE ALWAYS triggers). Its error is at most one poll interval
+     plus a query (~2-3 ms), the same for both.  -> p50, p99, max, and p50
+     of the first and of the last 10 s (growth would show as a rising p50).
+  Beside them: CPU seconds per 100,000 rows of the apply side (native: the
+  apply worker; kafka_sync: the sidecar plus the backends it uses), the
+  sidecar's own CPU (utime + stime from /proc/<pid>/stat) and the sidecar's
+  peak RSS (VmHWM from /proc/<pid>/status) over the whole run.
+
+Every scenario runs --repeat times (default 3); the table shows medians,
+the JSON (test/bench/results/bench-<timestamp>.json) every run as well. It
+is a benchmark, not a test: nothing is asserted about the times. Ratios
+matter, not absolute figures: the machine is shared.
+
+Usage: /usr/bin/python3 test/bench/bench.py [--quick] [--repeat N] [--txns T] [--rows R]
+           [--update-rows U] [--seconds D] [--rate 1000] [--json FILE]
+       make bench [BENCH_ARGS=--quick]
+       KAFKA_BROKERS=host:port for a real Kafka (default: librdkafka's mock cluster).
+As root, the servers run as the postgres OS user (test/pytest/pg_env.py).
+
+The apply path's node writes payload-only records (kafka_sync.schemas off).
+On librdkafka's mock cluster (not with KAFKA_BROKERS) two settings keep the
+mock's limits out of the figures: it keeps only the last 5 MB of a
+partition, so the node compresses with zstd (level 3) and T waiting records
+(S1) or a producer running ahead of the sidecar (S2, S3) fit; and it answers
+a fetch that found nothing only after the consumer's fetch.wait.max.ms (the
+sidecar's default is 100) even when records arrive meanwhile, where a broker
+answers at once, so the subscription uses fetch.wait.max.ms=10. The source
+path's node uses the defaults (schemas on, no compression); nothing reads
+its topic back.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "pytest"))
+
+import psycopg2  # noqa: E402
+from apply_env import Sidecar  # noqa: E402
+from conftest import NODE_SERVER_CONF  # noqa: E402
+from kafka_env import kafka_for_tests  # noqa: E402
+from pg_env import PgCluster, pg_bindir  # noqa: E402
+
+TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, payload text, n int)"
+# synchronous_commit stays on: logical decoding (both systems) only reads flushed
+# WAL, and an asynchronous commit waits for the WAL writer (up to 200 ms) before
+# anything can see it. With fsync off (pg_env.py) a flush costs a write() only.
+SERVER_CONF = dict(NODE_SERVER_CONF, max_wal_size="4GB", shared_buffers="256MB", log_min_messages="warning",
+                   # a re-enabled native subscription restarts its apply worker at
+                   # once instead of up to 5 s later
+                   wal_retrieve_retry_interval="100ms")
+# Only for librdkafka's mock cluster (see the header): records compressed so
+# that a backlog fits its 5 MB per partition (zstd level 3: level 12 would fit
+# too, but costs ~90 ms per small batch and would dominate S4), and a short
+# fetch wait because the mock answers a fetch that found nothing only after
+# fetch.wait.max.ms even when records arrive meanwhile (a broker answers at once).
+MOCK_NODE_KAFKA_CONFIG = '{"kafka_sync.schemas": false, "compression.type": "zstd", "compression.level": 3}'
+MOCK_SUBSCRIPTION_KAFKA_CONFIG = '{"fetch.wait.max.ms": 10}'
+EXTERNAL_NODE_KAFKA_CONFIG = '{"kafka_sync.schemas": false}'
+SIDECAR_APP = "kafka_sync_sidecar%"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BASE_DIR = Path(os.environ.get("KAFKA_SYNC_BENCH_DIR", "/tmp/kafka_sync_bench"))
+
+
+def wait_until(fn, timeout, what, interval=0.005, diagnostics=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}" + (f"\n{diagnostics()}" if diagnostics else ""))
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def peak_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class CpuMeter:
+    """CPU seconds used by a changing set of processes between start() and stop()."""
+
+    def __init__(self, pids):
+        self.pids = pids  # callable -> iterable of pids
+        self.before = {}
+
+    def start(self):
+        self.before = {p: cpu_seconds(p) for p in self.pids()}
+
+    def stop(self):
+        # a process that started meanwhile (native: the re-enabled apply worker) counts from zero
+        used = 0.0
+        for p in self.pids():
+            now = cpu_seconds(p)
+            if now is not None:
+                used += now - (self.before.get(p) or 0.0)
+        return used
+
+
+class Conn:
+    """A persistent autocommit connection (pollers must not pay a backend start per query)."""
+
+    def __init__(self, cluster, db):
+        self.conn = cluster.connect(dbname=db)
+
+    def one(self, q, params=None):
+        with self.conn.cursor() as cur:
+            cur.execute(q, params)
+            return cur.fetchone()
+
+    def all(self, q, params=None):
+        with self.conn.cursor() as cur:
+            cur.execute(q, params)
+            return cur.fetchall()
+
+    def close(self):
+        self.conn.close()
+
+
+# ---------------------------------------------------------------- source path
+
+class SourceBench:
+    def __init__(self, kafka):
+        self.kafka = kafka
+        self.pg = PgCluster("source", extra_conf=SERVER_CONF, base_dir=BASE_DIR / uuid.uuid4().hex[:6])
+        self.pg.start()
+        self.db = "bench"
+        self.pg.create_database(self.db)
+        prefix = "bench" + uuid.uuid4().hex[:8]
+        self.kafka.create_topic(f"{prefix}.src")
+        self.sql("CREATE EXTENSION kafka_sync")
+        self.sql(TABLE)
+        self.sql("CREATE PUBLICATION kafka_sync FOR ALL TABLES")
+        self.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false)",
+                 (self.kafka.bootstrap, prefix))
+        wait_until(lambda: self.state() == "streaming", 60, "source node streaming", 0.1)
+        self.next_id = 0
+
+    def sql(self, q, params=None):
+        return self.pg.sql(q, params, dbname=self.db)
+
+    def state(self):
+        rows = self.sql("SELECT state FROM kafka_sync.node_status")
+        return rows[0][0] if rows else None
+
+    def acked(self):
+        rows = self.sql("SELECT coalesce(records_acknowledged, 0), state FROM kafka_sync.node_status")
+        return rows[0][0] if rows and rows[0][1] == "streaming" else 0
+
+    def run(self, nrecords, big_txn):
+        self.sql("SELECT kafka_sync.pause_node()")
+        wait_until(lambda: self.sql("SELECT worker_pid IS NULL FROM kafka_sync.node_status")[0][0], 30,
+                   "producer worker stopped", 0.05)
+        slot = "bench_pgoutput"
+        self.sql("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        self.next_id = write_load(self.pg, self.db, self.next_id, nrecords, big_txn)
+        end_lsn = self.sql("SELECT pg_current_wal_flush_lsn()")[0][0]
+
+        t0 = time.monotonic()
+        self.sql("SELECT kafka_sync.resume_node()")  # a new worker: records_acknowledged starts at 0
+        t1 = wait_until(lambda: self.acked() >= nrecords, 900, f"{nrecords} records acknowledged", 0.01)
+        ks = nrecords / (t1 - t0)
+
+        cmd = [str(pg_bindir() / "pg_recvlogical"), "-h", str(self.pg.socket_dir), "-p", str(self.pg.port),
+               "-U", "postgres", "-d", self.db, "--slot", slot, "--start", "--endpos", end_lsn,
+               "-o", "proto_version=1", "-o", "publication_names=kafka_sync", "-f", "/dev/null", "--no-loop"]
+        t0 = time.monotonic()
+        subprocess.run(cmd, check=True, capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+        native = nrecords / (time.monotonic() - t0)
+        self.sql("SELECT pg_drop_replication_slot(%s)", (slot,))
+        return native, ks
+
+    def close(self):
+        try:
+            self.sql("SELECT kafka_sync.drop_node()")
+        finally:
+            self.pg.destroy()
+
+
+def write_load(cluster, db, start, n, big_txn):
+    """Rows start .. start+n-1 as one transaction or as n transactions; returns the next free id."""
+    if big_txn:
+        cluster.sql("INSERT INTO bench_t SELECT g, md5(g::text), g %% 1000 FROM generate_series(%s, %s) g",
+                    (start, start + n - 1), dbname=db)
+    else:
+        cluster.sql(f"""DO $$ BEGIN
+            FOR i IN {start} .. {start + n - 1} LOOP
+                INSERT INTO bench_t VALUES (i, md5(i::text), i % 1000); COMMIT;
+            END LOOP; END $$""", dbname=db)
+    return start + n
+
+
+# ----------------------------------------------------------------- apply path
+
+class ApplyBench:
+    def __init__(self, kafka):
+        self.kafka = kafka
+        base = BASE_DIR / uuid.uuid4().hex[:6]
+        self.src = PgCluster("src", extra_conf=SERVER_CONF, base_dir=base)
+        self.dst = PgCluster("dst", extra_conf=SERVER_CONF, base_dir=base)
+        for c in (self.src, self.dst):
+            c.start()
+            for db in ("native", "ks"):
+                c.create_database(db)
+                c.sql(TABLE, dbname=db)
+        self.src.sql("CREATE PUBLICATION native_pub FOR TABLE bench_t", dbname="native")
+        self.dst.sql(f"CREATE SUBSCRIPTION native_sub CONNECTION '{self.src.dsn('native')}' "
+                     "PUBLICATION native_pub WITH (copy_data = false)", dbname="native")
+        prefix = "bench" + uuid.uuid4().hex[:8]
+        self.kafka.create_topic(f"{prefix}.src")
+        for c in (self.src, self.dst):
+            c.sql("CREATE EXTENSION kafka_sync", dbname="ks")
+        self.src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname="ks")
+        mock = not os.environ.get("KAFKA_BROKERS")
+        self.src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
+                     "kafka_config => %s)",
+                     (self.kafka.bootstrap, prefix, MOCK_NODE_KAFKA_CONFIG if mock else EXTERNAL_NODE_KAFKA_CONFIG),
+                     dbname="ks")
+        wait_until(lambda: self.src.sql("SELECT state FROM kafka_sync.node_status", dbname="ks")[0][0]
+                   == "streaming", 60, "source node streaming", 0.1)
+        self.dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s, "
+                     "kafka_config => %s)",
+                     (self.kafka.bootstrap, prefix, MOCK_SUBSCRIPTION_KAFKA_CONFIG if mock else "{}"), dbname="ks")
+        self.sidecar = Sidecar(self.dst.dsn("ks"), self.dst.dir / "sidecar.log").start()
+        self.next_id = {"native": 0, "ks": 0}  # S3 updates ids 0 .. U-1 of its own database
+        self.update_tag = 0
+        self.watch = {db: Conn(self.dst, db) for db in ("native", "ks")}
+        self.meters = {
+            "native": CpuMeter(self.native_apply_pids),
+            "kafka_sync": CpuMeter(lambda: [self.sidecar.proc.pid] + self.sidecar_backend_pids()),
+            "sidecar": CpuMeter(lambda: [self.sidecar.proc.pid]),
+        }
+
+    # -- processes
+
+    def native_apply_pids(self):
+        return [r[0] for r in self.watch["native"].all(
+            "SELECT pid FROM pg_stat_subscription WHERE subname = 'native_sub' AND pid IS NOT NULL")]
+
+    def sidecar_backend_pids(self):
+        return [r[0] for r in self.watch["ks"].all(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (SIDECAR_APP,))]
+
+    def sidecar_peak_rss_mb(self):
+        return peak_rss_mb(self.sidecar.proc.pid)
+
+    def diagnostics(self):
+        return (f"--- sidecar log ---\n{self.sidecar.log_text()[-3000:]}\n"
+                f"--- dst log ---\n{self.dst.log_text()[-2000:]}\n--- src log ---\n{self.src.log_text()[-2000:]}")
+
+    # -- target-side checks on a persistent connection
+
+    def has_row(self, db, row_id):
+        return self.watch[db].one("SELECT 1 FROM bench_t WHERE id = %s", (row_id,)) is not None
+
+    def count_range(self, db, lo, hi):
+        return self.watch[db].one("SELECT count(*) FROM bench_t WHERE id BETWEEN %s AND %s", (lo, hi))[0]
+
+    def wait_rows(self, db, lo, hi, what):
+        """Until ids lo..hi are all on the target: the cheap check first (the last id; both systems
+        apply in commit order), then the count to be sure."""
+        wait_until(lambda: self.has_row(db, hi), 900, what, diagnostics=self.diagnostics)
+        return wait_until(lambda: self.count_range(db, lo, hi) == hi - lo + 1, 300, what, 0.05,
+                          diagnostics=self.diagnostics)
+
+    def measured(self, system, fn):
+        """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side."""
+        meters = [self.meters[system]] + ([self.meters["sidecar"]] if system == "kafka_sync" else [])
+        for m in meters:
+            m.start()
+        rows, secs = fn()
+        used = [m.stop() for m in meters]
+        out = {"rate": rows / secs, "seconds": secs, "rows": rows, "apply_cpu_per_100k": used[0] * 1e5 / rows}
+        if system == "kafka_sync":
+            out["sidecar_cpu_per_100k"] = used[1] * 1e5 / rows
+        return out
+
+    # -- scenarios
+
+    def s1_catch_up(self, system, n):
+        db = "native" if system == "native" else "ks"
+        if system == "native":
+            self.dst.sql("ALTER SUBSCRIPTION native_sub DISABLE", dbname=db)
+            wait_until(lambda: not self.native_apply_pids(), 30, "native apply worker stopped", 0.05)
+        else:
+            runner_seen = bool(self.sidecar_backend_pids_of_runner())
+            self.dst.sql("SELECT kafka_sync.pause_subscription('from_src')", dbname=db)
+            if runner_seen:  # the runner's connection closes when it has stopped
+                wait_until(lambda: not self.sidecar_backend_pids_of_runner(), 30, "sidecar runner stopped", 0.05,
+                           diagnostics=self.diagnostics)
+            else:  # a sidecar that names its connections otherwise: give it time to notice
+                time.sleep(2)
+            acked0 = self.acked()
+        lo = self.next_id[db]
+        self.next_id[db] = write_load(self.src, db, lo, n, big_txn=False)
+        if system == "kafka_sync":  # S1 measures the apply side: the records wait in Kafka
+            wait_until(lambda: self.acked() >= acked0 + n, 900, "source produced", 0.1, self.diagnostics)
+
+        def catch_up():
+            t0 = time.monotonic()
+            if system == "native":
+                self.dst.sql("ALTER SUBSCRIPTION native_sub ENABLE", dbname=db)
+            else:
+                self.dst.sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
+            return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
+        return self.measured(system, catch_up)
+
+    def sidecar_backend_pids_of_runner(self):
+        return [r[0] for r in self.watch["ks"].all(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'kafka_sync_sidecar from_src'")]
+
+    def acked(self):
+        return self.src.sql("SELECT coalesce(records_acknowledged, 0) FROM kafka_sync.node_status",
+                            dbname="ks")[0][0]
+
+    def s2_big_insert(self, system, n):
+        db = "native" if system == "native" else "ks"
+
+        def run():
+            lo = self.next_id[db]
+            self.next_id[db] = write_load(self.src, db, lo, n, big_txn=True)
+            t_commit = time.monotonic()
+            return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S2 visible") - t_commit
+        return self.measured(system, run)
+
+    def s3_big_update(self, system, n):
+        db = "native" if system == "native" else "ks"
+        self.update_tag -= 1
+        tag = self.update_tag
+
+        def updated(row_id):
+            r = self.watch[db].one("SELECT n FROM bench_t WHERE id = %s", (row_id,))
+            return r is not None and r[0] == tag
+
+        def all_updated():
+            return self.watch[db].one("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag))[0] == n
+
+        def run():
+            self.src.sql("UPDATE bench_t SET n = %s WHERE id < %s", (tag, n), dbname=db)
+            t_commit = time.monotonic()
+            changed = self.src.sql("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag), dbname=db)[0][0]
+            if changed != n:
+                raise RuntimeError(f"S3 updated {changed} rows, not {n}")
+            wait_until(lambda: updated(n - 1), 900, f"{system} S3 visible", diagnostics=self.diagnostics)
+            return n, wait_until(all_updated, 300, f"{system} S3 complete", 0.05, self.diagnostics) - t_commit
+        return self.measured(system, run)
+
+    def s4_latency(self, system, rate, seconds):
+        db = "native" if system == "native" else "ks"
+        n = int(rate * seconds)
+        lo = self.next_id[db]
+        hi = lo + n - 1
+        self.next_id[db] = hi + 1
+        seen = {}
+        done = threading.Event()
+
+        def poll():
+            conn = Conn(self.dst, db)
+            try:
+                low = lo
+                deadline = None
+                while low <= hi:
+                    t = time.time()
+                    for (row_id,) in conn.all("SELECT id FROM bench_t WHERE id BETWEEN %s AND %s", (low, hi)):
+                        seen.setdefault(row_id, t)
+                    while low in seen:
+                        low += 1
+                    if done.is_set():
+                        deadline = deadline or time.monotonic() + 120
+                        if time.monotonic() > deadline:
+                            break
+                    time.sleep(0.002)
+            finally:
+                conn.close()
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        t0 = time.monotonic()
+        try:
+            # paced in the server: transaction i waits for its slot t_start + i/rate
+            self.src.sql(f"""DO $$ DECLARE t_start timestamptz := clock_timestamp(); BEGIN
+                FOR i IN 0 .. {n - 1} LOOP
+                    PERFORM pg_sleep(greatest(0, extract(epoch FROM
+                        t_start + make_interval(secs => i / {float(rate)}) - clock_timestamp())));
+                    INSERT INTO bench_t VALUES ({lo} + i, md5(i::text), i % 1000); COMMIT;
+                END LOOP; END $$""", dbname=db)
+            write_secs = time.monotonic() - t0
+        finally:
+            done.set()
+            poller.join()
+        if len(seen) < n:
+            raise TimeoutError(f"{system} S4: {n - len(seen)} of {n} rows never arrived\n{self.diagnostics()}")
+        commits = self.src.sql("SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
+                               "FROM bench_t WHERE id BETWEEN %s AND %s ORDER BY id", (lo, hi), dbname=db)
+        t_first = commits[0][1]
+        window = min(10.0, seconds / 3)
+        lat = [(c - t_first, (seen[i] - c) * 1000) for i, c in commits]
+        all_ms = sorted(ms for _, ms in lat)
+        first = [ms for t, ms in lat if t < window]
+        last = [ms for t, ms in lat if t >= (commits[-1][1] - t_first) - window]
+        return {"p50_ms": percentile(all_ms, 50), "p99_ms": percentile(all_ms, 99), "max_ms": all_ms[-1],
+                "p50_first_ms": percentile(sorted(first), 50), "p50_last_ms": percentile(sorted(last), 50),
+                "window_s": window, "txns": n, "write_rate": n / write_secs}
+
+    def close(self):
+        try:
+            for c in self.watch.values():
+                c.close()
+            self.sidecar.stop()
+            self.dst.sql("DROP SUBSCRIPTION native_sub", dbname="native")
+        finally:
+            for c in (self.src, self.dst):
+                c.destroy()
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+# ----------------------------------------------------------------- the report
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def build_table(args, runs, peak_rss):
+    """Rows: (scenario, native, kafka_sync, decimals); medians over the repeats."""
+    def med(system, scenario, key):
+        return median(r[key] for r in runs[scenario][system])
+
+    T, R, U = f"{args.txns:,}", f"{args.rows:,}", f"{args.update_rows:,}"
+    win = f"{min(10.0, args.seconds / 3):g} s"
+    rows = [
+        (f"source: one {R}-row txn, records/s (native = pgoutput via pg_recvlogical)",
+         med("native", "source_big", "rate"), med("kafka_sync", "source_big", "rate"), 0),
+        (f"source: {T} single-row txns, records/s (native = pgoutput)",
+         med("native", "source_small", "rate"), med("kafka_sync", "source_small", "rate"), 0),
+        (f"S1 catch-up of {T} single-row txns, txn/s", med("native", "S1", "rate"), med("kafka_sync", "S1", "rate"), 0),
+        (f"S2 one {R}-row INSERT txn, commit to visible, rows/s",
+         med("native", "S2", "rate"), med("kafka_sync", "S2", "rate"), 0),
+        (f"S3 one {U}-row UPDATE txn, commit to visible, rows/s",
+         med("native", "S3", "rate"), med("kafka_sync", "S3", "rate"), 0),
+        (f"S4 {args.rate:,} txn/s for {args.seconds:g} s: latency p50, ms",
+         med("native", "S4", "p50_ms"), med("kafka_sync", "S4", "p50_ms"), 1),
+        ("S4 latency p99, ms", med("native", "S4", "p99_ms"), med("kafka_sync", "S4", "p99_ms"), 1),
+        ("S4 latency max, ms", med("native", "S4", "max_ms"), med("kafka_sync", "S4", "max_ms"), 1),
+        (f"S4 latency p50 of the first {win}, ms",
+         med("native", "S4", "p50_first_ms"), med("kafka_sync", "S4", "p50_first_ms"), 1),
+        (f"S4 latency p50 of the last {win}, ms",
+         med("native", "S4", "p50_last_ms"), med("kafka_sync", "S4", "p50_last_ms"), 1),
+        ("S4 achieved write rate, txn/s", med("native", "S4", "write_rate"), med("kafka_sync", "S4", "write_rate"), 0),
+    ]
+    for s in ("S1", "S2", "S3"):
+        rows.append((f"{s} apply CPU s per 100k rows (native: apply worker; kafka_sync: sidecar + its backends)",
+                     med("native", s, "apply_cpu_per_100k"), med("kafka_sync", s, "apply_cpu_per_100k"), 2))
+        rows.append((f"{s} sidecar CPU s per 100k rows", None, med("kafka_sync", s, "sidecar_cpu_per_100k"), 2))
+    rows.append(("sidecar peak RSS (VmHWM), MB", None, peak_rss, 1))
+    return rows
+
+
+def print_table(rows):
+    def fmt(v, d):
+        return "-" if v is None else f"{v:,.{d}f}"
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'scenario':{width}}  {'native':>10}  {'kafka_sync':>10}  {'ks/native':>9}")
+    for name, nat, ks, d in rows:
+        ratio = f"{ks / nat:.2f}" if nat and ks is not None else "-"
+        print(f"{name:{width}}  {fmt(nat, d):>10}  {fmt(ks, d):>10}  {ratio:>9}")
+
+
+def machine_info():
+    info = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "kafka": os.environ.get("KAFKA_BROKERS", "librdkafka mock cluster")}
+    try:
+        import confluent_kafka
+        info["librdkafka"] = confluent_kafka.libversion()[0]
+    except ImportError:
+        pass
+    try:
+        info["os"] = Path("/etc/debian_version").read_text().strip()
+    except OSError:
+        pass
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced sizes for CI: 2,000 txns, 5,000 rows, 5,000 updated rows, 3 s of S4, 1 repeat")
+    ap.add_argument("--repeat", type=int, help="runs per scenario (default 3, --quick 1)")
+    ap.add_argument("--txns", type=int, help="single-row transactions of S1 and the source path (100,000)")
+    ap.add_argument("--rows", type=int, help="rows of the big INSERT of S2 and the source path (200,000)")
+    ap.add_argument("--update-rows", type=int, help="rows of the UPDATE of S3 (100,000)")
+    ap.add_argument("--seconds", type=float, help="duration of S4 (30)")
+    ap.add_argument("--rate", type=int, default=1000, help="transactions per second of S4 (1,000)")
+    ap.add_argument("--skip-source", action="store_true", help="only the apply path")
+    ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
+    args = ap.parse_args()
+    defaults = (1, 2000, 5000, 5000, 3.0) if args.quick else (3, 100000, 200000, 100000, 30.0)
+    for name, d in zip(("repeat", "txns", "rows", "update_rows", "seconds"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, d)
+    if args.update_rows > args.txns + args.rows:
+        ap.error("--update-rows must not exceed --txns + --rows (S3 updates rows S1 and S2 wrote)")
+
+    started = datetime.now()
+    scenarios = ("source_big", "source_small", "S1", "S2", "S3", "S4")
+    runs = {s: {"native": [], "kafka_sync": []} for s in scenarios}
+    kafka = kafka_for_tests()
+    peak_rss = None
+    try:
+        if not args.skip_source:
+            print("source path ...", flush=True)
+            src = SourceBench(kafka)
+            try:
+                for i in range(args.repeat):
+                    for scenario, n, big in (("source_big", args.rows, True), ("source_small", args.txns, False)):
+                        nat, ks = src.run(n, big)
+                        runs[scenario]["native"].append({"rate": nat})
+                        runs[scenario]["kafka_sync"].append({"rate": ks})
+                        print(f"  run {i + 1} {scenario}: pgoutput {nat:,.0f}/s, kafka_sync {ks:,.0f}/s", flush=True)
+            finally:
+                src.close()
+        print("apply path ...", flush=True)
+        app = ApplyBench(kafka)
+        try:
+            for i in range(args.repeat):
+                for system in ("native", "kafka_sync"):
+                    for scenario, fn in (("S1", lambda: app.s1_catch_up(system, args.txns)),
+                                         ("S2", lambda: app.s2_big_insert(system, args.rows)),
+                                         ("S3", lambda: app.s3_big_update(system, args.update_rows)),
+                                         ("S4", lambda: app.s4_latency(system, args.rate, args.seconds))):
+                        r = fn()
+                        runs[scenario][system].append(r)
+                        shown = f"p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms" if scenario == "S4" \
+                            else f"{r['rate']:,.0f}/s"
+                        print(f"  run {i + 1} {scenario} {system}: {shown}", flush=True)
+            peak_rss = app.sidecar_peak_rss_mb()
+        finally:
+            app.close()
+    finally:
+        kafka.stop()
+
+    table = build_table(args, runs, peak_rss)
+    print_table(table)
+    out = Path(args.json) if args.json else HERE / "results" / f"bench-{started:%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"started": started.isoformat(timespec="seconds"), "machine": machine_info(),
+                   "settings": {k: getattr(args, k) for k in ("repeat", "txns", "rows", "update_rows", "seconds",
+                                                               "rate", "quick")},
+                   "medians": [{"scenario": n, "native": nat, "kafka_sync": ks,
+                                "ratio": (ks / nat if nat and ks is not None else None)} for n, nat, ks, _ in table],
+                   "runs": runs}, f, indent=2)
+    print(f"\n(medians of {args.repeat} run(s); ratio = kafka_sync / native: above 1 is better for rates, "
+          f"worse for latency, CPU; JSON in {out})")
+
+
+if __name__ == "__main__":
+    main()
