@@ -168,8 +168,14 @@ void log_conflict(const ConflictRecord &c) {
     text_or_null(11, c.resolution);
     if (SPI_execute_plan(plan, v, n, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "kafka_sync could not log a conflict");
-    /* conflicts are rare: keeping the log bounded after each one costs an index probe */
-    if (conflict_log_max_rows > 0) {
+    /*
+     * Pruned in batches of a tenth of the limit: the log stays within 110% of
+     * it, and a transaction with many conflicts does not rescan the rows it
+     * deleted itself at every one.
+     */
+    static int64 since_prune = 0;
+    if (conflict_log_max_rows > 0 && ++since_prune >= Max(1, conflict_log_max_rows / 10)) {
+        since_prune = 0;
         Datum limit = Int64GetDatum(conflict_log_max_rows);
         if (SPI_execute_plan(prune_plan, &limit, nullptr, false, 0) != SPI_OK_DELETE)
             elog(ERROR, "kafka_sync could not prune kafka_sync.conflicts");
