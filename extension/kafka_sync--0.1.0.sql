@@ -398,6 +398,11 @@ CREATE EVENT TRIGGER kafka_sync_track_deletes ON ddl_command_end
                  'ALTER PUBLICATION', 'CREATE INDEX')
     EXECUTE FUNCTION kafka_sync._track_deletes_after_ddl();
 
+-- Whether a row version (its xmin) was written by this transaction or under
+-- node's replication origin: the apply side's update of a row its peer wrote last.
+CREATE FUNCTION kafka_sync._last_written_by(row_xmin xid, node text) RETURNS boolean
+    LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_sync_last_written_by';
+
 CREATE FUNCTION kafka_sync._check_conflict_resolution(conflict_resolution text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

@@ -313,7 +313,7 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
     auto *headers = new_in_context<kafka_sync::DecodedHeaders>(CurrentMemoryContext);
     kafka_sync::ks_guard([&]() {
         std::string ignored;
-        kafka_sync::decode_headers(r->headers, r->headers_len, *headers, ignored);
+        kafka_sync::decode_headers(r->headers, r->headers_len, *headers, ignored, true);
     });
     Datum values[8];
     char nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};

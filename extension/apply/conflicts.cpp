@@ -22,6 +22,7 @@ extern "C" {
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(kafka_sync_record_tombstone);
+PG_FUNCTION_INFO_V1(kafka_sync_last_written_by);
 }
 
 namespace {
@@ -275,6 +276,18 @@ void conflict_define_settings() {
 }
 
 extern "C" {
+
+/*
+ * _last_written_by(xmin xid, node text): whether the row version was written
+ * by this transaction or committed under node's replication origin; the
+ * apply side's one-statement update of a row its peer wrote last.
+ */
+Datum kafka_sync_last_written_by(PG_FUNCTION_ARGS) {
+    TransactionId xid = DatumGetTransactionId(PG_GETARG_DATUM(0));
+    char *node = text_to_cstring(PG_GETARG_TEXT_PP(1));
+    RowVersion v = row_version_of_xid(xid, nullptr);
+    PG_RETURN_BOOL(v.current_xact || (v.node[0] != '\0' && strcmp(v.node, node) == 0));
+}
 
 /* AFTER DELETE FOR EACH ROW on every published table of the node. */
 Datum kafka_sync_record_tombstone(PG_FUNCTION_ARGS) {

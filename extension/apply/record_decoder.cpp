@@ -180,10 +180,10 @@ bool parse_lsn(const std::string &text, uint64_t &out) {
     return true;
 }
 
-bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error) noexcept {
+bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error, bool with_json) noexcept {
     try {
-        json_t *all = json_object_new();
-        if (!all) {
+        json_t *all = with_json ? json_object_new() : nullptr;
+        if (with_json && !all) {
             error = "out of memory";
             return false;
         }
@@ -213,13 +213,16 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
             std::string value = is_null ? std::string() : std::string(data + pos, vlen);
             pos += is_null ? 0 : vlen;
 
-            std::string key = valid_utf8(name.data(), name.size()) ? name : hex_of(name.data(), name.size());
-            json_t *jv = is_null ? json_null()
-                                 : json_stringn(valid_utf8(value.data(), value.size()) ? value.c_str()
-                                                                                       : hex_of(value.data(), value.size()).c_str(),
-                                                valid_utf8(value.data(), value.size()) ? value.size()
-                                                                                       : 2 + 2 * value.size());
-            json_object_set_new(all, key.c_str(), jv);
+            if (all) {
+                std::string key = valid_utf8(name.data(), name.size()) ? name : hex_of(name.data(), name.size());
+                json_t *jv = is_null ? json_null()
+                                     : json_stringn(valid_utf8(value.data(), value.size())
+                                                        ? value.c_str()
+                                                        : hex_of(value.data(), value.size()).c_str(),
+                                                    valid_utf8(value.data(), value.size()) ? value.size()
+                                                                                           : 2 + 2 * value.size());
+                json_object_set_new(all, key.c_str(), jv);
+            }
 
             if (is_null)
                 continue;
@@ -235,10 +238,12 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
             else if (name == "kafka_sync.txn_end")
                 out.has_txn_end = true;
         }
-        char *text = json_dumps(all, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        json_decref(all);
-        out.as_json = text ? text : "{}";
-        free(text);
+        if (all) {
+            char *text = json_dumps(all, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            json_decref(all);
+            out.as_json = text ? text : "{}";
+            free(text);
+        }
         if (!ok)
             error = "the record's headers are malformed";
         return ok;

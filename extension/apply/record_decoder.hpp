@@ -67,7 +67,9 @@ class RecordDecoder {
 
 // Headers as the sidecar passes them: repeated (u32 BE name length, name,
 // u32 BE value length or 0xFFFFFFFF for null, value).
-bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error) noexcept;
+// with_json: also fill as_json (for dead letters; costs a JSON document per record).
+bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error,
+                    bool with_json = false) noexcept;
 
 // "16/B374D848" -> LSN; false when malformed.
 bool parse_lsn(const std::string &text, uint64_t &out);

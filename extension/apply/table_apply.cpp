@@ -180,6 +180,9 @@ struct ColumnParam {
     const char *value;
 };
 
+/* Not a column: the node an UPDATE expects to have written the row last (text). */
+constexpr AttrNumber kWriterParam = 0;
+
 AttrNumber column_attnum(TargetInfo *t, const char *name) {
     AttrNumber attnum = get_attnum(t->relid, name);
     if (attnum > t->natts)
@@ -273,7 +276,10 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
         int i = 0;
         ListCell *lc;
         foreach (lc, all)
-            types[i++] = t->types[static_cast<ColumnParam *>(lfirst(lc))->attnum - 1];
+        {
+            const AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
+            types[i++] = attnum == kWriterParam ? TEXTOID : t->types[attnum - 1];
+        }
         plan = SPI_prepare(sql.data, nparams, types);
         if (!plan)
             elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
@@ -292,7 +298,9 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
         auto *p = static_cast<ColumnParam *>(lfirst(lc));
         const int a = p->attnum - 1;
         nulls[i] = p->value ? ' ' : 'n';
-        values[i] = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+        values[i] = p->attnum == kWriterParam
+                        ? CStringGetTextDatum(p->value)
+                        : InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
         i++;
     }
     int rc = SPI_execute_plan(plan, values, nulls, false, 0);
@@ -363,6 +371,14 @@ void build_update(TargetInfo *t, List *set, List *where, StringInfo sql) {
     append_column_list(t, set, sql, ", ", "%1$s = $%2$d", 1);
     appendStringInfoString(sql, " WHERE ");
     append_column_list(t, where, sql, " AND ", "%1$s = $%2$d", list_length(set) + 1);
+}
+
+/* UPDATE ... WHERE <key> AND the row was last written by the node in the last parameter */
+void build_update_if_writer(TargetInfo *t, List *set, List *where, StringInfo sql) {
+    List *key = list_copy(where);
+    key = list_delete_last(key);
+    build_update(t, set, key, sql);
+    appendStringInfo(sql, " AND kafka_sync._last_written_by(xmin, $%d)", list_length(set) + list_length(where));
 }
 
 void build_delete(TargetInfo *t, List *, List *where, StringInfo sql) {
@@ -627,6 +643,14 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     List *where = old_key != NIL ? old_key : key_params(t, after, true);
     /* key columns are SET only when the key changes */
     List *set = old_key != NIL ? after : non_key(t, after);
+    if (set != NIL) {
+        /* the common case, the row as the same node left it: one statement */
+        auto *writer = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        writer->attnum = kWriterParam;
+        writer->value = ch.remote->version.node;
+        if (run(t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer, nullptr) > 0)
+            return;
+    }
     LocalRow local = lookup(ch, where);
     if (!local.found) {
         bool found;

@@ -423,7 +423,7 @@ void headers_decode_lsn_and_survive_garbage() {
     std::string err;
     std::string bytes = header_bytes({{"kafka_sync.lsn", "1/A0"}, {"kafka_sync.origin", "chat2"},
                                       {"kafka_sync.commit_ts", "1700000000123"}, {"other", nullptr}});
-    CHECK(decode_headers(bytes.data(), bytes.size(), h, err));
+    CHECK(decode_headers(bytes.data(), bytes.size(), h, err, true));
     CHECK(h.has_lsn && h.lsn == ((uint64_t(1) << 32) | 0xA0));
     CHECK(h.has_commit_ts && h.commit_ts_ms == 1700000000123);
     CHECK(h.origin == "chat2");
@@ -433,7 +433,7 @@ void headers_decode_lsn_and_survive_garbage() {
     CHECK(!decode_headers(truncated.data(), truncated.size(), h2, err));
     DecodedHeaders h3;
     std::string binary = header_bytes({{"bin", "\xff\xfe"}});
-    CHECK(decode_headers(binary.data(), binary.size(), h3, err));
+    CHECK(decode_headers(binary.data(), binary.size(), h3, err, true));
     CHECK(h3.as_json.find("\\\\xfffe") != std::string::npos);
     uint64_t lsn;
     CHECK(!parse_lsn("0/", lsn) && !parse_lsn("x/1", lsn) && !parse_lsn("1/2/3", lsn) && parse_lsn("0/0", lsn));
