@@ -60,7 +60,9 @@ bool DbSession::connect(std::string &error) {
     // What a crash loses is read from Kafka again: the offset and the origin
     // progress commit with the rows. So commits need not wait for the WAL
     // flush (native logical replication's apply workers do the same).
-    PGresult *res = PQexec(conn, "SET synchronous_commit = off");
+    // The search_path apply_chunk pins, for apply_transactions too (a
+    // procedure that commits cannot pin it itself).
+    PGresult *res = PQexec(conn, "SET synchronous_commit = off; SET search_path = pg_catalog, pg_temp");
     const bool set_ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
     if (!set_ok) {

@@ -616,12 +616,12 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
 
     MemoryContext call_context = CurrentMemoryContext;
     SPI_connect_ext(SPI_OPT_NONATOMIC);
-    /* a procedure with transaction control cannot have SET search_path: set it per transaction */
-    auto pin_search_path = []() {
-        if (SPI_execute("SET LOCAL search_path = pg_catalog, pg_temp", false, 0) != SPI_OK_UTILITY)
-            elog(ERROR, "kafka_sync could not set search_path");
-    };
-    pin_search_path();
+    /*
+     * A procedure with transaction control cannot have SET search_path; the
+     * SQL it builds qualifies every name, and the sidecar pins the session's
+     * search_path to pg_catalog, pg_temp (what user triggers on the synced
+     * tables see, as with apply_chunk).
+     */
     ApplyContext ctx;
     begin_apply(&ctx, sub_name, false, call_context);
 
@@ -645,7 +645,6 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         finish_local_transaction(&ctx, last ? next_offset : -1);
         ctx.origin_ts_ms = 0;
         SPI_commit();
-        pin_search_path();
         ctx.progress = replorigin_session_get_progress(false);
         open = false;
     };
