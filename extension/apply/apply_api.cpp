@@ -271,6 +271,7 @@ void apply_decoded(ApplyContext *ctx) {
     }
     Oid relid = apply_target_relid(rec->schema, rec->table);
     if (rec->op == 't') {
+        apply_flush_inserts(&ctx->counters);
         MemoryContext old = MemoryContextSwitchTo(ctx->call_context);
         ctx->pending_truncates = lappend_oid(ctx->pending_truncates, relid);
         MemoryContextSwitchTo(old);
@@ -278,7 +279,11 @@ void apply_decoded(ApplyContext *ctx) {
             flush_truncates(ctx);
     } else {
         flush_truncates(ctx);
-        apply_row_change(relid, rec, &remote, &ctx->counters);
+        /* careful mode applies record by record, each in its own subtransaction */
+        if (ctx->careful || !apply_queue_insert(relid, rec, &remote, &ctx->counters)) {
+            apply_flush_inserts(&ctx->counters);
+            apply_row_change(relid, rec, &remote, &ctx->counters);
+        }
     }
     if (rec->op == 'r') {
         /* a snapshot row keeps its own time here; only the snapshot's last record completes it */
@@ -455,6 +460,7 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
  * timestamp, all recorded by the commit that follows.
  */
 void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
+    apply_flush_inserts(&ctx->counters);
     flush_truncates(ctx);
     if (next_offset >= 0)
         save_progress(ctx, next_offset);

@@ -12,6 +12,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/array.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -33,6 +34,7 @@ struct TargetInfo {
     FmgrInfo *in_funcs;
     Oid *ioparams;
     int32 *typmods;
+    Oid *array_types; /* for batched inserts; InvalidOid: the type has none */
     int nkeys;
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
     uint64 tombstones_checked_in; /* apply call that last looked whether it has tombstones */
@@ -112,6 +114,7 @@ void free_target_arrays(TargetInfo *t) {
     free_and_clear(t->in_funcs);
     free_and_clear(t->ioparams);
     free_and_clear(t->typmods);
+    free_and_clear(t->array_types);
     free_and_clear(t->key_attnums);
     free_and_clear(t->qualified_name);
     t->natts = 0;
@@ -137,6 +140,7 @@ void build_target(TargetInfo *t) {
     t->in_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(desc->natts, 1)));
     t->ioparams = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     t->typmods = static_cast<int32 *>(palloc0(sizeof(int32) * Max(desc->natts, 1)));
+    t->array_types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     for (int i = 0; i < desc->natts; i++) {
         Form_pg_attribute att = TupleDescAttr(desc, i);
         if (att->attisdropped || att->attgenerated)
@@ -145,6 +149,7 @@ void build_target(TargetInfo *t) {
         t->quoted_names[i] = quoted == NameStr(att->attname) ? pstrdup(quoted) : const_cast<char *>(quoted);
         t->types[i] = att->atttypid;
         t->typmods[i] = att->atttypmod;
+        t->array_types[i] = get_array_type(att->atttypid);
         Oid infunc;
         getTypeInputInfo(att->atttypid, &infunc, &t->ioparams[i]);
         fmgr_info_cxt(infunc, &t->in_funcs[i], apply_cache_context);
@@ -698,9 +703,217 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     }
 }
 
+/*
+ * Inserts of new keys, batched: a run of "c" records for one table with the
+ * same columns becomes one INSERT ... SELECT FROM unnest(<one array per
+ * column>) ON CONFLICT DO NOTHING, and the rows it did not insert (their key
+ * exists here) go through the conflict path one by one afterwards. Only for
+ * tables with no tombstones (nothing to compare a new key with).
+ */
+constexpr int kMaxBatch = 1000;
+
+struct QueuedInsert {
+    char **values;        /* by position in InsertBatch::attnums; NULL: SQL NULL */
+    RemoteChange remote;  /* with row_origin copied */
+    const char *schema, *table;
+};
+
+struct InsertBatch {
+    MemoryContext cxt;
+    TargetInfo *t;
+    Oid relid;
+    int ncols;
+    AttrNumber *attnums;
+    char **names; /* the record's column names, for the conflict path */
+    int nrows;
+    QueuedInsert rows[kMaxBatch];
+};
+
+InsertBatch *batch = nullptr;
+
+void build_batch_insert(TargetInfo *t, List *cols, List *, StringInfo sql) {
+    appendStringInfoString(sql, "WITH src AS (SELECT * FROM ROWS FROM (");
+    ListCell *lc;
+    foreach (lc, cols)
+        appendStringInfo(sql, "%spg_catalog.unnest($%d)", foreach_current_index(lc) > 0 ? ", " : "",
+                         foreach_current_index(lc) + 1);
+    appendStringInfoString(sql, ") WITH ORDINALITY AS u(");
+    foreach (lc, cols)
+        appendStringInfo(sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+                         t->quoted_names[static_cast<ColumnParam *>(lfirst(lc))->attnum - 1]);
+    appendStringInfo(sql, ", kafka_sync_ord)), ins AS (INSERT INTO %s (", t->qualified_name);
+    append_column_list(t, cols, sql, ", ", "%1$s", 1);
+    appendStringInfoString(sql, ") SELECT ");
+    append_column_list(t, cols, sql, ", ", "%1$s", 1);
+    appendStringInfoString(sql, " FROM src ORDER BY kafka_sync_ord ON CONFLICT (");
+    for (int i = 0; i < t->nkeys; i++)
+        appendStringInfo(sql, "%s%s", i > 0 ? ", " : "", t->quoted_names[t->key_attnums[i] - 1]);
+    appendStringInfoString(sql, ") DO NOTHING RETURNING ");
+    for (int i = 0; i < t->nkeys; i++)
+        appendStringInfo(sql, "%s%s", i > 0 ? ", " : "", t->quoted_names[t->key_attnums[i] - 1]);
+    appendStringInfoString(sql, ") SELECT src.kafka_sync_ord FROM src WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ");
+    for (int i = 0; i < t->nkeys; i++) {
+        const char *k = t->quoted_names[t->key_attnums[i] - 1];
+        appendStringInfo(sql, "%sins.%s = src.%s", i > 0 ? " AND " : "", k, k);
+    }
+    appendStringInfoString(sql, ") ORDER BY 1");
+}
+
 } // namespace
 
-void apply_begin_call() { apply_call_number++; }
+void apply_discard_queued_inserts() {
+    if (batch) {
+        MemoryContextReset(batch->cxt);
+        batch->nrows = 0;
+        batch->t = nullptr;
+    }
+}
+
+void apply_flush_inserts(ApplyCounters *counters) {
+    if (!batch || batch->nrows == 0)
+        return;
+    TargetInfo *t = target_for(batch->relid);
+    if (t != batch->t || !t->valid)
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("table %s changed while changes to it were applied", t->qualified_name),
+                        errhint("The sidecar applies the transaction again.")));
+    const int n = batch->nrows;
+    const int ncols = batch->ncols;
+    /* one array per column: the plan's parameters are typed as the column's array type */
+    List *cols = NIL;
+    Datum *arrays = static_cast<Datum *>(palloc(sizeof(Datum) * ncols));
+    for (int c = 0; c < ncols; c++) {
+        const int a = batch->attnums[c] - 1;
+        auto *p = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        p->attnum = batch->attnums[c];
+        p->value = nullptr;
+        cols = lappend(cols, p);
+        Datum *elems = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+        bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
+        for (int r = 0; r < n; r++) {
+            const char *v = batch->rows[r].values[c];
+            nulls[r] = v == nullptr;
+            elems[r] = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(v), t->ioparams[a], t->typmods[a]);
+        }
+        int16 typlen;
+        bool typbyval;
+        char typalign;
+        get_typlenbyvalalign(t->types[a], &typlen, &typbyval, &typalign);
+        int dims[1] = {n};
+        int lbs[1] = {1};
+        arrays[c] = PointerGetDatum(
+            construct_md_array(elems, nulls, 1, dims, lbs, t->types[a], typlen, typbyval, typalign));
+    }
+    StringInfoData key;
+    initStringInfo(&key);
+    appendStringInfo(&key, "%u:B:", t->relid);
+    append_plan_key(&key, cols);
+    SPIPlanPtr plan = nullptr;
+    auto *entry = key.len < kPlanKeyLen ? static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_FIND, nullptr))
+                                        : nullptr;
+    if (entry) {
+        plan = entry->plan;
+    } else {
+        StringInfoData sql;
+        initStringInfo(&sql);
+        build_batch_insert(t, cols, NIL, &sql);
+        Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * ncols));
+        for (int c = 0; c < ncols; c++)
+            types[c] = t->array_types[batch->attnums[c] - 1];
+        plan = SPI_prepare(sql.data, ncols, types);
+        if (!plan)
+            elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
+        if (key.len < kPlanKeyLen) {
+            SPI_keepplan(plan);
+            entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_ENTER, nullptr));
+            entry->plan = plan;
+        }
+    }
+    int rc = SPI_execute_plan(plan, arrays, nullptr, false, 0);
+    if (rc < 0)
+        elog(ERROR, "kafka_sync could not apply inserts to %s: %s", t->qualified_name, SPI_result_code_string(rc));
+    /* the rows not inserted: their key exists here, a conflict (or the same peer's row) each */
+    const uint64 nleft = SPI_processed;
+    int64 *left = static_cast<int64 *>(palloc(sizeof(int64) * Max(nleft, 1)));
+    for (uint64 i = 0; i < nleft; i++) {
+        bool isnull;
+        left[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+    }
+    if (!entry)
+        SPI_freeplan(plan);
+    counters->applied += n - (int64)nleft;
+    for (uint64 i = 0; i < nleft; i++) {
+        const QueuedInsert &q = batch->rows[left[i] - 1];
+        kafka_sync::DecodedRecord rec;
+        rec.op = 'c';
+        rec.schema = q.schema;
+        rec.table = q.table;
+        rec.has_after = true;
+        for (int c = 0; c < ncols; c++)
+            rec.after.push_back(kafka_sync::DecodedColumn{batch->names[c], q.values[c]});
+        apply_row_change(batch->relid, &rec, &q.remote, counters);
+    }
+    apply_discard_queued_inserts();
+}
+
+bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
+                        ApplyCounters *counters) {
+    if (rec->op != 'c')
+        return false;
+    TargetInfo *t = target_for(relid);
+    if (t->nkeys == 0 || table_has_tombstones(t))
+        return false;
+    List *row = row_params(t, rec->after);
+    const int ncols = list_length(row);
+    if (ncols == 0 || key_params(t, row, false) == NIL)
+        return false;
+    ListCell *lc;
+    foreach (lc, row)
+        if (!OidIsValid(t->array_types[static_cast<ColumnParam *>(lfirst(lc))->attnum - 1]))
+            return false;
+    if (!batch) {
+        MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "kafka_sync insert batch", ALLOCSET_DEFAULT_SIZES);
+        batch = static_cast<InsertBatch *>(MemoryContextAllocZero(TopMemoryContext, sizeof(InsertBatch)));
+        batch->cxt = cxt;
+    }
+    /* the same table and the same columns as the rows waiting, or those go first */
+    bool same = batch->nrows > 0 && batch->relid == relid && batch->t == t && batch->ncols == ncols;
+    if (same)
+        foreach (lc, row)
+            same &= batch->attnums[foreach_current_index(lc)] == static_cast<ColumnParam *>(lfirst(lc))->attnum;
+    if (!same || batch->nrows == kMaxBatch)
+        apply_flush_inserts(counters);
+    MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+    if (batch->nrows == 0) {
+        batch->relid = relid;
+        batch->t = t;
+        batch->ncols = ncols;
+        batch->attnums = static_cast<AttrNumber *>(palloc(sizeof(AttrNumber) * ncols));
+        batch->names = static_cast<char **>(palloc(sizeof(char *) * ncols));
+        foreach (lc, row) {
+            const AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
+            batch->attnums[foreach_current_index(lc)] = attnum;
+            batch->names[foreach_current_index(lc)] = get_attname(relid, attnum, false);
+        }
+    }
+    QueuedInsert &q = batch->rows[batch->nrows++];
+    q.values = static_cast<char **>(palloc(sizeof(char *) * ncols));
+    foreach (lc, row) {
+        const char *v = static_cast<ColumnParam *>(lfirst(lc))->value;
+        q.values[foreach_current_index(lc)] = v ? pstrdup(v) : nullptr;
+    }
+    q.remote = *remote;
+    q.remote.row_origin = pstrdup(remote->row_origin);
+    q.schema = pstrdup(rec->schema);
+    q.table = pstrdup(rec->table);
+    MemoryContextSwitchTo(old);
+    return true;
+}
+
+void apply_begin_call() {
+    apply_call_number++;
+    apply_discard_queued_inserts(); /* left by a call that failed */
+}
 
 Oid apply_target_relid(const char *schema, const char *table) {
     if (strcmp(schema, "kafka_sync") == 0 || strcmp(schema, "pg_catalog") == 0 ||
