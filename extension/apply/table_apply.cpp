@@ -711,6 +711,7 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
  * tables with no tombstones (nothing to compare a new key with).
  */
 constexpr int kMaxBatch = 1000;
+constexpr int kMinBatch = 8; /* fewer rows go one statement each */
 
 struct QueuedInsert {
     char **values;        /* by position in InsertBatch::attnums; NULL: SQL NULL */
@@ -779,6 +780,25 @@ void apply_flush_inserts(ApplyCounters *counters) {
                         errhint("The sidecar applies the transaction again.")));
     const int n = batch->nrows;
     const int ncols = batch->ncols;
+    auto as_record = [&](const QueuedInsert &q) {
+        kafka_sync::DecodedRecord rec;
+        rec.op = 'c';
+        rec.schema = q.schema;
+        rec.table = q.table;
+        rec.has_after = true;
+        for (int c = 0; c < ncols; c++)
+            rec.after.push_back(kafka_sync::DecodedColumn{batch->names[c], q.values[c]});
+        return rec;
+    };
+    if (n < kMinBatch) {
+        /* a few rows (single-row transactions): the plain statement is cheaper */
+        for (int r = 0; r < n; r++) {
+            kafka_sync::DecodedRecord rec = as_record(batch->rows[r]);
+            apply_row_change(batch->relid, &rec, &batch->rows[r].remote, counters);
+        }
+        apply_discard_queued_inserts();
+        return;
+    }
     /* one array per column: the plan's parameters are typed as the column's array type */
     List *cols = NIL;
     Datum *arrays = static_cast<Datum *>(palloc(sizeof(Datum) * ncols));
@@ -844,13 +864,7 @@ void apply_flush_inserts(ApplyCounters *counters) {
     counters->applied += n - (int64)nleft;
     for (uint64 i = 0; i < nleft; i++) {
         const QueuedInsert &q = batch->rows[left[i] - 1];
-        kafka_sync::DecodedRecord rec;
-        rec.op = 'c';
-        rec.schema = q.schema;
-        rec.table = q.table;
-        rec.has_after = true;
-        for (int c = 0; c < ncols; c++)
-            rec.after.push_back(kafka_sync::DecodedColumn{batch->names[c], q.values[c]});
+        kafka_sync::DecodedRecord rec = as_record(q);
         apply_row_change(batch->relid, &rec, &q.remote, counters);
     }
     apply_discard_queued_inserts();
