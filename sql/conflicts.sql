@@ -173,6 +173,34 @@ CALL kafka_sync.apply_transactions('from_chat2', '{18,19,20}', '{NULL,NULL,NULL}
            ev('c', NULL, '{"id": 52, "label": "second b"}')],
      ARRAY[hdrs('0/1300', 1700000000000, 1), hdrs('0/1400', 1700000001000), hdrs('0/1400', 1700000001000, 2)]);
 
+-- snapshot rows carry their own version; one another node wrote is stored as written by
+-- that node (its origin, at its time), so that node's own copy of the change is no conflict
+SELECT kafka_sync.create_subscription('from_chat3', 'chat3', 'localhost:1');
+CREATE FUNCTION evr(after jsonb, row_ts bigint, row_origin text) RETURNS bytea
+LANGUAGE sql AS $$
+    SELECT convert_to(jsonb_build_object('op', 'r', 'before', NULL, 'after', after,
+        'source', jsonb_build_object('connector', 'kafka_sync', 'name', 'chat2', 'origin', 'chat2', 'snapshot', 'true',
+                                     'schema', 'public', 'table', 'items', 'row_ts_ms', row_ts,
+                                     'row_origin', row_origin))::text, 'UTF8')
+$$;
+TRUNCATE kafka_sync.conflicts;
+CALL kafka_sync.apply_transactions('from_chat2', '{21,22,23}', '{NULL,NULL,NULL}',
+     ARRAY[evr('{"id": 60, "label": "by chat3"}', 1700000002000, 'chat3'),
+           evr('{"id": 61, "label": "by chat2"}', 1700000003000, 'chat2'),
+           evr('{"id": 62, "label": "by chat1"}', 1700000004000, 'chat1')],
+     ARRAY[hdrs('0/1401', 1700000009000), hdrs('0/1401', 1700000009000), hdrs('0/1401', 1700000009000, 3)]);
+SELECT id, label, x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+  LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id >= 60 ORDER BY id;
+BEGIN;
+SELECT applied, conflicts FROM kafka_sync.apply_chunk('from_chat3', '{0}', '{NULL}',
+       ARRAY[convert_to(jsonb_build_object('op', 'c', 'after', '{"id": 60, "label": "by chat3"}'::jsonb,
+             'source', jsonb_build_object('origin', 'chat3', 'schema', 'public', 'table', 'items'))::text, 'UTF8')],
+       ARRAY[hdrs('0/50', 1700000002000, 1, 'chat3')], false);
+COMMIT;
+SELECT count(*) AS conflicts FROM kafka_sync.conflicts;
+SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2';
+SELECT kafka_sync.drop_subscription('from_chat3');
+
 -- plain users see nothing of it
 CREATE ROLE conflict_reader;
 SET ROLE conflict_reader;

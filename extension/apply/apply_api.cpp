@@ -67,6 +67,7 @@ struct ApplyContext {
     XLogRecPtr max_lsn;
     int64 max_lsn_commit_ms;
     int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
+    RepOriginId row_origin; /* snapshot rows: the origin of their last writer, when known here */
     const ChunkRecord *current;
     /* the current record, once decoded (NULL: skipped) */
     kafka_sync::DecodedHeaders *headers;
@@ -140,9 +141,14 @@ Subscription *load_subscription(const char *name) {
  * a later commit of this session (record_failure's, say): that would mark a
  * transaction that was not applied as applied.
  */
+/* The origin this session set up (replorigin_session_setup); see finish_local_transaction. */
+RepOriginId session_origin = InvalidRepOriginId;
+
 void forget_origin_position(XactEvent event, void *) {
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
         event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE) {
+        if (session_origin != InvalidRepOriginId)
+            replorigin_session_origin = session_origin; /* after a snapshot row's commit */
         replorigin_session_origin_lsn = InvalidXLogRecPtr;
         replorigin_session_origin_timestamp = 0;
     }
@@ -168,6 +174,7 @@ void use_origin(const Subscription *sub) {
     }
     replorigin_session_setup(id);
     replorigin_session_origin = id;
+    session_origin = id;
 }
 
 void apply_error_context(void *arg) {
@@ -257,9 +264,20 @@ void apply_decoded(ApplyContext *ctx) {
     remote.sub_name = ctx->sub->name;
     remote.peer = ctx->sub->peer;
     remote.local_node = ctx->sub->local_node ? ctx->sub->local_node : "";
-    /* a snapshot row is stored here as written by the peer at the row's own time: compare it so */
     const char *node = !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
     remote.row_origin = rec->op == 'r' && rec->row_origin ? rec->row_origin : node;
+    ctx->row_origin = InvalidRepOriginId;
+    if (rec->op == 'r' && strcmp(remote.row_origin, node) != 0) {
+        /*
+         * A row another node wrote, in this peer's snapshot: stored here as
+         * written by that node (its origin, at its time), when this node
+         * knows the origin; otherwise as written by the peer.
+         */
+        char *name = psprintf("kafka_sync_%s", remote.row_origin);
+        ctx->row_origin = replorigin_by_name(name, true);
+        if (ctx->row_origin != InvalidRepOriginId)
+            node = remote.row_origin;
+    }
     strlcpy(remote.version.node, node, sizeof(remote.version.node));
     if (rec->op == 'r') {
         /* a snapshot row of unknown time is older than any change */
@@ -468,6 +486,13 @@ void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
         replorigin_session_origin_lsn = ctx->max_lsn;
     /* the rows' commit time here is the source's: conflict resolution compares it */
     replorigin_session_origin_timestamp = ctx->origin_ts_ms ? unix_ms_to_timestamptz(ctx->origin_ts_ms) : 0;
+    /*
+     * Snapshot rows of another writer commit under that writer's origin (no
+     * progress recorded for it: origin_lsn stays this peer's or none); the
+     * transaction callback puts the session's origin back at commit.
+     */
+    if (ctx->row_origin != InvalidRepOriginId)
+        replorigin_session_origin = ctx->row_origin;
 }
 
 bool is_transient(int sqlerrcode) {
@@ -641,6 +666,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     bool open = false;           /* this local transaction applied something */
     uint64 txn_lsn = 0;          /* its source transaction */
     int64 txn_row_ts = 0;        /* snapshot rows: their time */
+    char txn_writer[NAMEDATALEN] = ""; /* and their last writer */
     /*
      * Only the call's last commit records the Kafka offset and the counters
      * (one row update per call, not per transaction): after a crash in
@@ -665,14 +691,16 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
             const kafka_sync::DecodedHeaders *h = ctx.headers;
             const bool snapshot_row = ctx.rec && ctx.rec->op == 'r';
             const int64 row_ts = snapshot_row ? snapshot_row_time(ctx.rec) : 0;
+            const char *writer = snapshot_row && ctx.rec->row_origin ? ctx.rec->row_origin : "";
             const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
-            if (open && (lsn != txn_lsn || row_ts != txn_row_ts)) {
+            if (open && (lsn != txn_lsn || row_ts != txn_row_ts || strcmp(writer, txn_writer) != 0)) {
                 MemoryContextSwitchTo(old);
                 commit(false);
                 MemoryContextSwitchTo(ctx.record_context);
             }
             txn_lsn = lsn;
             txn_row_ts = row_ts;
+            strlcpy(txn_writer, writer, sizeof(txn_writer));
             if (ctx.rec) {
                 apply_decoded(&ctx);
                 open = true;
