@@ -487,12 +487,15 @@ void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
     /* the rows' commit time here is the source's: conflict resolution compares it */
     replorigin_session_origin_timestamp = ctx->origin_ts_ms ? unix_ms_to_timestamptz(ctx->origin_ts_ms) : 0;
     /*
-     * Snapshot rows of another writer commit under that writer's origin (no
-     * progress recorded for it: origin_lsn stays this peer's or none); the
-     * transaction callback puts the session's origin back at commit.
+     * Snapshot rows of another writer commit under that writer's origin,
+     * with no origin LSN (so no progress for either); the transaction
+     * callback puts the session's origin back at commit.
      */
-    if (ctx->row_origin != InvalidRepOriginId)
+    if (ctx->row_origin != InvalidRepOriginId) {
         replorigin_session_origin = ctx->row_origin;
+        /* an LSN of this peer must never be recorded as that writer's progress (recovery replays it) */
+        replorigin_session_origin_lsn = InvalidXLogRecPtr;
+    }
 }
 
 bool is_transient(int sqlerrcode) {
