@@ -89,6 +89,24 @@ void wait_until_visible(const TransactionId *xids, uint32 nxids) {
     }
 }
 
+/*
+ * A process that decodes WAL is flagged PROC_IN_LOGICAL_DECODING, and other
+ * backends then ignore its xmin when they decide what dead row versions may
+ * be pruned. The snapshot of a resnapshot must hold them back like any
+ * reader's, or a row updated meanwhile can lose the version this snapshot
+ * sees and be missing from it: the flag is off while the snapshot is taken
+ * and read.
+ */
+void set_decoding_flag(bool on) {
+    LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+    if (on)
+        MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+    else
+        MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+    ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+    LWLockRelease(ProcArrayLock);
+}
+
 } // namespace
 
 extern "C" {
@@ -128,12 +146,17 @@ uint64 publish_resnapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr confi
     CommitTransactionCommand();
 
     /* one snapshot for every table: set before the transaction takes its first */
+    const bool decoding = (MyProc->statusFlags & PROC_IN_LOGICAL_DECODING) != 0;
+    if (decoding)
+        set_decoding_flag(false);
     SetCurrentStatementStartTimestamp();
     StartTransactionCommand();
     XactIsoLevel = XACT_REPEATABLE_READ;
     XactReadOnly = true;
     uint64 nrecords = publish_table_snapshot(w, header_lsn, confirm_lsn, "resnapshot");
     CommitTransactionCommand();
+    if (decoding)
+        set_decoding_flag(true); /* an error on the way ends the worker, and the flag with it */
     return nrecords;
 }
 
