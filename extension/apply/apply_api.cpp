@@ -680,6 +680,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         finish_local_transaction(&ctx, last ? next_offset : -1);
         ctx.origin_ts_ms = 0;
         SPI_commit();
+        apply_begin_call(); /* what was looked up once per transaction is looked up again */
         ctx.progress = replorigin_session_get_progress(false);
         open = false;
     };

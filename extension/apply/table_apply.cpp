@@ -253,11 +253,10 @@ void append_plan_key(StringInfo key, List *params) {
 
 /*
  * Runs sql (built only when not cached) with params = set ++ where, typed as
- * their columns. Returns the number of rows processed; *first_bool receives
- * the first column of the first returned row when the statement returns one.
+ * their columns (the writer parameter as text). Returns the number of rows
+ * processed; a statement's returned rows are in SPI_tuptable.
  */
-uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetInfo *, List *, List *, StringInfo),
-           bool *first_bool) {
+uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetInfo *, List *, List *, StringInfo)) {
     StringInfoData key;
     initStringInfo(&key);
     appendStringInfo(&key, "%u:%c:", t->relid, op);
@@ -311,11 +310,6 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
     int rc = SPI_execute_plan(plan, values, nulls, false, 0);
     if (rc < 0)
         elog(ERROR, "kafka_sync could not apply a change to %s: %s", t->qualified_name, SPI_result_code_string(rc));
-    if (first_bool && SPI_processed > 0 && SPI_tuptable) {
-        bool isnull;
-        Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-        *first_bool = !isnull && DatumGetBool(d);
-    }
     uint64 processed = SPI_processed;
     if (!cacheable)
         SPI_freeplan(plan);
@@ -332,43 +326,6 @@ void append_column_list(TargetInfo *t, List *params, StringInfo sql, const char 
         appendStringInfo(sql, fmt, name, n, name);
         n++;
     }
-}
-
-void build_upsert(TargetInfo *t, List *set, List *, StringInfo sql) {
-    appendStringInfo(sql, "INSERT INTO %s (", t->qualified_name);
-    append_column_list(t, set, sql, ", ", "%1$s", 1);
-    appendStringInfoString(sql, ") VALUES (");
-    for (int i = 1; i <= list_length(set); i++)
-        appendStringInfo(sql, "%s$%d", i > 1 ? ", " : "", i);
-    appendStringInfoChar(sql, ')');
-    if (t->nkeys == 0) {
-        appendStringInfoString(sql, " RETURNING true");
-        return;
-    }
-    appendStringInfoString(sql, " ON CONFLICT (");
-    for (int i = 0; i < t->nkeys; i++)
-        appendStringInfo(sql, "%s%s", i > 0 ? ", " : "", t->quoted_names[t->key_attnums[i] - 1]);
-    appendStringInfoString(sql, ") ");
-    bool any_non_key = false;
-    ListCell *lc;
-    foreach (lc, set)
-        any_non_key |= !is_key(t, static_cast<ColumnParam *>(lfirst(lc))->attnum);
-    if (!any_non_key) {
-        appendStringInfoString(sql, "DO NOTHING RETURNING true");
-        return;
-    }
-    appendStringInfoString(sql, "DO UPDATE SET ");
-    bool first = true;
-    foreach (lc, set) {
-        AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
-        if (is_key(t, attnum))
-            continue;
-        const char *name = t->quoted_names[attnum - 1];
-        appendStringInfo(sql, "%s%s = EXCLUDED.%s", first ? "" : ", ", name, name);
-        first = false;
-    }
-    /* xmax = 0 only for a freshly inserted row: tells insert from update */
-    appendStringInfoString(sql, " RETURNING (xmax = 0)");
 }
 
 void build_update(TargetInfo *t, List *set, List *where, StringInfo sql) {
@@ -440,7 +397,7 @@ struct Change {
 
 LocalRow lookup(const Change &ch, List *key) {
     LocalRow row{false, RowVersion()};
-    run(ch.t, 'l', NIL, key, build_lookup, nullptr);
+    run(ch.t, 'l', NIL, key, build_lookup);
     if (SPI_processed == 0)
         return row;
     bool isnull;
@@ -527,7 +484,7 @@ bool resolve(const Change &ch, const char *kind, List *key, const RowVersion *lo
     }
     char *local_json = nullptr;
     if (local_row_exists) {
-        run(t, 'j', NIL, key, build_row_json, nullptr);
+        run(t, 'j', NIL, key, build_row_json);
         if (SPI_processed > 0)
             local_json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
     }
@@ -558,12 +515,12 @@ List *non_key(TargetInfo *t, List *row) {
 }
 
 /* false: a row with this key appeared meanwhile (a concurrent local insert) */
-bool insert_row(const Change &ch, List *row) { return run(ch.t, 'i', row, NIL, build_insert, nullptr) > 0; }
+bool insert_row(const Change &ch, List *row) { return run(ch.t, 'i', row, NIL, build_insert) > 0; }
 
 void overwrite_row(const Change &ch, List *row, List *key) {
     List *set = non_key(ch.t, row);
     if (set != NIL)
-        run(ch.t, 'u', set, key, build_update, nullptr);
+        run(ch.t, 'u', set, key, build_update);
 }
 
 /*
@@ -572,8 +529,10 @@ void overwrite_row(const Change &ch, List *row, List *key) {
  */
 bool table_has_tombstones(TargetInfo *t) {
     static SPIPlanPtr plan = nullptr;
+    if (t->has_tombstones)
+        return true; /* they go only after kafka_sync.tombstone_retention */
     if (t->tombstones_checked_in == apply_call_number)
-        return t->has_tombstones;
+        return false;
     if (!plan) {
         Oid types[1] = {OIDOID};
         plan = SPI_prepare("SELECT EXISTS (SELECT 1 FROM kafka_sync.tombstones WHERE relid = $1)", 1, types);
@@ -653,7 +612,7 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         auto *writer = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
         writer->attnum = kWriterParam;
         writer->value = ch.remote->version.node;
-        if (run(t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer, nullptr) > 0)
+        if (run(t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer) > 0)
             return;
     }
     LocalRow local = lookup(ch, where);
@@ -667,15 +626,21 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
             create = true;
         else
             create = resolve(ch, "update_missing", where, nullptr, false, after);
-        if (create)
-            run(t, 'c', after, NIL, build_upsert, nullptr);
-        return;
+        if (!create || insert_row(ch, after))
+            return;
+        /* inserted here meanwhile: now an update of an existing row, resolved like one */
+        local = lookup(ch, where);
+        if (!local.found)
+            ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                            errmsg("a row of table %s appeared and vanished while a change was applied to it",
+                                   t->qualified_name),
+                            errhint("The sidecar retries the transaction.")));
     }
     if (!same_origin(local.version, ch.remote->version) &&
         !resolve(ch, "update_update", where, &local.version, true, after))
         return;
     if (set != NIL)
-        run(t, 'u', set, where, build_update, nullptr);
+        run(t, 'u', set, where, build_update);
 }
 
 void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
@@ -686,7 +651,7 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         if (same_origin(local.version, ch.remote->version) ||
             resolve(ch, "delete_updated", key, &local.version, true, nullptr))
         {
-            run(t, 'd', NIL, key, build_delete, nullptr); /* the trigger records the tombstone */
+            run(t, 'd', NIL, key, build_delete); /* the trigger records the tombstone */
             t->has_tombstones = true;
         }
         return;
