@@ -23,6 +23,8 @@ extern "C" {
 #include "fmgr.h"
 #include "funcapi.h"
 #include "replication/origin.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -255,8 +257,22 @@ void decode_record(ApplyContext *ctx) {
     ctx->rec = rec;
 }
 
+/*
+ * The apply transactions of one database run one at a time (a transaction
+ * advisory lock, keys 0x6b61666b / 0x6170706c). Two peers' changes of the same
+ * key, applied concurrently by two sessions, would each miss the other's
+ * uncommitted row or tombstone and resolve differently than the other nodes.
+ * Local writers need no such lock: row locks and tombstones order them.
+ */
+void serialize_apply() {
+    LOCKTAG tag;
+    SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b61666b, 0x6170706c, 2);
+    (void)LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
 /* Applies the decoded ctx->rec; raises ERROR when it cannot. */
 void apply_decoded(ApplyContext *ctx) {
+    serialize_apply();
     const kafka_sync::DecodedRecord *rec = ctx->rec;
     const kafka_sync::DecodedHeaders *headers = ctx->headers;
     RemoteChange remote;
