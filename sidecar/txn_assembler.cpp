@@ -29,20 +29,12 @@ void TxnAssembler::add(Record record) {
     if (record.snapshot) {
         if (current_.active)
             discard_current("a snapshot began before its last record");
-        size_t bytes = record.bytes();
-        bool careful = careful_from(record.offset);
-        std::vector<Record> one;
-        one.push_back(std::move(record));
-        add_complete(std::move(one), bytes, false, 0, careful);
+        add_alone(std::move(record));
         return;
     }
     if (!current_.active) {
         if (!record.has_lsn) {
-            size_t bytes = record.bytes();
-            bool careful = careful_from(record.offset);
-            std::vector<Record> one;
-            one.push_back(std::move(record));
-            add_complete(std::move(one), bytes, false, 0, careful);
+            add_alone(std::move(record));
             return;
         }
         open_group(std::move(record));
@@ -65,6 +57,14 @@ void TxnAssembler::add(Record record) {
         complete_current();
     else if (current_.unsent.size() >= limits_.max_records || current_.unsent_bytes >= limits_.max_bytes)
         stream_current();
+}
+
+void TxnAssembler::add_alone(Record record) {
+    size_t bytes = record.bytes();
+    bool careful = careful_from(record.offset);
+    std::vector<Record> one;
+    one.push_back(std::move(record));
+    add_complete(std::move(one), bytes, false, 0, careful);
 }
 
 void TxnAssembler::open_group(Record record) {

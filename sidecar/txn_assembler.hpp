@@ -82,6 +82,8 @@ class TxnAssembler {
     };
 
     bool careful_from(int64_t first_offset);
+    // A record that is a complete transaction of its own (foreign, or a snapshot row).
+    void add_alone(Record record);
     void open_group(Record record);
     void append(Record record);
     void complete_current();
