@@ -93,14 +93,6 @@ T *new_in_context(MemoryContext cxt) {
     return obj;
 }
 
-SPIPlanPtr keep(const char *sql, int nargs, Oid *types) {
-    SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
-    if (!plan)
-        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-    SPI_keepplan(plan);
-    return plan;
-}
-
 char *text_col(int row, int col) {
     char *v = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
     return v;
@@ -110,7 +102,7 @@ Subscription *load_subscription(const char *name) {
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
         Oid types[1] = {TEXTOID};
-        plan = keep("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
+        plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
                     "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
                     "s.conflict_resolution "
                     "FROM kafka_sync.subscription s WHERE s.sub_name = $1",
@@ -345,7 +337,7 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
         Oid types[8] = {TEXTOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID};
-        plan = keep("INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
+        plan = keep_plan("INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
                     "headers, error) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
                     8, types);
     }
@@ -395,7 +387,7 @@ void save_progress(const ApplyContext *ctx, int64 next_offset) {
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
         Oid types[6] = {TEXTOID, INT8OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, INT8OID};
-        plan = keep("UPDATE kafka_sync.subscription SET next_offset = $2, "
+        plan = keep_plan("UPDATE kafka_sync.subscription SET next_offset = $2, "
                     "last_applied_lsn = coalesce($3, last_applied_lsn), "
                     "last_source_commit = coalesce($4, last_source_commit), last_applied_at = now(), "
                     "rows_applied = rows_applied + $5, conflicts = conflicts + $6 WHERE sub_name = $1",
@@ -476,7 +468,9 @@ ChunkRecord chunk_record(const ChunkArgs &a, int i) {
     return r;
 }
 
-void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryContext call_context) {
+/* Sets up ctx for one call, and errcallback (to pop when done) to name the record an error concerns. */
+void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryContext call_context,
+                 ErrorContextCallback *errcallback) {
     memset(ctx, 0, sizeof(*ctx));
     ctx->sub = load_subscription(sub_name);
     ctx->careful = careful;
@@ -486,6 +480,10 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
     ctx->call_context = call_context;
     apply_begin_call();
     prune_tombstones_if_due();
+    errcallback->callback = apply_error_context;
+    errcallback->arg = ctx;
+    errcallback->previous = error_context_stack;
+    error_context_stack = errcallback;
 }
 
 /*
@@ -564,13 +562,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     MemoryContext call_context = CurrentMemoryContext;
     SPI_connect();
     ApplyContext ctx;
-    begin_apply(&ctx, sub_name, careful, call_context);
-
     ErrorContextCallback errcallback;
-    errcallback.callback = apply_error_context;
-    errcallback.arg = &ctx;
-    errcallback.previous = error_context_stack;
-    error_context_stack = &errcallback;
+    begin_apply(&ctx, sub_name, careful, call_context, &errcallback);
 
     int64 dead = 0;
     int64 next_offset = -1;
@@ -673,13 +666,8 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
      * tables see, as with apply_chunk).
      */
     ApplyContext ctx;
-    begin_apply(&ctx, sub_name, false, call_context);
-
     ErrorContextCallback errcallback;
-    errcallback.callback = apply_error_context;
-    errcallback.arg = &ctx;
-    errcallback.previous = error_context_stack;
-    error_context_stack = &errcallback;
+    begin_apply(&ctx, sub_name, false, call_context, &errcallback);
 
     int64 next_offset = -1;
     bool open = false;           /* this local transaction applied something */

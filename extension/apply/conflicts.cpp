@@ -32,14 +32,6 @@ int tombstone_retention_s = 7 * 24 * 3600;
 
 constexpr char kOriginPrefix[] = "kafka_sync_";
 
-SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types) {
-    SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
-    if (!plan)
-        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-    SPI_keepplan(plan);
-    return plan;
-}
-
 const char *describe_version(const RowVersion &v) {
     if (!v.known)
         return "at an unknown time";
@@ -47,6 +39,14 @@ const char *describe_version(const RowVersion &v) {
 }
 
 } // namespace
+
+SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types) {
+    SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
+    if (!plan)
+        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+    SPI_keepplan(plan);
+    return plan;
+}
 
 ConflictStrategy conflict_strategy_from_name(const char *name) {
     if (strcmp(name, "first_update_wins") == 0)

@@ -15,6 +15,7 @@ extern "C" {
 #include "postgres.h"
 
 #include "access/htup.h"
+#include "executor/spi.h"
 #include "datatype/timestamp.h"
 #include "utils/relcache.h"
 }
@@ -23,6 +24,9 @@ enum class ConflictStrategy { LastUpdateWins, FirstUpdateWins, ApplyRemote, Keep
 
 /* Raised for a conflict under the "error" strategy: the subscription pauses. */
 #define ERRCODE_KAFKA_SYNC_CONFLICT MAKE_SQLSTATE('K', 'S', '0', '0', '1')
+
+/* SPI_prepare + SPI_keepplan, raising ERROR when the statement does not prepare. */
+SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types);
 
 /* Parses a strategy name as stored in kafka_sync.subscription. */
 ConflictStrategy conflict_strategy_from_name(const char *name);

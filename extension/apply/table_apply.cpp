@@ -252,6 +252,31 @@ void append_plan_key(StringInfo key, List *params) {
 }
 
 /*
+ * The plan of a statement, cached under key (relid:op:columns); when not
+ * cached, describe(sql) writes the statement and returns its parameter types.
+ * *temporary: the key is too long to cache it, free the plan after use.
+ */
+template <typename Describe>
+SPIPlanPtr cached_plan(const StringInfoData &key, int nparams, Describe describe, bool *temporary) {
+    const bool cacheable = key.len < kPlanKeyLen;
+    *temporary = !cacheable;
+    if (cacheable)
+        if (auto *entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_FIND, nullptr)))
+            return entry->plan;
+    StringInfoData sql;
+    initStringInfo(&sql);
+    Oid *types = describe(&sql);
+    SPIPlanPtr plan = SPI_prepare(sql.data, nparams, types);
+    if (!plan)
+        elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
+    if (cacheable) {
+        SPI_keepplan(plan);
+        static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_ENTER, nullptr))->plan = plan;
+    }
+    return plan;
+}
+
+/*
  * Runs sql (built only when not cached) with params = set ++ where, typed as
  * their columns (the writer parameter as text). Returns the number of rows
  * processed; a statement's returned rows are in SPI_tuptable.
@@ -265,34 +290,17 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
 
     const int nparams = list_length(set) + list_length(where);
     List *all = list_concat_copy(set, where);
-    PlanEntry *entry = nullptr;
-    SPIPlanPtr plan = nullptr;
-    const bool cacheable = key.len < kPlanKeyLen;
-    if (cacheable)
-        entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_FIND, nullptr));
-    if (entry) {
-        plan = entry->plan;
-    } else {
-        StringInfoData sql;
-        initStringInfo(&sql);
-        build(t, set, where, &sql);
+    bool temporary;
+    SPIPlanPtr plan = cached_plan(key, nparams, [&](StringInfo sql) {
+        build(t, set, where, sql);
         Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * Max(nparams, 1)));
-        int i = 0;
         ListCell *lc;
-        foreach (lc, all)
-        {
+        foreach (lc, all) {
             const AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
-            types[i++] = attnum == kWriterParam ? TEXTOID : t->types[attnum - 1];
+            types[foreach_current_index(lc)] = attnum == kWriterParam ? TEXTOID : t->types[attnum - 1];
         }
-        plan = SPI_prepare(sql.data, nparams, types);
-        if (!plan)
-            elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
-        if (cacheable) {
-            SPI_keepplan(plan);
-            entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_ENTER, nullptr));
-            entry->plan = plan;
-        }
-    }
+        return types;
+    }, &temporary);
 
     Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * Max(nparams, 1)));
     char *nulls = static_cast<char *>(palloc(Max(nparams, 1)));
@@ -311,7 +319,7 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
     if (rc < 0)
         elog(ERROR, "kafka_sync could not apply a change to %s: %s", t->qualified_name, SPI_result_code_string(rc));
     uint64 processed = SPI_processed;
-    if (!cacheable)
+    if (temporary)
         SPI_freeplan(plan);
     return processed;
 }
@@ -473,14 +481,12 @@ bool resolve(const Change &ch, const char *kind, List *key, const RowVersion *lo
     bool wins;
     if (local) {
         wins = remote_wins(ch.remote->strategy, ch.remote->version, *local, kind, t->qualified_name, key_json);
+    } else if (ch.remote->strategy == ConflictStrategy::Error) {
+        wins = remote_wins(ch.remote->strategy, ch.remote->version, RowVersion(), kind, t->qualified_name,
+                           key_json); /* raises ERROR */
     } else {
-        /* nothing to compare with: only keep_local (and error) refuse the change */
-        RowVersion unknown;
-        wins = ch.remote->strategy == ConflictStrategy::KeepLocal
-                   ? false
-                   : remote_wins(ch.remote->strategy == ConflictStrategy::Error ? ConflictStrategy::Error
-                                                                                : ConflictStrategy::ApplyRemote,
-                                 ch.remote->version, unknown, kind, t->qualified_name, key_json);
+        /* nothing to compare with: only keep_local refuses the change */
+        wins = ch.remote->strategy != ConflictStrategy::KeepLocal;
     }
     char *local_json = nullptr;
     if (local_row_exists) {
@@ -535,10 +541,7 @@ bool table_has_tombstones(TargetInfo *t) {
         return false;
     if (!plan) {
         Oid types[1] = {OIDOID};
-        plan = SPI_prepare("SELECT EXISTS (SELECT 1 FROM kafka_sync.tombstones WHERE relid = $1)", 1, types);
-        if (!plan)
-            elog(ERROR, "kafka_sync could not prepare the tombstone check: %s", SPI_result_code_string(SPI_result));
-        SPI_keepplan(plan);
+        plan = keep_plan("SELECT EXISTS (SELECT 1 FROM kafka_sync.tombstones WHERE relid = $1)", 1, types);
     }
     Datum arg = ObjectIdGetDatum(t->relid);
     if (SPI_execute_plan(plan, &arg, nullptr, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
@@ -793,27 +796,14 @@ void apply_flush_inserts(ApplyCounters *counters) {
     initStringInfo(&key);
     appendStringInfo(&key, "%u:B:", t->relid);
     append_plan_key(&key, cols);
-    SPIPlanPtr plan = nullptr;
-    auto *entry = key.len < kPlanKeyLen ? static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_FIND, nullptr))
-                                        : nullptr;
-    if (entry) {
-        plan = entry->plan;
-    } else {
-        StringInfoData sql;
-        initStringInfo(&sql);
-        build_batch_insert(t, cols, NIL, &sql);
+    bool temporary;
+    SPIPlanPtr plan = cached_plan(key, ncols, [&](StringInfo sql) {
+        build_batch_insert(t, cols, NIL, sql);
         Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * ncols));
         for (int c = 0; c < ncols; c++)
             types[c] = t->array_types[batch->attnums[c] - 1];
-        plan = SPI_prepare(sql.data, ncols, types);
-        if (!plan)
-            elog(ERROR, "kafka_sync could not prepare \"%s\": %s", sql.data, SPI_result_code_string(SPI_result));
-        if (key.len < kPlanKeyLen) {
-            SPI_keepplan(plan);
-            entry = static_cast<PlanEntry *>(hash_search(plans, key.data, HASH_ENTER, nullptr));
-            entry->plan = plan;
-        }
-    }
+        return types;
+    }, &temporary);
     int rc = SPI_execute_plan(plan, arrays, nullptr, false, 0);
     if (rc < 0)
         elog(ERROR, "kafka_sync could not apply inserts to %s: %s", t->qualified_name, SPI_result_code_string(rc));
@@ -824,7 +814,7 @@ void apply_flush_inserts(ApplyCounters *counters) {
         bool isnull;
         left[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
     }
-    if (!entry)
+    if (temporary)
         SPI_freeplan(plan);
     counters->applied += n - (int64)nleft;
     for (uint64 i = 0; i < nleft; i++) {
