@@ -403,6 +403,16 @@ CREATE EVENT TRIGGER kafka_sync_track_deletes ON ddl_command_end
 CREATE FUNCTION kafka_sync._last_written_by(row_xmin xid, node text) RETURNS boolean
     LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_sync_last_written_by';
 
+CREATE FUNCTION kafka_sync._check_on_error(on_error text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF on_error IS NULL OR on_error NOT IN ('pause', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''pause'' (stop at a bad record until resumed) or ''skip'' (keep it in kafka_sync.dead_letters and go on).';
+    END IF;
+END $$;
+
 CREATE FUNCTION kafka_sync._check_conflict_resolution(conflict_resolution text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -454,11 +464,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use ''earliest'' (the whole topic), ''latest'' (only new records) or a Kafka offset.';
     END IF;
-    IF on_error IS NULL OR on_error NOT IN ('pause', 'skip') THEN
-        RAISE EXCEPTION 'invalid on_error "%"', on_error
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use ''pause'' (stop at a bad record until resumed) or ''skip'' (keep it in kafka_sync.dead_letters and go on).';
-    END IF;
+    PERFORM kafka_sync._check_on_error(on_error);
     IF EXISTS (SELECT 1 FROM kafka_sync.subscription s WHERE s.sub_name = create_subscription.sub_name) THEN
         RAISE EXCEPTION 'subscription "%" already exists', sub_name USING ERRCODE = 'duplicate_object';
     END IF;
@@ -566,10 +572,8 @@ BEGIN
     IF conflict_resolution IS NOT NULL THEN
         PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
     END IF;
-    IF on_error IS NOT NULL AND on_error NOT IN ('pause', 'skip') THEN
-        RAISE EXCEPTION 'invalid on_error "%"', on_error
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use ''pause'' or ''skip''.';
+    IF on_error IS NOT NULL THEN
+        PERFORM kafka_sync._check_on_error(on_error);
     END IF;
     UPDATE kafka_sync.subscription x
        SET conflict_resolution = coalesce(alter_subscription.conflict_resolution, x.conflict_resolution),
