@@ -16,7 +16,7 @@ OBJS        = $(EXT_SRCS:.cpp=.o)
 
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/extension -isystem $(shell $(PG_CONFIG) --includedir-server)
-PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers -fno-omit-frame-pointer
 SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
 
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.

@@ -175,6 +175,37 @@ SELECT kafka_sync.record_failure('from_chat2', 25, NULL, '\x00'::bytea, NULL, 'a
 SELECT origin_lsn, last_applied_lsn FROM progress;
 SELECT kafka_sync.resume_subscription('from_chat2');
 
+-- user triggers on a synced table fire once per applied row, SECURITY DEFINER
+-- ones too, also when one transaction writes many rows of the table (its
+-- executor state is kept from row to row); a table with a statement trigger
+-- is written through SQL statements, which fire it
+CREATE TABLE trig_t (id int PRIMARY KEY, v text);
+CREATE TABLE trig_log (seq serial, what text, id int);
+CREATE FUNCTION trig_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+BEGIN
+    INSERT INTO trig_log (what, id) VALUES (TG_WHEN || ' ' || TG_OP, CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END);
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END $$;
+CREATE FUNCTION trig_stmt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.trig_log (what) VALUES ('statement ' || TG_OP); RETURN NULL; END $$;
+CREATE TRIGGER b BEFORE INSERT OR UPDATE OR DELETE ON trig_t FOR EACH ROW EXECUTE FUNCTION trig_row();
+CREATE TRIGGER a AFTER INSERT OR UPDATE OR DELETE ON trig_t FOR EACH ROW EXECUTE FUNCTION trig_row();
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{26,27,28,29,30}', '{NULL,NULL,NULL,NULL,NULL}',
+    ARRAY[ev('c', 'trig_t', NULL, '{"id": 1, "v": "a"}'), ev('c', 'trig_t', NULL, '{"id": 2, "v": "b"}'),
+          ev('u', 'trig_t', NULL, '{"id": 1, "v": "a2"}'), ev('d', 'trig_t', '{"id": 2, "v": "b"}', NULL),
+          ev('c', 'trig_t', NULL, '{"id": 3, "v": "c"}')],
+    ARRAY[hdrs('0/d00'), hdrs('0/d00'), hdrs('0/d00'), hdrs('0/d00'), hdrs('0/d00', 5)], false);
+COMMIT;
+CREATE TRIGGER s AFTER INSERT ON trig_t FOR EACH STATEMENT EXECUTE FUNCTION trig_stmt();
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{31}', '{NULL}',
+    ARRAY[ev('c', 'trig_t', NULL, '{"id": 4, "v": "d"}')], ARRAY[hdrs('0/e00', 1)], false);
+COMMIT;
+SELECT * FROM trig_t ORDER BY id;
+SELECT what, id FROM trig_log ORDER BY seq;
+SELECT count(*) AS tombstones FROM kafka_sync.tombstones WHERE relid = 'trig_t'::regclass;
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 
@@ -183,5 +214,6 @@ SELECT kafka_sync.drop_subscription('from_chat2');
 SELECT kafka_sync.drop_node();
 DROP VIEW progress;
 DROP FUNCTION hdrs, ev;
-DROP TABLE user_table, ledger, balances;
+DROP TABLE user_table, ledger, balances, trig_t, trig_log;
+DROP FUNCTION trig_row, trig_stmt;
 DROP PUBLICATION kafka_sync;

@@ -478,7 +478,7 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
     ctx->progress = replorigin_session_get_progress(false);
     ctx->record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
     ctx->call_context = call_context;
-    apply_begin_call();
+    apply_begin_call(!careful);
     prune_tombstones_if_due();
     errcallback->callback = apply_error_context;
     errcallback->arg = ctx;
@@ -493,6 +493,7 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
  */
 void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
     apply_flush_inserts(&ctx->counters);
+    apply_close_writer();
     flush_truncates(ctx);
     if (next_offset >= 0)
         save_progress(ctx, next_offset);
@@ -637,11 +638,15 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
  *                         vals bytea[], headers bytea[],
  *                         INOUT applied int8, INOUT skipped int8, INOUT conflicts int8)
  *
- * Complete source transactions, each committed here as its own local
- * transaction, with its own offset, origin progress and commit time (so the
- * rows' commit time is their source transaction's, which conflict
- * resolution compares). Snapshot rows are committed per row time. An error
- * stops the call: what was committed stays, the rest is read again.
+ * Complete source transactions, committed here with their own origin
+ * progress and commit time (so the rows' commit time is their source
+ * transaction's, which conflict resolution compares). Consecutive source
+ * transactions that committed in the same millisecond share one local
+ * commit: records carry commit times in milliseconds, so their rows get
+ * exactly the version separate commits would give them, and a busy peer's
+ * backlog costs one local commit per millisecond of it rather than one per
+ * transaction. Snapshot rows are committed per row time. An error stops the
+ * call: what was committed stays, the rest is read again.
  */
 Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     auto *call = fcinfo->context && IsA(fcinfo->context, CallContext) ? (CallContext *)fcinfo->context : nullptr;
@@ -671,7 +676,8 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
 
     int64 next_offset = -1;
     bool open = false;           /* this local transaction applied something */
-    uint64 txn_lsn = 0;          /* its source transaction */
+    uint64 txn_lsn = 0;          /* its (last) source transaction */
+    int64 txn_commit_ms = -1;    /* and that one's commit time; -1: unknown */
     int64 txn_row_ts = 0;        /* snapshot rows: their time */
     char txn_writer[NAMEDATALEN] = ""; /* and their last writer */
     /*
@@ -684,7 +690,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         finish_local_transaction(&ctx, last ? next_offset : -1);
         ctx.origin_ts_ms = 0;
         SPI_commit();
-        apply_begin_call(); /* what was looked up once per transaction is looked up again */
+        apply_begin_call(true); /* what was looked up once per transaction is looked up again */
         ctx.progress = replorigin_session_get_progress(false);
         open = false;
     };
@@ -701,12 +707,15 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
             const int64 row_ts = snapshot_row ? snapshot_row_time(ctx.rec) : 0;
             const char *writer = snapshot_row && ctx.rec->row_origin ? ctx.rec->row_origin : "";
             const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
-            if (open && (lsn != txn_lsn || row_ts != txn_row_ts || strcmp(writer, txn_writer) != 0)) {
+            const int64 commit_ms = h->has_commit_ts && !snapshot_row ? h->commit_ts_ms : -1;
+            const bool same_ms = commit_ms >= 0 && commit_ms == txn_commit_ms;
+            if (open && ((lsn != txn_lsn && !same_ms) || row_ts != txn_row_ts || strcmp(writer, txn_writer) != 0)) {
                 MemoryContextSwitchTo(old);
                 commit(false);
                 MemoryContextSwitchTo(ctx.record_context);
             }
             txn_lsn = lsn;
+            txn_commit_ms = commit_ms;
             txn_row_ts = row_ts;
             strlcpy(txn_writer, writer, sizeof(txn_writer));
             if (ctx.rec) {

@@ -3,6 +3,9 @@
 
 extern "C" {
 #include "access/commit_ts.h"
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "access/htup_details.h"
 #include "access/transam.h"
 #include "access/xact.h"
@@ -17,7 +20,9 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -229,6 +234,24 @@ RowVersion find_tombstone(Oid relid, bytea *key, const char *local_node, bool *f
     bool isnull;
     Datum xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
     return row_version_of_xid(DatumGetTransactionId(xmin), local_node);
+}
+
+bool tombstones_exist(Oid relid) {
+    /* one index probe, no SQL: apply asks this once per local transaction */
+    Oid nsp = get_namespace_oid("kafka_sync", false);
+    Oid tombstones = get_relname_relid("tombstones", nsp);
+    if (!OidIsValid(tombstones))
+        elog(ERROR, "kafka_sync.tombstones is missing; reinstall the extension");
+    Relation rel = table_open(tombstones, AccessShareLock);
+    ScanKeyData key;
+    ScanKeyInit(&key, 1 /* relid */, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+    Snapshot snapshot = RegisterSnapshot(GetLatestSnapshot());
+    SysScanDesc scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true, snapshot, 1, &key);
+    const bool exist = HeapTupleIsValid(systable_getnext(scan));
+    systable_endscan(scan);
+    UnregisterSnapshot(snapshot);
+    table_close(rel, AccessShareLock);
+    return exist;
 }
 
 void write_tombstone(Oid relid, bytea *key) {

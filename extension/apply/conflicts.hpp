@@ -69,6 +69,9 @@ bytea *encode_key(int nkeys, const Oid *types, const Datum *values);
 /* The tombstone of (relid, key): *found false when none. */
 RowVersion find_tombstone(Oid relid, bytea *key, const char *local_node, bool *found);
 
+/* Whether kafka_sync.tombstones holds any key of relid (committed, or written by this transaction). */
+bool tombstones_exist(Oid relid);
+
 /* Records (or renews) a tombstone written by the current transaction. */
 void write_tombstone(Oid relid, bytea *key);
 

@@ -1,5 +1,6 @@
 // Applying one decoded change to a local table (see table_apply.hpp).
 #include "apply/table_apply.hpp"
+#include "apply/row_writer.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -19,6 +20,7 @@ extern "C" {
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "storage/lmgr.h"
+#include "miscadmin.h"
 }
 
 namespace {
@@ -39,6 +41,11 @@ struct TargetInfo {
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
     uint64 tombstones_checked_in; /* apply call that last looked whether it has tombstones */
     bool has_tombstones;
+    /* written through the executor (row_writer.hpp), as checked for this role; else through SPI */
+    bool direct;
+    Oid direct_checked_for;
+    Oid key_index;
+    int nwritable; /* columns neither dropped nor generated */
 };
 
 /* Numbers the apply calls: some facts are looked up once per call. */
@@ -119,6 +126,7 @@ void free_target_arrays(TargetInfo *t) {
     free_and_clear(t->qualified_name);
     t->natts = 0;
     t->nkeys = 0;
+    t->nwritable = 0;
 }
 
 void build_target(TargetInfo *t) {
@@ -147,6 +155,7 @@ void build_target(TargetInfo *t) {
             continue;
         const char *quoted = quote_identifier(NameStr(att->attname));
         t->quoted_names[i] = quoted == NameStr(att->attname) ? pstrdup(quoted) : const_cast<char *>(quoted);
+        t->nwritable++;
         t->types[i] = att->atttypid;
         t->typmods[i] = att->atttypmod;
         t->array_types[i] = get_array_type(att->atttypid);
@@ -160,6 +169,9 @@ void build_target(TargetInfo *t) {
     while ((member = bms_next_member(keys, member)) >= 0)
         t->key_attnums[k++] = member + FirstLowInvalidHeapAttributeNumber;
     MemoryContextSwitchTo(old);
+    t->key_index = row_writer_key_index(rel);
+    t->direct = row_writer_usable(rel) && (t->nkeys == 0 || OidIsValid(t->key_index));
+    t->direct_checked_for = GetUserId();
     table_close(rel, NoLock); /* keep the lock until the end of the transaction */
     t->valid = true;
 }
@@ -174,19 +186,34 @@ TargetInfo *target_for(Oid relid) {
         memset(reinterpret_cast<char *>(t) + sizeof(Oid), 0, sizeof(TargetInfo) - sizeof(Oid));
         t->relid = relid;
     }
-    if (!t->valid)
+    if (!t->valid || t->direct_checked_for != GetUserId())
         build_target(t);
     return t;
 }
 
-/* One column of a statement: attnum and its text value. */
+/* One column of a statement: attnum and its text value (and that converted, once needed). */
 struct ColumnParam {
     AttrNumber attnum;
     const char *value;
+    bool converted;
+    Datum datum;
 };
 
 /* Not a column: the node an UPDATE expects to have written the row last (text). */
 constexpr AttrNumber kWriterParam = 0;
+
+/* The parameter's value as its column's type (converted by the column's input function once). */
+Datum param_datum(TargetInfo *t, ColumnParam *p) {
+    if (!p->converted) {
+        const int a = p->attnum - 1;
+        p->datum = p->attnum == kWriterParam
+                       ? (p->value ? CStringGetTextDatum(p->value) : (Datum)0)
+                       : InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a],
+                                           t->typmods[a]);
+        p->converted = true;
+    }
+    return p->datum;
+}
 
 AttrNumber column_attnum(TargetInfo *t, const char *name) {
     AttrNumber attnum = get_attnum(t->relid, name);
@@ -206,7 +233,7 @@ List *row_params(TargetInfo *t, const std::vector<kafka_sync::DecodedColumn> &ro
         AttrNumber attnum = column_attnum(t, col.name);
         if (!t->quoted_names[attnum - 1])
             continue; /* generated column: computed here */
-        auto *p = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        auto *p = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
         p->attnum = attnum;
         p->value = col.value;
         params = lappend(params, p);
@@ -308,11 +335,8 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
     ListCell *lc;
     foreach (lc, all) {
         auto *p = static_cast<ColumnParam *>(lfirst(lc));
-        const int a = p->attnum - 1;
         nulls[i] = p->value ? ' ' : 'n';
-        values[i] = p->attnum == kWriterParam
-                        ? CStringGetTextDatum(p->value)
-                        : InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+        values[i] = param_datum(t, p);
         i++;
     }
     int rc = SPI_execute_plan(plan, values, nulls, false, 0);
@@ -396,23 +420,90 @@ void build_insert(TargetInfo *t, List *set, List *, StringInfo sql) {
     appendStringInfoString(sql, ") DO NOTHING");
 }
 
-/* One change being applied: the table, where it comes from, the counters. */
+/*
+ * One change being applied: the table, where it comes from, the counters,
+ * and the row writer when it is written through the executor (NULL: SPI).
+ */
 struct Change {
     TargetInfo *t;
     const RemoteChange *remote;
     ApplyCounters *counters;
+    List *after; /* the record's row image after the change (row_params), NIL: none */
+    RowWriter *w;
 };
 
+/* A whole row of the table from params (NULL elsewhere); replace, when given, marks the params' columns. */
+void row_datums(const Change &ch, List *params, Datum **values, bool **isnull, bool **replace) {
+    const int natts = ch.t->natts;
+    *values = static_cast<Datum *>(palloc0(sizeof(Datum) * Max(natts, 1)));
+    *isnull = static_cast<bool *>(palloc(sizeof(bool) * Max(natts, 1)));
+    memset(*isnull, true, sizeof(bool) * Max(natts, 1));
+    if (replace)
+        *replace = static_cast<bool *>(palloc0(sizeof(bool) * Max(natts, 1)));
+    ListCell *lc;
+    foreach (lc, params) {
+        auto *p = static_cast<ColumnParam *>(lfirst(lc));
+        const int a = p->attnum - 1;
+        (*isnull)[a] = p->value == nullptr;
+        (*values)[a] = p->value ? param_datum(ch.t, p) : (Datum)0;
+        if (replace)
+            (*replace)[a] = true;
+    }
+}
+
+/* Whether the row image gives every column a value here can take (an insert needs no defaults). */
+bool covers_all_columns(TargetInfo *t, List *row) {
+    Bitmapset *seen = nullptr;
+    ListCell *lc;
+    foreach (lc, row)
+        seen = bms_add_member(seen, static_cast<ColumnParam *>(lfirst(lc))->attnum);
+    const bool all = bms_num_members(seen) == t->nwritable;
+    bms_free(seen);
+    return all;
+}
+
+/* Finds the row of key and locks it (the executor path: remembered for update_row / delete_row). */
 LocalRow lookup(const Change &ch, List *key) {
     LocalRow row{false, RowVersion()};
-    run(ch.t, 'l', NIL, key, build_lookup);
-    if (SPI_processed == 0)
-        return row;
-    bool isnull;
-    Datum xmin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    TransactionId xmin = InvalidTransactionId;
+    if (ch.w) {
+        Datum *values;
+        bool *isnull;
+        row_datums(ch, key, &values, &isnull, nullptr);
+        if (!row_writer_find(ch.w, values, isnull, &xmin))
+            return row;
+    } else {
+        run(ch.t, 'l', NIL, key, build_lookup);
+        if (SPI_processed == 0)
+            return row;
+        bool isnull;
+        xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    }
     row.found = true;
-    row.version = row_version_of_xid(DatumGetTransactionId(xmin), ch.remote->local_node);
+    row.version = row_version_of_xid(xmin, ch.remote->local_node);
     return row;
+}
+
+/* Sets the columns of set in the row of where, which the last lookup() found. */
+void update_row(const Change &ch, List *set, List *where) {
+    if (set == NIL)
+        return;
+    if (!ch.w) {
+        run(ch.t, 'u', set, where, build_update);
+        return;
+    }
+    Datum *values;
+    bool *isnull, *replace;
+    row_datums(ch, set, &values, &isnull, &replace);
+    row_writer_update(ch.w, values, isnull, replace);
+}
+
+/* Deletes the row of key, which the last lookup() found. */
+void delete_row(const Change &ch, List *key) {
+    if (ch.w)
+        row_writer_delete(ch.w);
+    else
+        run(ch.t, 'd', NIL, key, build_delete);
 }
 
 /* No conflict: the local state was last written by the change's own node (or this transaction). */
@@ -461,10 +552,9 @@ bytea *key_bytes(TargetInfo *t, List *key) {
     ListCell *lc;
     foreach (lc, key) {
         auto *p = static_cast<ColumnParam *>(lfirst(lc));
-        const int a = p->attnum - 1;
         const int i = foreach_current_index(lc);
-        types[i] = t->types[a];
-        values[i] = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+        types[i] = t->types[p->attnum - 1];
+        values[i] = param_datum(t, p);
     }
     return encode_key(n, types, values);
 }
@@ -520,34 +610,38 @@ List *non_key(TargetInfo *t, List *row) {
     return set;
 }
 
-/* false: a row with this key appeared meanwhile (a concurrent local insert) */
-bool insert_row(const Change &ch, List *row) { return run(ch.t, 'i', row, NIL, build_insert) > 0; }
-
-void overwrite_row(const Change &ch, List *row, List *key) {
-    List *set = non_key(ch.t, row);
-    if (set != NIL)
-        run(ch.t, 'u', set, key, build_update);
+/* false: a row with this key exists (inserted meanwhile by a concurrent local transaction, say) */
+bool insert_row(const Change &ch, List *row) {
+    if (!ch.w)
+        return run(ch.t, 'i', row, NIL, build_insert) > 0;
+    Datum *values;
+    bool *isnull;
+    row_datums(ch, row, &values, &isnull, nullptr);
+    TransactionId xmin;
+    if (ch.t->nkeys > 0 && row_writer_find(ch.w, values, isnull, &xmin))
+        return false;
+    /*
+     * A local transaction inserting the key between the lookup and this
+     * insert makes it fail on the key's unique index; the sidecar applies
+     * the transaction again, and the lookup then sees the row.
+     */
+    row_writer_insert(ch.w, values, isnull);
+    return true;
 }
+
+/* The row of key, which the last lookup() found, takes row's values. */
+void overwrite_row(const Change &ch, List *row, List *key) { update_row(ch, non_key(ch.t, row), key); }
 
 /*
  * Whether kafka_sync.tombstones holds keys of this table, looked up once per
  * apply call: an insert into a table without any needs no lookup at all.
  */
 bool table_has_tombstones(TargetInfo *t) {
-    static SPIPlanPtr plan = nullptr;
     if (t->has_tombstones)
         return true; /* they go only after kafka_sync.tombstone_retention */
     if (t->tombstones_checked_in == apply_call_number)
         return false;
-    if (!plan) {
-        Oid types[1] = {OIDOID};
-        plan = keep_plan("SELECT EXISTS (SELECT 1 FROM kafka_sync.tombstones WHERE relid = $1)", 1, types);
-    }
-    Datum arg = ObjectIdGetDatum(t->relid);
-    if (SPI_execute_plan(plan, &arg, nullptr, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-        elog(ERROR, "kafka_sync could not read kafka_sync.tombstones");
-    bool isnull;
-    t->has_tombstones = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    t->has_tombstones = tombstones_exist(t->relid);
     t->tombstones_checked_in = apply_call_number;
     return t->has_tombstones;
 }
@@ -565,7 +659,7 @@ bool may_create(const Change &ch, List *key, const char *kind, List *row, bool s
 
 void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     TargetInfo *t = ch.t;
-    List *row = row_params(t, rec->after);
+    List *row = ch.after;
     if (t->nkeys == 0) {
         insert_row(ch, row); /* no key: nothing to be in conflict with */
         return;
@@ -605,14 +699,14 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
 
 void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     TargetInfo *t = ch.t;
-    List *after = row_params(t, rec->after);
+    List *after = ch.after;
     List *old_key = rec->has_before ? key_params(t, row_params(t, rec->before), false) : NIL;
     List *where = old_key != NIL ? old_key : key_params(t, after, true);
     /* key columns are SET only when the key changes */
     List *set = old_key != NIL ? after : non_key(t, after);
-    if (set != NIL) {
+    if (set != NIL && !ch.w) {
         /* the common case, the row as the same node left it: one statement */
-        auto *writer = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        auto *writer = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
         writer->attnum = kWriterParam;
         writer->value = ch.remote->version.node;
         if (run(t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer) > 0)
@@ -642,8 +736,7 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     if (!same_origin(local.version, ch.remote->version) &&
         !resolve(ch, "update_update", where, &local.version, true, after))
         return;
-    if (set != NIL)
-        run(t, 'u', set, where, build_update);
+    update_row(ch, set, where);
 }
 
 void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
@@ -654,7 +747,7 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         if (same_origin(local.version, ch.remote->version) ||
             resolve(ch, "delete_updated", key, &local.version, true, nullptr))
         {
-            run(t, 'd', NIL, key, build_delete); /* the trigger records the tombstone */
+            delete_row(ch, key); /* the trigger records the tombstone */
             t->has_tombstones = true;
         }
         return;
@@ -699,6 +792,28 @@ struct InsertBatch {
 };
 
 InsertBatch *batch = nullptr;
+
+/*
+ * The executor state of the table last written, kept for the next change of
+ * the same table in the same local transaction (its memory is the
+ * transaction's): opening it costs about as much as a row insert.
+ */
+RowWriter *open_writer = nullptr;
+Oid open_writer_relid = InvalidOid;
+bool keep_writers = false;
+
+RowWriter *writer_for(TargetInfo *t) {
+    if (open_writer && open_writer_relid == t->relid)
+        return open_writer;
+    apply_close_writer();
+    if (!keep_writers)
+        return row_writer_open(t->relid, t->key_index); /* closed after the change */
+    MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+    open_writer = row_writer_open(t->relid, t->key_index);
+    MemoryContextSwitchTo(old);
+    open_writer_relid = t->relid;
+    return open_writer;
+}
 
 void build_batch_insert(TargetInfo *t, List *cols, List *, StringInfo sql) {
     appendStringInfoString(sql, "WITH src AS (SELECT * FROM ROWS FROM (");
@@ -772,7 +887,7 @@ void apply_flush_inserts(ApplyCounters *counters) {
     Datum *arrays = static_cast<Datum *>(palloc(sizeof(Datum) * ncols));
     for (int c = 0; c < ncols; c++) {
         const int a = batch->attnums[c] - 1;
-        auto *p = static_cast<ColumnParam *>(palloc(sizeof(ColumnParam)));
+        auto *p = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
         p->attnum = batch->attnums[c];
         p->value = nullptr;
         cols = lappend(cols, p);
@@ -830,7 +945,8 @@ bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const R
     if (rec->op != 'c')
         return false;
     TargetInfo *t = target_for(relid);
-    if (t->nkeys == 0 || table_has_tombstones(t))
+    /* the executor path writes row by row as cheaply */
+    if (t->direct || t->nkeys == 0 || table_has_tombstones(t))
         return false;
     List *row = row_params(t, rec->after);
     const int ncols = list_length(row);
@@ -879,9 +995,20 @@ bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const R
     return true;
 }
 
-void apply_begin_call() {
+void apply_begin_call(bool keep_writer) {
     apply_call_number++;
     apply_discard_queued_inserts(); /* left by a call that failed */
+    /* one left open by a call that failed went with its transaction */
+    open_writer = nullptr;
+    keep_writers = keep_writer;
+}
+
+void apply_close_writer() {
+    if (!open_writer)
+        return;
+    RowWriter *w = open_writer;
+    open_writer = nullptr; /* not closed twice, whatever happens */
+    row_writer_close(w);
 }
 
 Oid apply_target_relid(const char *schema, const char *table) {
@@ -907,7 +1034,14 @@ Oid apply_target_relid(const char *schema, const char *table) {
 void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
                       ApplyCounters *counters) {
     TargetInfo *t = target_for(relid);
-    Change ch{t, remote, counters};
+    Change ch{t, remote, counters, rec->has_after ? row_params(t, rec->after) : NIL, nullptr};
+    /* an insert (or an update creating its row) through the executor fills no defaults: all columns needed */
+    if (t->direct && (rec->op == 'd' || covers_all_columns(t, ch.after)))
+        ch.w = writer_for(t);
+    else
+        apply_close_writer();
+    if (ch.w)
+        row_writer_begin_change(ch.w);
     switch (rec->op) {
     case 'c':
     case 'r':
@@ -924,10 +1058,16 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
     default:
         elog(ERROR, "kafka_sync: unexpected operation '%c'", rec->op);
     }
+    if (ch.w) {
+        row_writer_end_change(ch.w);
+        if (!keep_writers)
+            row_writer_close(ch.w);
+    }
     counters->applied++;
 }
 
 void apply_truncate(List *relids) {
+    apply_close_writer();
     StringInfoData sql;
     initStringInfo(&sql);
     appendStringInfoString(&sql, "TRUNCATE ");

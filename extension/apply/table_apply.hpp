@@ -32,8 +32,15 @@ struct RemoteChange {
     const char *row_origin; /* the node that made the change (a snapshot row: its last writer) */
 };
 
-/* A new apply call (or local transaction) begins: facts cached per call are looked up again. */
-void apply_begin_call();
+/*
+ * A new apply call (or local transaction) begins: facts cached per call are
+ * looked up again. keep_writer: a table's executor state stays open from
+ * one change to the next (not in careful mode, where each change runs in a
+ * subtransaction of its own); apply_close_writer must then run before the
+ * commit, and before anything else writes the table.
+ */
+void apply_begin_call(bool keep_writer);
+void apply_close_writer();
 
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);

@@ -47,7 +47,7 @@ is a benchmark, not a test: nothing is asserted about the times. Ratios
 matter, not absolute figures: the machine is shared.
 
 Usage: /usr/bin/python3 test/bench/bench.py [--quick] [--repeat N] [--txns T] [--rows R]
-           [--update-rows U] [--seconds D] [--rate 1000] [--json FILE]
+           [--update-rows U] [--seconds D] [--rate 1000] [--json FILE] [--perf DIR]
        make bench [BENCH_ARGS=--quick]
        KAFKA_BROKERS=host:port for a real Kafka (default: librdkafka's mock cluster).
 As root, the servers run as the postgres OS user (test/pytest/pg_env.py).
@@ -252,8 +252,9 @@ def write_load(cluster, db, start, n, big_txn):
 # ----------------------------------------------------------------- apply path
 
 class ApplyBench:
-    def __init__(self, kafka):
+    def __init__(self, kafka, perf_dir=None):
         self.kafka = kafka
+        self.perf_dir = perf_dir
         base = BASE_DIR / uuid.uuid4().hex[:6]
         self.src = PgCluster("src", extra_conf=SERVER_CONF, base_dir=base)
         self.dst = PgCluster("dst", extra_conf=SERVER_CONF, base_dir=base)
@@ -322,12 +323,25 @@ class ApplyBench:
         return wait_until(lambda: self.count_range(db, lo, hi) == hi - lo + 1, 300, what, 0.05,
                           diagnostics=self.diagnostics)
 
-    def measured(self, system, fn):
-        """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side."""
+    def measured(self, system, scenario, fn):
+        """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side.
+        With --perf DIR, the whole machine is profiled meanwhile (perf record -a -g) into
+        DIR/<scenario>-<system>.data: read it with perf report --sort comm,dso,sym."""
         meters = [self.meters[system]] + ([self.meters["sidecar"]] if system == "kafka_sync" else [])
+        perf = None
+        if self.perf_dir:
+            out = Path(self.perf_dir) / f"{scenario}-{system}.data"
+            perf = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         for m in meters:
             m.start()
-        rows, secs = fn()
+        try:
+            rows, secs = fn()
+        finally:
+            if perf:
+                perf.send_signal(2)
+                perf.wait()
         used = [m.stop() for m in meters]
         out = {"rate": rows / secs, "seconds": secs, "rows": rows, "apply_cpu_per_100k": used[0] * 1e5 / rows}
         if system == "kafka_sync":
@@ -362,7 +376,7 @@ class ApplyBench:
             else:
                 self.dst.sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
-        return self.measured(system, catch_up)
+        return self.measured(system, "S1", catch_up)
 
     def sidecar_backend_pids_of_runner(self):
         return [r[0] for r in self.watch["ks"].all(
@@ -380,7 +394,7 @@ class ApplyBench:
             self.next_id[db] = write_load(self.src, db, lo, n, big_txn=True)
             t_commit = time.monotonic()
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S2 visible") - t_commit
-        return self.measured(system, run)
+        return self.measured(system, "S2", run)
 
     def s3_big_update(self, system, n):
         db = "native" if system == "native" else "ks"
@@ -402,7 +416,7 @@ class ApplyBench:
                 raise RuntimeError(f"S3 updated {changed} rows, not {n}")
             wait_until(lambda: updated(n - 1), 900, f"{system} S3 visible", diagnostics=self.diagnostics)
             return n, wait_until(all_updated, 300, f"{system} S3 complete", 0.05, self.diagnostics) - t_commit
-        return self.measured(system, run)
+        return self.measured(system, "S3", run)
 
     def s4_latency(self, system, rate, seconds):
         db = "native" if system == "native" else "ks"
@@ -482,6 +496,7 @@ def main():
     ap.add_argument("--update-rows", type=int, help="rows of the UPDATE of S3 (100,000)")
     ap.add_argument("--seconds", type=float, help="duration of S4 (30)")
     ap.add_argument("--rate", type=int, default=1000, help="transactions per second of S4 (1,000)")
+    ap.add_argument("--perf", metavar="DIR", help="profile S1-S3 with perf record -a -g into DIR (development)")
     ap.add_argument("--skip-source", action="store_true", help="only the apply path")
     ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
     args = ap.parse_args()
@@ -511,7 +526,7 @@ def main():
             finally:
                 src.close()
         print("apply path ...", flush=True)
-        app = ApplyBench(kafka)
+        app = ApplyBench(kafka, args.perf)
         try:
             for i in range(args.repeat):
                 for system in ("native", "kafka_sync"):
