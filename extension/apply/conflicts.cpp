@@ -17,6 +17,7 @@ extern "C" {
 #include "nodes/bitmapset.h"
 #include "port/pg_bswap.h"
 #include "replication/origin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -73,6 +74,17 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
     }
     if (!TransactionIdIsNormal(xid))
         return v; /* frozen or bootstrap: older than anything we know */
+    /*
+     * The rows of one big transaction carry one xmin: its version is looked
+     * up once (a committed transaction's commit time and origin never change;
+     * kept for the current local transaction only).
+     */
+    static TransactionId cached_xid = InvalidTransactionId;
+    static LocalTransactionId cached_in = InvalidLocalTransactionId;
+    static RowVersion cached;
+    static char cached_for_node[NAMEDATALEN];
+    if (xid == cached_xid && cached_in == MyProc->lxid && strcmp(local_node ? local_node : "", cached_for_node) == 0)
+        return cached;
     TimestampTz ts;
     RepOriginId origin;
     if (!TransactionIdGetCommitTsData(xid, &ts, &origin))
@@ -88,6 +100,10 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
             strlcpy(v.node, strncmp(name, kOriginPrefix, plen) == 0 ? name + plen : name, sizeof(v.node));
         }
     }
+    cached = v;
+    cached_xid = xid;
+    cached_in = MyProc->lxid;
+    strlcpy(cached_for_node, local_node ? local_node : "", sizeof(cached_for_node));
     return v;
 }
 

@@ -32,6 +32,7 @@ struct TargetInfo {
     char *qualified_name; /* quoted schema.table */
     int natts;
     char **quoted_names;   /* by attnum - 1; NULL for dropped/generated */
+    char **names;          /* by attnum - 1, as in the catalog; NULL for dropped */
     Oid *types;
     FmgrInfo *in_funcs;
     Oid *ioparams;
@@ -117,6 +118,10 @@ void free_target_arrays(TargetInfo *t) {
         for (int i = 0; i < t->natts; i++)
             free_and_clear(t->quoted_names[i]);
     free_and_clear(t->quoted_names);
+    if (t->names)
+        for (int i = 0; i < t->natts; i++)
+            free_and_clear(t->names[i]);
+    free_and_clear(t->names);
     free_and_clear(t->types);
     free_and_clear(t->in_funcs);
     free_and_clear(t->ioparams);
@@ -144,6 +149,7 @@ void build_target(TargetInfo *t) {
     t->qualified_name = pstrdup(qualified);
     t->natts = desc->natts;
     t->quoted_names = static_cast<char **>(palloc0(sizeof(char *) * Max(desc->natts, 1)));
+    t->names = static_cast<char **>(palloc0(sizeof(char *) * Max(desc->natts, 1)));
     t->types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     t->in_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(desc->natts, 1)));
     t->ioparams = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
@@ -151,6 +157,8 @@ void build_target(TargetInfo *t) {
     t->array_types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     for (int i = 0; i < desc->natts; i++) {
         Form_pg_attribute att = TupleDescAttr(desc, i);
+        if (!att->attisdropped)
+            t->names[i] = pstrdup(NameStr(att->attname));
         if (att->attisdropped || att->attgenerated)
             continue;
         const char *quoted = quote_identifier(NameStr(att->attname));
@@ -215,7 +223,15 @@ Datum param_datum(TargetInfo *t, ColumnParam *p) {
     return p->datum;
 }
 
-AttrNumber column_attnum(TargetInfo *t, const char *name) {
+/* hint: where to look first (records list columns in table order: the next one) */
+AttrNumber column_attnum(TargetInfo *t, const char *name, int *hint) {
+    for (int n = 0; n < t->natts; n++) {
+        const int i = (*hint + n) % t->natts;
+        if (t->names[i] && strcmp(t->names[i], name) == 0) {
+            *hint = i + 1;
+            return i + 1;
+        }
+    }
     AttrNumber attnum = get_attnum(t->relid, name);
     if (attnum > t->natts)
         build_target(t); /* a column added since the entry was built */
@@ -229,8 +245,9 @@ AttrNumber column_attnum(TargetInfo *t, const char *name) {
 /* Columns of a row image that exist (and are writable) here. */
 List *row_params(TargetInfo *t, const std::vector<kafka_sync::DecodedColumn> &row) {
     List *params = NIL;
+    int hint = 0;
     for (const auto &col : row) {
-        AttrNumber attnum = column_attnum(t, col.name);
+        AttrNumber attnum = column_attnum(t, col.name, &hint);
         if (!t->quoted_names[attnum - 1])
             continue; /* generated column: computed here */
         auto *p = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
@@ -1018,6 +1035,12 @@ Oid apply_target_relid(const char *schema, const char *table) {
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("a record may not change table %s.%s", schema, table),
                         errdetail("System schemas and kafka_sync's own schema are never targets of sync.")));
+    /* the table of the previous record, within one local transaction (which holds a lock on it) */
+    static char last_schema[NAMEDATALEN], last_table[NAMEDATALEN];
+    static Oid last_relid = InvalidOid;
+    static uint64 last_looked_up_in = 0;
+    if (last_looked_up_in == apply_call_number && strcmp(schema, last_schema) == 0 && strcmp(table, last_table) == 0)
+        return last_relid;
     Oid nsp = get_namespace_oid(schema, true);
     Oid relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
     if (!OidIsValid(relid))
@@ -1028,6 +1051,12 @@ Oid apply_target_relid(const char *schema, const char *table) {
     if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
         ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
                         errmsg("\"%s\".\"%s\" is not a table", schema, table)));
+    if (strlen(schema) < NAMEDATALEN && strlen(table) < NAMEDATALEN) {
+        strlcpy(last_schema, schema, sizeof(last_schema));
+        strlcpy(last_table, table, sizeof(last_table));
+        last_relid = relid;
+        last_looked_up_in = apply_call_number;
+    }
     return relid;
 }
 
