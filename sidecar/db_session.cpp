@@ -86,6 +86,7 @@ void DbSession::close() {
     if (conn_)
         PQfinish(conn_);
     conn_ = nullptr;
+    pending_ = Pending::None;
 }
 
 void DbSession::cancel() {
@@ -94,6 +95,14 @@ void DbSession::cancel() {
         char errbuf[256];
         PQcancel(cancel_, errbuf, sizeof errbuf);
     }
+}
+
+DbStatus DbSession::usable() const {
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (pending_ != Pending::None)
+        return DbStatus{DbStatus::Kind::Failed, "", "internal error: the result of the apply call in flight was not read"};
+    return DbStatus();
 }
 
 DbStatus DbSession::check(PGresult *res, ExecStatusType expected) {
@@ -121,8 +130,8 @@ DbStatus DbSession::check(PGresult *res, ExecStatusType expected) {
 }
 
 DbStatus DbSession::exec(const char *sql) {
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     PGresult *res = PQexec(conn_, sql);
     DbStatus st = check(res, PQresultStatus(res) == PGRES_TUPLES_OK ? PGRES_TUPLES_OK : PGRES_COMMAND_OK);
     PQclear(res);
@@ -130,8 +139,8 @@ DbStatus DbSession::exec(const char *sql) {
 }
 
 DbStatus DbSession::commit() {
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     PGresult *res = PQexec(conn_, "COMMIT");
     DbStatus st = check(res, PGRES_COMMAND_OK);
     if (st.ok() && strcmp(PQcmdStatus(res), "COMMIT") != 0)
@@ -143,8 +152,8 @@ DbStatus DbSession::commit() {
 
 DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub) {
     out.clear();
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     PGresult *res;
     if (only_sub) {
         std::string sql = std::string(kSubscriptionsSql) + " WHERE sub_name = $1";
@@ -204,38 +213,29 @@ RecordParams::RecordParams(const std::vector<Record> &records) {
 
 } // namespace
 
-DbStatus DbSession::apply_transactions(const std::string &sub, const std::vector<Record> &records, ApplyResult &out) {
-    out = ApplyResult();
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+
+DbStatus DbSession::send_apply_transactions(const std::string &sub, const std::vector<Record> &records) {
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     const RecordParams p(records);
     const Oid types[5] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid};
     const char *params[5] = {sub.c_str(), p.offsets.data(), p.keys.data(), p.values.data(), p.headers.data()};
     const int lengths[5] = {0, static_cast<int>(p.offsets.size()), static_cast<int>(p.keys.size()),
                             static_cast<int>(p.values.size()), static_cast<int>(p.headers.size())};
     const int formats[5] = {0, 1, 1, 1, 1};
-    PGresult *res = PQexecParams(conn_,
-                                 "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                                 "$5::bytea[], NULL, NULL, NULL)",
-                                 5, types, params, lengths, formats, 0);
-    DbStatus st = check(res, PGRES_TUPLES_OK);
-    if (st.ok() && PQntuples(res) == 1) {
-        out.applied = int_column(res, 0, 0);
-        out.skipped = int_column(res, 0, 1);
-        out.conflicts = int_column(res, 0, 2);
-    } else if (st.ok()) {
-        st = DbStatus{DbStatus::Kind::Failed, "",
-                      "apply_transactions returned " + std::to_string(PQntuples(res)) + " rows"};
-    }
-    PQclear(res);
-    return st;
+    // In blocking mode the whole message is written before this returns: p may go.
+    if (!PQsendQueryParams(conn_,
+                           "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                           "$5::bytea[], NULL, NULL, NULL)",
+                           5, types, params, lengths, formats, 0))
+        return check(nullptr, PGRES_TUPLES_OK);
+    pending_ = Pending::Transactions;
+    return DbStatus();
 }
 
-DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful,
-                                ApplyResult &out) {
-    out = ApplyResult();
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+DbStatus DbSession::send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful) {
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     const RecordParams p(records);
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
     const char *params[6] = {sub.c_str(),     p.offsets.data(), p.keys.data(),
@@ -247,23 +247,44 @@ DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record
                             static_cast<int>(p.headers.size()),
                             0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
-    PGresult *res = PQexecParams(conn_,
-                                 "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
-                                 "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                                 "$5::bytea[], $6::bool)",
-                                 6, types, params, lengths, formats, 0);
+    if (!PQsendQueryParams(conn_,
+                           "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
+                           "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                           "$5::bytea[], $6::bool)",
+                           6, types, params, lengths, formats, 0))
+        return check(nullptr, PGRES_TUPLES_OK);
+    pending_ = Pending::Chunk;
+    return DbStatus();
+}
+
+DbStatus DbSession::receive_apply(ApplyResult &out) {
+    out = ApplyResult();
+    const Pending kind = pending_;
+    pending_ = Pending::None;
+    if (!conn_)
+        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (kind == Pending::None)
+        return DbStatus{DbStatus::Kind::Failed, "", "internal error: no apply call in flight"};
+    PGresult *res = PQgetResult(conn_);
+    // the statement's end: read to the last result so that the session is free
+    while (PGresult *more = PQgetResult(conn_))
+        PQclear(more);
     DbStatus st = check(res, PGRES_TUPLES_OK);
+    const char *what = kind == Pending::Chunk ? "apply_chunk" : "apply_transactions";
     if (st.ok() && PQntuples(res) == 1) {
         out.applied = int_column(res, 0, 0);
         out.skipped = int_column(res, 0, 1);
         out.conflicts = int_column(res, 0, 2);
-        out.dead_letters = int_column(res, 0, 3);
-        if (!PQgetisnull(res, 0, 4)) {
-            out.failed_offset = int_column(res, 0, 4);
-            out.failed_error = text_column(res, 0, 5);
+        if (kind == Pending::Chunk) {
+            out.dead_letters = int_column(res, 0, 3);
+            if (!PQgetisnull(res, 0, 4)) {
+                out.failed_offset = int_column(res, 0, 4);
+                out.failed_error = text_column(res, 0, 5);
+            }
         }
     } else if (st.ok()) {
-        st = DbStatus{DbStatus::Kind::Failed, "", "apply_chunk returned " + std::to_string(PQntuples(res)) + " rows"};
+        st = DbStatus{DbStatus::Kind::Failed, "",
+                      std::string(what) + " returned " + std::to_string(PQntuples(res)) + " rows"};
     }
     PQclear(res);
     return st;
@@ -271,8 +292,8 @@ DbStatus DbSession::apply_chunk(const std::string &sub, const std::vector<Record
 
 DbStatus DbSession::record_failure(const std::string &sub, int64_t offset, const Record *record,
                                    const std::string &error) {
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     const std::string off = std::to_string(offset);
     const Oid types[6] = {kTextOid, 20, kByteaOid, kByteaOid, kByteaOid, kTextOid};
     const char *params[6] = {sub.c_str(),
@@ -299,8 +320,8 @@ DbStatus DbSession::record_failure(const std::string &sub, int64_t offset, const
 
 DbStatus DbSession::report_progress(const std::string &sub, std::optional<int64_t> high_water,
                                     const std::string &error) {
-    if (!conn_)
-        return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
+    if (DbStatus u = usable(); !u.ok())
+        return u;
     const std::string hw = high_water ? std::to_string(*high_water) : std::string();
     const char *params[3] = {sub.c_str(), high_water ? hw.c_str() : nullptr, error.empty() ? nullptr : error.c_str()};
     PGresult *res = PQexecParams(conn_, "SELECT kafka_sync.report_progress($1::text, $2::int8, $3::text)", 3, nullptr,

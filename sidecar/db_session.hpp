@@ -60,10 +60,16 @@ class DbSession {
     DbStatus commit();
     // The enabled subscriptions; only_sub: just that one (none if it is not enabled).
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
-    DbStatus apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful, ApplyResult &out);
+    // The apply calls are sent without waiting for their result, so that the
+    // next records are consumed while the server applies these; one at a
+    // time: receive_apply() must read the result before the session is used
+    // again (any other call fails until then).
+    DbStatus send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful);
     // Complete source transactions, each committed on its own by the server
     // (CALL, outside a transaction block). On error, the ones before it stay.
-    DbStatus apply_transactions(const std::string &sub, const std::vector<Record> &records, ApplyResult &out);
+    DbStatus send_apply_transactions(const std::string &sub, const std::vector<Record> &records);
+    DbStatus receive_apply(ApplyResult &out);
+    bool apply_pending() const { return pending_ != Pending::None; }
     // record: the failed record, or null when it is not at hand.
     DbStatus record_failure(const std::string &sub, int64_t offset, const Record *record, const std::string &error);
     DbStatus report_progress(const std::string &sub, std::optional<int64_t> high_water, const std::string &error);
@@ -73,6 +79,10 @@ class DbSession {
 
   private:
     DbStatus check(PGresult *res, ExecStatusType expected);
+    DbStatus usable() const; // Lost without a connection, Failed while an apply call is in flight
+
+    enum class Pending { None, Chunk, Transactions };
+    Pending pending_ = Pending::None;
 
     std::string dsn_;
     std::string application_name_;

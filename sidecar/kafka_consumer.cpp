@@ -128,6 +128,15 @@ bool KafkaConsumer::assign(int64_t offset, std::string &error) {
         return false;
     }
     rd_kafka_assign(rk_, nullptr); // drops the old position's prefetched records
+    // The partition's leader known before the assignment: otherwise the first
+    // fetch waits for librdkafka's next periodic metadata scan (up to ~1 s,
+    // measured at every resume). Bounded; on failure librdkafka finds it itself.
+    if (rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk_, topic_.c_str(), nullptr)) {
+        const rd_kafka_metadata_t *md = nullptr;
+        if (rd_kafka_metadata(rk_, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+            rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+    }
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(parts, topic_.c_str(), 0)->offset = offset;
     rd_kafka_resp_err_t err = rd_kafka_assign(rk_, parts);

@@ -147,6 +147,8 @@ void SubscriptionRunner::iterate() {
     if (now - last_report_ >= kReportInterval) {
         note_kafka_state(consumer_.problem()); // logged even while a transaction is open
         if (!txn_open_) {
+            if (!await_apply())
+                return;
             report_progress();
             if (!db_.connected() || quit_)
                 return;
@@ -155,13 +157,15 @@ void SubscriptionRunner::iterate() {
     if (now - last_log_ >= kLogInterval)
         log_progress();
     if (txn_open_ && assembler_.streaming() && now - last_record_ > kStallTimeout) {
-        rollback_stalled();
+        if (await_apply())
+            rollback_stalled();
         return;
     }
     // The stored offset was out of range: try again now and then (someone
     // may have moved next_offset, or the topic may have been re-created).
     if (!txn_open_ && consumer_.offset_out_of_range() && now - last_assign_ > kOffsetRetry) {
-        positioned_ = false;
+        if (await_apply())
+            positioned_ = false;
         return;
     }
     Record record;
@@ -171,9 +175,44 @@ void SubscriptionRunner::iterate() {
         position_ = record.offset + 1;
         assembler_.add(std::move(record));
     } else {
-        assembler_.idle(); // nothing immediately available: commit what is complete
+        // nothing immediately available: the server's result first, then commit what is complete
+        if (!await_apply())
+            return;
+        assembler_.idle();
     }
     execute_steps();
+}
+
+bool SubscriptionRunner::await_apply() {
+    if (!in_flight_.active)
+        return true;
+    in_flight_.active = false;
+    std::vector<Record> records = std::move(in_flight_.records);
+    ApplyResult result;
+    DbStatus st = db_.receive_apply(result);
+    if (!st.ok())
+        return apply_failed(st); // apply_transactions: the transactions it committed are skipped when read again
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - in_flight_.started).count();
+    if (in_flight_.chunk) {
+        LOG_DEBUG("subscription %s: apply_chunk of %zu records (offsets %" PRId64 "..%" PRId64 "%s) took %.1f ms",
+                  name_.c_str(), records.size(), records.front().offset, records.back().offset,
+                  txn_careful_ ? ", careful" : "", ms);
+        if (result.failed_offset)
+            return pause_on_record(records, result);
+        txn_counts_.applied += result.applied;
+        txn_counts_.skipped += result.skipped;
+        txn_counts_.conflicts += result.conflicts;
+        txn_counts_.dead_letters += result.dead_letters;
+        return true;
+    }
+    LOG_DEBUG("subscription %s: apply_transactions of offsets %" PRId64 "..%" PRId64 " took %.1f ms", name_.c_str(),
+              txn_first_offset_, txn_last_offset_, ms);
+    committed_next_ = txn_last_offset_ + 1;
+    applied_ += result.applied;
+    skipped_ += result.skipped;
+    conflicts_ += result.conflicts;
+    apply_problem_.clear();
+    return true;
 }
 
 void SubscriptionRunner::execute_steps() {
@@ -197,26 +236,23 @@ void SubscriptionRunner::execute_steps() {
 }
 
 bool SubscriptionRunner::run_transactions(ApplyStep &step) {
+    if (!await_apply())
+        return false;
     txn_careful_ = false;
     txn_first_offset_ = step.records.front().offset;
     txn_last_offset_ = step.records.back().offset;
-    ApplyResult result;
-    const auto started = Clock::now();
-    DbStatus st = db_.apply_transactions(name_, step.records, result);
+    in_flight_.started = Clock::now();
+    DbStatus st = db_.send_apply_transactions(name_, step.records);
     if (!st.ok())
-        return apply_failed(st); // committed transactions are skipped when read again
-    LOG_DEBUG("subscription %s: apply_transactions of %zu records (offsets %" PRId64 "..%" PRId64 ") took %.1f ms",
-              name_.c_str(), step.records.size(), txn_first_offset_, txn_last_offset_,
-              std::chrono::duration<double, std::milli>(Clock::now() - started).count());
-    committed_next_ = txn_last_offset_ + 1;
-    applied_ += result.applied;
-    skipped_ += result.skipped;
-    conflicts_ += result.conflicts;
-    apply_problem_.clear();
+        return apply_failed(st);
+    in_flight_.active = true;
+    in_flight_.chunk = false;
     return true;
 }
 
 bool SubscriptionRunner::run_step(ApplyStep &step) {
+    if (!await_apply())
+        return false;
     DbStatus st;
     switch (step.kind) {
     case ApplyStep::Kind::Send: {
@@ -231,21 +267,13 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
             txn_open_ = true;
         }
         txn_last_offset_ = step.records.back().offset;
-        ApplyResult result;
-        const auto started = Clock::now();
-        st = db_.apply_chunk(name_, step.records, step.careful, result);
+        in_flight_.started = Clock::now();
+        st = db_.send_apply_chunk(name_, step.records, step.careful);
         if (!st.ok())
             return apply_failed(st);
-        LOG_DEBUG("subscription %s: apply_chunk of %zu records (offsets %" PRId64 "..%" PRId64 "%s) took %.1f ms",
-                  name_.c_str(), step.records.size(), step.records.front().offset, txn_last_offset_,
-                  step.careful ? ", careful" : "",
-                  std::chrono::duration<double, std::milli>(Clock::now() - started).count());
-        if (result.failed_offset)
-            return pause_on_record(step.records, result);
-        txn_counts_.applied += result.applied;
-        txn_counts_.skipped += result.skipped;
-        txn_counts_.conflicts += result.conflicts;
-        txn_counts_.dead_letters += result.dead_letters;
+        in_flight_.active = true;
+        in_flight_.chunk = true;
+        in_flight_.records = std::move(step.records);
         return true;
     }
     case ApplyStep::Kind::Commit:
@@ -393,6 +421,8 @@ void SubscriptionRunner::db_lost(const std::string &message) {
     db_.close();
     positioned_ = false;
     txn_open_ = false;
+    in_flight_.active = false; // went with the session
+    in_flight_.records.clear();
     assembler_.reset();
 }
 
@@ -443,6 +473,9 @@ void SubscriptionRunner::log_progress() {
 }
 
 void SubscriptionRunner::shutdown() {
+    if (db_.connected())
+        (void)await_apply(); // what the server is applying completes (or fails) first
+    in_flight_.active = false;
     if (!quit_ && db_.connected() && positioned_) {
         assembler_.finish(); // commits complete transactions, rolls back a streamed one
         execute_steps();

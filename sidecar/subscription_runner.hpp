@@ -48,6 +48,9 @@ class SubscriptionRunner {
     bool apply_failed(const DbStatus &st);
     bool pause_on_record(const std::vector<Record> &records, const ApplyResult &result);
     bool run_transactions(ApplyStep &step);
+    // Reads the result of the apply call in flight, if any, and does what it
+    // calls for; false when it failed (recovery reset what was read since).
+    bool await_apply();
     void restart_from(int64_t first_offset, int64_t careful_through);
     void rollback_stalled();
     void report_progress();
@@ -84,6 +87,15 @@ class SubscriptionRunner {
     int64_t txn_first_offset_ = 0;
     int64_t txn_last_offset_ = 0;
     ApplyResult txn_counts_;
+    // The apply call in flight: the server applies it while the next
+    // records are consumed and grouped.
+    struct InFlight {
+        bool active = false;
+        bool chunk = false;          // apply_chunk (else apply_transactions)
+        std::vector<Record> records; // apply_chunk: for a failed record
+        Clock::time_point started{};
+    };
+    InFlight in_flight_;
 
     // Progress.
     int64_t logged_start_ = -3;   // the start offset last logged

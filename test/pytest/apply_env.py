@@ -39,7 +39,7 @@ class Sidecar:
     def start(self):
         assert SIDECAR_BINARY.exists(), f"{SIDECAR_BINARY} is not built (make)"
         log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen([str(SIDECAR_BINARY), "--dsn", self.dsn, "--log-level", "info"],
+        self.proc = subprocess.Popen([str(SIDECAR_BINARY), "--dsn", self.dsn, "--log-level", os.environ.get("KAFKA_SYNC_SIDECAR_LOG_LEVEL", "info")],
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         return self
