@@ -201,6 +201,18 @@ SELECT count(*) AS conflicts FROM kafka_sync.conflicts;
 SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2';
 SELECT kafka_sync.drop_subscription('from_chat3');
 
+-- source transactions of the same millisecond share one local commit (one xmin, the same
+-- version as separate commits); one sent again after a later one is skipped, not re-applied
+CALL kafka_sync.apply_transactions('from_chat2', '{24,25,26,27}', '{NULL,NULL,NULL,NULL}',
+     ARRAY[ev('u', NULL, '{"id": 50, "label": "x"}'), ev('u', NULL, '{"id": 50, "label": "y"}'),
+           ev('c', NULL, '{"id": 53, "label": "y2"}'), ev('u', NULL, '{"id": 50, "label": "x"}')],
+     ARRAY[hdrs('0/1500', 1700000002000, 1), hdrs('0/1600', 1700000002000), hdrs('0/1600', 1700000002000, 2),
+           hdrs('0/1500', 1700000002000, 1)]);
+SELECT id, label, x.timestamp, (SELECT count(DISTINCT xmin::text) FROM items WHERE id IN (50, 53)) AS commits
+  FROM items, pg_xact_commit_timestamp_origin(items.xmin) x WHERE id IN (50, 53) ORDER BY id;
+\c -
+\set SHOW_CONTEXT never
+
 -- plain users see nothing of it
 CREATE ROLE conflict_reader;
 SET ROLE conflict_reader;

@@ -714,6 +714,15 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
                 commit(false);
                 MemoryContextSwitchTo(ctx.record_context);
             }
+            /*
+             * A source transaction this local transaction applied already (a
+             * producer restart sends unconfirmed ones again): skipped, as the
+             * origin's progress skips it once committed.
+             */
+            if (ctx.rec && open && lsn != txn_lsn && h->has_lsn && lsn <= ctx.max_lsn) {
+                ctx.counters.skipped++;
+                ctx.rec = nullptr;
+            }
             txn_lsn = lsn;
             txn_commit_ms = commit_ms;
             txn_row_ts = row_ts;
