@@ -214,47 +214,35 @@ RecordParams::RecordParams(const std::vector<Record> &records) {
 } // namespace
 
 
-DbStatus DbSession::send_apply_transactions(const std::string &sub, const std::vector<Record> &records) {
-    if (DbStatus u = usable(); !u.ok())
-        return u;
-    const RecordParams p(records);
-    const Oid types[5] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid};
-    const char *params[5] = {sub.c_str(), p.offsets.data(), p.keys.data(), p.values.data(), p.headers.data()};
-    const int lengths[5] = {0, static_cast<int>(p.offsets.size()), static_cast<int>(p.keys.size()),
-                            static_cast<int>(p.values.size()), static_cast<int>(p.headers.size())};
-    const int formats[5] = {0, 1, 1, 1, 1};
-    // In blocking mode the whole message is written before this returns: p may go.
-    if (!PQsendQueryParams(conn_,
-                           "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                           "$5::bytea[], NULL, NULL, NULL)",
-                           5, types, params, lengths, formats, 0))
-        return check(nullptr, PGRES_TUPLES_OK);
-    pending_ = Pending::Transactions;
-    return DbStatus();
-}
-
-DbStatus DbSession::send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful) {
+DbStatus DbSession::send_apply(Pending kind, const std::string &sub, const std::vector<Record> &records,
+                               const char *careful) {
     if (DbStatus u = usable(); !u.ok())
         return u;
     const RecordParams p(records);
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
-    const char *params[6] = {sub.c_str(),     p.offsets.data(), p.keys.data(),
-                             p.values.data(), p.headers.data(), careful ? "t" : "f"};
-    const int lengths[6] = {0,
-                            static_cast<int>(p.offsets.size()),
-                            static_cast<int>(p.keys.size()),
-                            static_cast<int>(p.values.size()),
-                            static_cast<int>(p.headers.size()),
-                            0};
+    const char *params[6] = {sub.c_str(), p.offsets.data(), p.keys.data(), p.values.data(), p.headers.data(), careful};
+    const int lengths[6] = {0, static_cast<int>(p.offsets.size()), static_cast<int>(p.keys.size()),
+                            static_cast<int>(p.values.size()), static_cast<int>(p.headers.size()), 0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
-    if (!PQsendQueryParams(conn_,
-                           "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
-                           "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                           "$5::bytea[], $6::bool)",
-                           6, types, params, lengths, formats, 0))
+    const bool chunk = kind == Pending::Chunk;
+    const char *sql = chunk ? "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
+                              "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                              "$5::bytea[], $6::bool)"
+                            : "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                              "$5::bytea[], NULL, NULL, NULL)";
+    // In blocking mode the whole message is written before this returns: p may go.
+    if (!PQsendQueryParams(conn_, sql, chunk ? 6 : 5, types, params, lengths, formats, 0))
         return check(nullptr, PGRES_TUPLES_OK);
-    pending_ = Pending::Chunk;
+    pending_ = kind;
     return DbStatus();
+}
+
+DbStatus DbSession::send_apply_transactions(const std::string &sub, const std::vector<Record> &records) {
+    return send_apply(Pending::Transactions, sub, records, nullptr);
+}
+
+DbStatus DbSession::send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful) {
+    return send_apply(Pending::Chunk, sub, records, careful ? "t" : "f");
 }
 
 DbStatus DbSession::receive_apply(ApplyResult &out) {

@@ -83,6 +83,7 @@ class DbSession {
 
     enum class Pending { None, Chunk, Transactions };
     Pending pending_ = Pending::None;
+    DbStatus send_apply(Pending kind, const std::string &sub, const std::vector<Record> &records, const char *careful);
 
     std::string dsn_;
     std::string application_name_;
