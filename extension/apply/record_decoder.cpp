@@ -50,6 +50,162 @@ const char *string_field(json_t *obj, const char *key) {
     return json_is_string(v) ? json_string_value(v) : nullptr;
 }
 
+// A strict JSON reader over a mutable copy of a record value: strings are
+// unescaped in place and NUL-terminated there. It accepts only what
+// kafka_sync's own encoder writes without a schema (objects of strings,
+// integers, booleans and nulls, simple escapes); every other input,
+// valid or not, makes it give up, and jansson decodes it instead.
+class PlainReader {
+  public:
+    PlainReader(char *p, char *end) : p_(p), end_(end) {}
+
+    enum class Kind { String, Integer, True, False, Null, Object, Other };
+
+    void ws() {
+        while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r'))
+            p_++;
+    }
+    bool at_end() {
+        ws();
+        return p_ == end_;
+    }
+    bool eat(char c) {
+        ws();
+        if (p_ < end_ && *p_ == c) {
+            p_++;
+            return true;
+        }
+        return false;
+    }
+    Kind peek() {
+        ws();
+        if (p_ == end_)
+            return Kind::Other;
+        switch (*p_) {
+        case '"': return Kind::String;
+        case '{': return Kind::Object;
+        case 't': return word("true") ? Kind::True : Kind::Other;
+        case 'f': return word("false") ? Kind::False : Kind::Other;
+        case 'n': return word("null") ? Kind::Null : Kind::Other;
+        default: return (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) ? Kind::Integer : Kind::Other;
+        }
+    }
+    // A string (p_ at its quote): its text, unescaped and NUL-terminated in place.
+    const char *string() {
+        if (!eat('"'))
+            return nullptr;
+        char *out = p_, *w = p_;
+        while (p_ < end_ && *p_ != '"') {
+            unsigned char c = static_cast<unsigned char>(*p_);
+            if (c < 0x20)
+                return nullptr;
+            if (c != '\\') {
+                *w++ = *p_++;
+                continue;
+            }
+            if (++p_ == end_)
+                return nullptr;
+            switch (*p_) {
+            case '"': *w++ = '"'; break;
+            case '\\': *w++ = '\\'; break;
+            case '/': *w++ = '/'; break;
+            case 'b': *w++ = '\b'; break;
+            case 'f': *w++ = '\f'; break;
+            case 'n': *w++ = '\n'; break;
+            case 'r': *w++ = '\r'; break;
+            case 't': *w++ = '\t'; break;
+            default: return nullptr; // \u escapes: jansson's job
+            }
+            p_++;
+        }
+        if (p_ == end_)
+            return nullptr;
+        p_++;     // the closing quote, which the terminator may overwrite
+        *w = '\0';
+        return valid_utf8(out, static_cast<size_t>(w - out)) ? out : nullptr;
+    }
+    // An integer of at most 18 digits, as JSON writes it: its text.
+    bool integer(std::string &text) {
+        ws();
+        const char *start = p_;
+        if (p_ < end_ && *p_ == '-')
+            p_++;
+        const char *digits = p_;
+        while (p_ < end_ && *p_ >= '0' && *p_ <= '9')
+            p_++;
+        const size_t n = static_cast<size_t>(p_ - digits);
+        if (n == 0 || n > 18 || (n > 1 && *digits == '0') || (digits != start && n == 1 && *digits == '0'))
+            return false; // jansson would write -0 as 0
+        if (p_ < end_ && (*p_ == '.' || *p_ == 'e' || *p_ == 'E'))
+            return false; // a real: jansson writes it its own way
+        text.assign(start, static_cast<size_t>(p_ - start));
+        return true;
+    }
+    void skip_word(Kind k) { p_ += k == Kind::False ? 5 : 4; }
+
+  private:
+    bool word(const char *w) {
+        const size_t n = strlen(w);
+        return static_cast<size_t>(end_ - p_) >= n && memcmp(p_, w, n) == 0;
+    }
+    char *p_;
+    char *end_;
+};
+
+bool is_duplicate(const std::vector<const char *> &seen, const char *key) {
+    for (const char *k : seen)
+        if (strcmp(k, key) == 0)
+            return true;
+    return false;
+}
+
+// Reads an object of scalars, calling f(key, kind, text) for each member
+// (text: the string or integer text; nullptr for null; "true"/"false").
+template <typename F>
+bool read_plain_object(PlainReader &r, std::deque<std::string> &owned, F f) {
+    if (!r.eat('{'))
+        return false;
+    std::vector<const char *> keys;
+    if (r.eat('}'))
+        return true;
+    do {
+        const char *key = r.string();
+        if (!key || is_duplicate(keys, key) || !r.eat(':'))
+            return false;
+        keys.push_back(key);
+        const PlainReader::Kind kind = r.peek();
+        const char *text = nullptr;
+        switch (kind) {
+        case PlainReader::Kind::String:
+            text = r.string();
+            if (!text)
+                return false;
+            break;
+        case PlainReader::Kind::Integer:
+            owned.emplace_back();
+            if (!r.integer(owned.back()))
+                return false;
+            text = owned.back().c_str();
+            break;
+        case PlainReader::Kind::True:
+        case PlainReader::Kind::False:
+            text = kind == PlainReader::Kind::True ? "true" : "false";
+            r.skip_word(kind);
+            break;
+        case PlainReader::Kind::Null:
+            r.skip_word(kind);
+            break;
+        default:
+            return false;
+        }
+        if (!f(key, kind, text))
+            return false;
+    } while (r.eat(','));
+    return r.eat('}');
+}
+
+bool plain_identifier(const char *s) { return s && *s && strlen(s) <= kMaxIdentifier; }
+
 } // namespace
 
 RecordDecoder::~RecordDecoder() {
@@ -85,8 +241,112 @@ bool RecordDecoder::read_row(json_t *obj, const char *which, std::vector<Decoded
     return true;
 }
 
-bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error) noexcept {
+bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &out) {
+    text_.assign(data, len);
+    PlainReader r(text_.data(), text_.data() + text_.size());
+    if (!r.eat('{'))
+        return false;
+    std::vector<const char *> keys;
+    const char *op = nullptr;
+    const char *source_name = nullptr;
+    bool has_source = false;
+    auto read_row = [&](bool &present, std::vector<DecodedColumn> &cols) {
+        if (r.peek() == PlainReader::Kind::Null) {
+            r.skip_word(PlainReader::Kind::Null);
+            return true;
+        }
+        present = true;
+        std::vector<const char *> names;
+        return read_plain_object(r, owned_, [&](const char *name, PlainReader::Kind, const char *text) {
+            if (!plain_identifier(name) || is_duplicate(names, name))
+                return false;
+            names.push_back(name);
+            cols.push_back({name, text});
+            return true;
+        });
+    };
+    if (!r.eat('}')) {
+        do {
+            const char *key = r.string();
+            if (!key || is_duplicate(keys, key) || !r.eat(':'))
+                return false;
+            keys.push_back(key);
+            bool ok;
+            if (strcmp(key, "before") == 0) {
+                ok = read_row(out.has_before, out.before);
+            } else if (strcmp(key, "after") == 0) {
+                ok = read_row(out.has_after, out.after);
+            } else if (strcmp(key, "source") == 0) {
+                has_source = true;
+                ok = read_plain_object(r, owned_, [&](const char *k, PlainReader::Kind kind, const char *text) {
+                    const bool str = kind == PlainReader::Kind::String;
+                    if (strcmp(k, "schema") == 0)
+                        out.schema = str ? text : nullptr;
+                    else if (strcmp(k, "table") == 0)
+                        out.table = str ? text : nullptr;
+                    else if (strcmp(k, "origin") == 0 && str)
+                        out.origin = text;
+                    else if (strcmp(k, "name") == 0 && str)
+                        source_name = text;
+                    else if (strcmp(k, "row_ts_ms") == 0 && kind == PlainReader::Kind::Integer) {
+                        out.has_row_ts = true;
+                        out.row_ts_ms = strtoll(text, nullptr, 10);
+                    } else if (strcmp(k, "row_origin") == 0)
+                        out.row_origin = str && plain_identifier(text) ? text : nullptr;
+                    return true;
+                });
+            } else if (strcmp(key, "transaction") == 0 && r.peek() == PlainReader::Kind::Object) {
+                ok = read_plain_object(r, owned_, [](const char *, PlainReader::Kind, const char *) { return true; });
+            } else if (strcmp(key, "schema") == 0 || strcmp(key, "payload") == 0) {
+                ok = false; // the Connect schema wrapper: jansson's job
+            } else {
+                // op, ts_ms, anything else of scalars
+                std::string ignored;
+                switch (r.peek()) {
+                case PlainReader::Kind::String: {
+                    const char *v = r.string();
+                    ok = v != nullptr;
+                    if (ok && strcmp(key, "op") == 0)
+                        op = v;
+                    break;
+                }
+                case PlainReader::Kind::Integer: ok = r.integer(ignored); break;
+                case PlainReader::Kind::True:
+                case PlainReader::Kind::False:
+                case PlainReader::Kind::Null: r.skip_word(r.peek()); ok = true; break;
+                default: ok = false;
+                }
+            }
+            if (!ok)
+                return false;
+        } while (r.eat(','));
+        if (!r.eat('}'))
+            return false;
+    }
+    if (!r.at_end())
+        return false;
+    // the rules decode_value applies, in the same words there
+    if (!op || strlen(op) != 1 || !strchr("cudrt", op[0]) || !has_source)
+        return false;
+    out.op = op[0];
+    if (!out.origin)
+        out.origin = source_name;
+    if (!plain_identifier(out.schema) || !plain_identifier(out.table))
+        return false;
+    if ((out.op == 'c' || out.op == 'r' || out.op == 'u') && !out.has_after)
+        return false;
+    if (out.op == 'd' && !out.has_before)
+        return false;
+    return true;
+}
+
+bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
+                                 bool plain_first) noexcept {
     try {
+        if (plain_first && decode_plain(data, len, out))
+            return true;
+        out = DecodedRecord();
+        owned_.clear();
         json_error_t jerr;
         root_ = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root_) {

@@ -57,12 +57,19 @@ class RecordDecoder {
 
     // Decodes a change-event value (Debezium envelope, with or without the
     // Kafka Connect schema wrapper). Returns false with error set.
-    bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error) noexcept;
+    // plain_first false: jansson alone (the tests compare both readers).
+    bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
+                      bool plain_first = true) noexcept;
 
   private:
+    // The common case, a kafka_sync record of scalars, parsed in place
+    // (no tree, no allocation per value); false for anything else, which jansson then decodes
+    // (and reports the error of).
+    bool decode_plain(const char *data, size_t len, DecodedRecord &out);
     bool read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error);
     json_t *root_ = nullptr;
     std::deque<std::string> owned_; // texts of non-string JSON values (stable addresses)
+    std::string text_;              // decode_plain's copy of the value, strings unescaped in place
 };
 
 // Headers as the sidecar passes them: repeated (u32 BE name length, name,
