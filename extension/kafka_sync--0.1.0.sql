@@ -631,10 +631,11 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     OUT failed_offset bigint, OUT failed_error text)
     LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
--- Complete source transactions, each committed as its own local transaction
--- (so each keeps its own commit time and origin). CALL it outside a
--- transaction block. Procedures with transaction control cannot pin
--- search_path: it sets its own per transaction.
+-- Complete source transactions, each committed with its own commit time and
+-- origin (those of one millisecond in one local transaction). CALL it outside
+-- a transaction block. Procedures with transaction control cannot pin
+-- search_path: the SQL it builds qualifies every name, and the sidecar pins
+-- its session's.
 CREATE PROCEDURE kafka_sync.apply_transactions(
     sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[],
     INOUT applied bigint DEFAULT NULL, INOUT skipped bigint DEFAULT NULL, INOUT conflicts bigint DEFAULT NULL)
