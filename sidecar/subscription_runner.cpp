@@ -479,6 +479,8 @@ void SubscriptionRunner::shutdown() {
     if (!quit_ && db_.connected() && positioned_) {
         assembler_.finish(); // commits complete transactions, rolls back a streamed one
         execute_steps();
+        if (db_.connected())
+            (void)await_apply(); // the last of them
     }
     if (txn_open_ && db_.connected())
         db_.exec("ROLLBACK");
