@@ -250,7 +250,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
     const char *op = nullptr;
     const char *source_name = nullptr;
     bool has_source = false;
-    auto read_row = [&](bool &present, std::vector<DecodedColumn> &cols) {
+    auto plain_row = [&](bool &present, std::vector<DecodedColumn> &cols) {
         if (r.peek() == PlainReader::Kind::Null) {
             r.skip_word(PlainReader::Kind::Null);
             return true;
@@ -273,9 +273,9 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
             keys.push_back(key);
             bool ok;
             if (strcmp(key, "before") == 0) {
-                ok = read_row(out.has_before, out.before);
+                ok = plain_row(out.has_before, out.before);
             } else if (strcmp(key, "after") == 0) {
-                ok = read_row(out.has_after, out.after);
+                ok = plain_row(out.has_after, out.after);
             } else if (strcmp(key, "source") == 0) {
                 has_source = true;
                 ok = read_plain_object(r, owned_, [&](const char *k, PlainReader::Kind kind, const char *text) {

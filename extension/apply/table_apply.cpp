@@ -646,6 +646,17 @@ bool insert_row(const Change &ch, List *row) {
     return true;
 }
 
+/* The row that kept insert_row from inserting (a local insert meanwhile): locked, with its version. */
+LocalRow lookup_inserted_meanwhile(const Change &ch, List *key) {
+    LocalRow local = lookup(ch, key);
+    if (!local.found)
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("a row of table %s appeared and vanished while a change was applied to it",
+                               ch.t->qualified_name),
+                        errhint("The sidecar retries the transaction.")));
+    return local;
+}
+
 /* The row of key, which the last lookup() found, takes row's values. */
 void overwrite_row(const Change &ch, List *row, List *key) { update_row(ch, non_key(ch.t, row), key); }
 
@@ -694,12 +705,7 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     if (!local.found) {
         if (!may_create(ch, key, "insert_deleted", row, snapshot_row) || insert_row(ch, row))
             return;
-        local = lookup(ch, key); /* inserted here meanwhile: now a conflict like any other */
-        if (!local.found)
-            ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                            errmsg("a row of table %s appeared and vanished while a change was applied to it",
-                                   t->qualified_name),
-                            errhint("The sidecar retries the transaction.")));
+        local = lookup_inserted_meanwhile(ch, key); /* now a conflict like any other */
     }
     if (snapshot_row && same_snapshot_version(local.version, ch.remote)) {
         ch.counters->skipped++; /* the very version this node has already (from its origin or the peer) */
@@ -742,13 +748,8 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
             create = resolve(ch, "update_missing", where, nullptr, false, after);
         if (!create || insert_row(ch, after))
             return;
-        /* inserted here meanwhile: now an update of an existing row, resolved like one */
-        local = lookup(ch, where);
-        if (!local.found)
-            ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                            errmsg("a row of table %s appeared and vanished while a change was applied to it",
-                                   t->qualified_name),
-                            errhint("The sidecar retries the transaction.")));
+        /* now an update of an existing row, resolved like one */
+        local = lookup_inserted_meanwhile(ch, where);
     }
     if (!same_origin(local.version, ch.remote->version) &&
         !resolve(ch, "update_update", where, &local.version, true, after))
