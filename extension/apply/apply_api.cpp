@@ -74,8 +74,11 @@ struct ApplyContext {
     /* the current record, once decoded (NULL: skipped) */
     kafka_sync::DecodedHeaders *headers;
     kafka_sync::DecodedRecord *rec;
-    const char *current_table;
     char current_op;
+    /* one decoder, record and headers for the whole call (their storage is reused record after record) */
+    kafka_sync::RecordDecoder *decoder;
+    kafka_sync::DecodedRecord *decoded;
+    kafka_sync::DecodedHeaders *decoded_headers;
     List *pending_truncates; /* relids of consecutive "t" records */
     bool careful;
     MemoryContext record_context; /* reset after every record */
@@ -171,13 +174,20 @@ void use_origin(const Subscription *sub) {
     session_origin = id;
 }
 
+/* The table the current record names, quoted (NULL before it is decoded). */
+const char *current_table(const ApplyContext *ctx) {
+    if (!ctx->rec)
+        return nullptr;
+    return psprintf("%s.%s", quote_identifier(ctx->rec->schema), quote_identifier(ctx->rec->table));
+}
+
 void apply_error_context(void *arg) {
     auto *ctx = static_cast<ApplyContext *>(arg);
     if (!ctx->current)
         return;
-    if (ctx->current_table)
+    if (ctx->rec)
         errcontext("applying a \"%c\" record to table %s from peer %s (topic %s, offset " INT64_FORMAT ")",
-                   ctx->current_op, ctx->current_table, ctx->sub->peer, ctx->sub->topic, ctx->current->offset);
+                   ctx->current_op, current_table(ctx), ctx->sub->peer, ctx->sub->topic, ctx->current->offset);
     else
         errcontext("applying the record at offset " INT64_FORMAT " of topic %s from peer %s", ctx->current->offset,
                    ctx->sub->topic, ctx->sub->peer);
@@ -201,10 +211,9 @@ int64 snapshot_row_time(const kafka_sync::DecodedRecord *rec) {
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
 void decode_record(ApplyContext *ctx) {
     const ChunkRecord *r = ctx->current;
-    ctx->current_table = nullptr;
     ctx->rec = nullptr;
 
-    auto *headers = new_in_context<kafka_sync::DecodedHeaders>(ctx->record_context);
+    kafka_sync::DecodedHeaders *headers = ctx->decoded_headers;
     char errbuf[512];
     bool headers_ok = kafka_sync::ks_guard([&]() {
         std::string error;
@@ -229,8 +238,8 @@ void decode_record(ApplyContext *ctx) {
                                ctx->sub->local_node),
                         errdetail("A node's own changes must never come back to it.")));
 
-    auto *decoder = new_in_context<kafka_sync::RecordDecoder>(ctx->record_context);
-    auto *rec = new_in_context<kafka_sync::DecodedRecord>(ctx->record_context);
+    kafka_sync::RecordDecoder *decoder = ctx->decoder;
+    kafka_sync::DecodedRecord *rec = ctx->decoded;
     bool value_ok = kafka_sync::ks_guard([&]() {
         std::string error;
         bool ok = decoder->decode_value(r->value, r->value_len, *rec, error);
@@ -245,7 +254,6 @@ void decode_record(ApplyContext *ctx) {
                                ctx->sub->local_node)));
 
     ctx->current_op = rec->op;
-    ctx->current_table = psprintf("%s.%s", quote_identifier(rec->schema), quote_identifier(rec->table));
     ctx->rec = rec;
 }
 
@@ -478,6 +486,9 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
     ctx->progress = replorigin_session_get_progress(false);
     ctx->record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
     ctx->call_context = call_context;
+    ctx->decoder = new_in_context<kafka_sync::RecordDecoder>(call_context);
+    ctx->decoded = new_in_context<kafka_sync::DecodedRecord>(call_context);
+    ctx->decoded_headers = new_in_context<kafka_sync::DecodedHeaders>(call_context);
     apply_begin_call(!careful);
     prune_tombstones_if_due();
     errcallback->callback = apply_error_context;
@@ -525,7 +536,7 @@ void log_constraint_conflict(const ApplyContext *ctx, const char *message, const
     memset(&c, 0, sizeof(c));
     c.sub_name = ctx->sub->name;
     c.peer = ctx->sub->peer;
-    c.table = ctx->current_table ? ctx->current_table : "(unknown)";
+    c.table = ctx->rec ? current_table(ctx) : "(unknown)";
     c.kind = "constraint";
     c.remote_row_json = nullptr;
     c.key_json = nullptr;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string_view>
 
 namespace kafka_sync {
 
@@ -154,18 +155,20 @@ class PlainReader {
 
 bool is_duplicate(const std::vector<const char *> &seen, const char *key) {
     for (const char *k : seen)
-        if (strcmp(k, key) == 0)
+        if (k[0] == key[0] && strcmp(k, key) == 0)
             return true;
     return false;
 }
 
 // Reads an object of scalars, calling f(key, kind, text) for each member
 // (text: the string or integer text; nullptr for null; "true"/"false").
-template <typename F>
-bool read_plain_object(PlainReader &r, std::deque<std::string> &owned, F f) {
+// keys: storage for the member names seen (duplicates are jansson's to report);
+// own(): a string to keep an integer's text in.
+template <typename O, typename F>
+bool read_plain_object(PlainReader &r, std::vector<const char *> &keys, O own, F f) {
     if (!r.eat('{'))
         return false;
-    std::vector<const char *> keys;
+    keys.clear();
     if (r.eat('}'))
         return true;
     do {
@@ -181,12 +184,13 @@ bool read_plain_object(PlainReader &r, std::deque<std::string> &owned, F f) {
             if (!text)
                 return false;
             break;
-        case PlainReader::Kind::Integer:
-            owned.emplace_back();
-            if (!r.integer(owned.back()))
+        case PlainReader::Kind::Integer: {
+            std::string &digits = own();
+            if (!r.integer(digits))
                 return false;
-            text = owned.back().c_str();
+            text = digits.c_str();
             break;
+        }
         case PlainReader::Kind::True:
         case PlainReader::Kind::False:
             text = kind == PlainReader::Kind::True ? "true" : "false";
@@ -233,12 +237,28 @@ bool RecordDecoder::read_row(json_t *obj, const char *which, std::vector<Decoded
                 error = "out of memory";
                 return false;
             }
-            owned_.emplace_back(text);
+            std::string &kept = owned();
+            kept = text;
             free(text);
-            out.push_back({name, owned_.back().c_str()});
+            out.push_back({name, kept.c_str()});
         }
     }
     return true;
+}
+
+void RecordDecoder::reset(DecodedRecord &out) {
+    out.reset();
+    if (root_) {
+        json_decref(root_);
+        root_ = nullptr;
+    }
+    owned_used_ = 0;
+}
+
+std::string &RecordDecoder::owned() {
+    if (owned_used_ == owned_.size())
+        owned_.emplace_back();
+    return owned_[owned_used_++];
 }
 
 bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &out) {
@@ -246,21 +266,21 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
     PlainReader r(text_.data(), text_.data() + text_.size());
     if (!r.eat('{'))
         return false;
-    std::vector<const char *> keys;
+    std::vector<const char *> &keys = keys_;
+    keys.clear();
     const char *op = nullptr;
     const char *source_name = nullptr;
     bool has_source = false;
+    auto own = [this]() -> std::string & { return owned(); };
     auto plain_row = [&](bool &present, std::vector<DecodedColumn> &cols) {
         if (r.peek() == PlainReader::Kind::Null) {
             r.skip_word(PlainReader::Kind::Null);
             return true;
         }
         present = true;
-        std::vector<const char *> names;
-        return read_plain_object(r, owned_, [&](const char *name, PlainReader::Kind, const char *text) {
-            if (!plain_identifier(name) || is_duplicate(names, name))
+        return read_plain_object(r, inner_keys_, own, [&](const char *name, PlainReader::Kind, const char *text) {
+            if (!plain_identifier(name))
                 return false;
-            names.push_back(name);
             cols.push_back({name, text});
             return true;
         });
@@ -278,7 +298,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 ok = plain_row(out.has_after, out.after);
             } else if (strcmp(key, "source") == 0) {
                 has_source = true;
-                ok = read_plain_object(r, owned_, [&](const char *k, PlainReader::Kind kind, const char *text) {
+                ok = read_plain_object(r, inner_keys_, own, [&](const char *k, PlainReader::Kind kind, const char *text) {
                     const bool str = kind == PlainReader::Kind::String;
                     if (strcmp(k, "schema") == 0)
                         out.schema = str ? text : nullptr;
@@ -296,7 +316,8 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                     return true;
                 });
             } else if (strcmp(key, "transaction") == 0 && r.peek() == PlainReader::Kind::Object) {
-                ok = read_plain_object(r, owned_, [](const char *, PlainReader::Kind, const char *) { return true; });
+                ok = read_plain_object(r, inner_keys_, own,
+                                       [](const char *, PlainReader::Kind, const char *) { return true; });
             } else if (strcmp(key, "schema") == 0 || strcmp(key, "payload") == 0) {
                 ok = false; // the Connect schema wrapper: jansson's job
             } else {
@@ -343,10 +364,10 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
 bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
                                  bool plain_first) noexcept {
     try {
+        reset(out);
         if (plain_first && decode_plain(data, len, out))
             return true;
-        out = DecodedRecord();
-        owned_.clear();
+        reset(out);
         json_error_t jerr;
         root_ = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root_) {
@@ -426,6 +447,22 @@ bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &ou
     }
 }
 
+// A decimal integer as the producer writes it: an optional '-' and 1 to 18 digits.
+bool parse_int64(std::string_view text, int64_t &out) {
+    const bool negative = !text.empty() && text[0] == '-';
+    const std::string_view digits = text.substr(negative ? 1 : 0);
+    if (digits.empty() || digits.size() > 18)
+        return false;
+    int64_t v = 0;
+    for (char c : digits) {
+        if (c < '0' || c > '9')
+            return false;
+        v = v * 10 + (c - '0');
+    }
+    out = negative ? -v : v;
+    return true;
+}
+
 bool parse_lsn(const std::string &text, uint64_t &out) {
     const char *s = text.c_str();
     char *end;
@@ -442,6 +479,7 @@ bool parse_lsn(const std::string &text, uint64_t &out) {
 
 bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error, bool with_json) noexcept {
     try {
+        out.reset();
         json_t *all = with_json ? json_object_new() : nullptr;
         if (with_json && !all) {
             error = "out of memory";
@@ -461,7 +499,7 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
                 ok = false;
                 break;
             }
-            std::string name(data + pos, nlen);
+            const std::string_view name(data + pos, nlen);
             pos += nlen;
             uint32_t vlen = read_u32(p + pos);
             pos += 4;
@@ -470,31 +508,25 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
                 ok = false;
                 break;
             }
-            std::string value = is_null ? std::string() : std::string(data + pos, vlen);
+            const std::string_view value = is_null ? std::string_view() : std::string_view(data + pos, vlen);
             pos += is_null ? 0 : vlen;
 
             if (all) {
-                std::string key = valid_utf8(name.data(), name.size()) ? name : hex_of(name.data(), name.size());
-                json_t *jv = is_null ? json_null()
-                                     : json_stringn(valid_utf8(value.data(), value.size())
-                                                        ? value.c_str()
-                                                        : hex_of(value.data(), value.size()).c_str(),
-                                                    valid_utf8(value.data(), value.size()) ? value.size()
-                                                                                           : 2 + 2 * value.size());
-                json_object_set_new(all, key.c_str(), jv);
+                const std::string key = valid_utf8(name.data(), name.size()) ? std::string(name)
+                                                                            : hex_of(name.data(), name.size());
+                const std::string text = valid_utf8(value.data(), value.size()) ? std::string(value)
+                                                                                : hex_of(value.data(), value.size());
+                json_object_set_new(all, key.c_str(), is_null ? json_null() : json_stringn(text.data(), text.size()));
             }
 
             if (is_null)
                 continue;
             if (name == "kafka_sync.lsn")
-                out.has_lsn = parse_lsn(value, out.lsn);
-            else if (name == "kafka_sync.commit_ts") {
-                char *end;
-                long long ms = strtoll(value.c_str(), &end, 10);
-                out.has_commit_ts = end != value.c_str() && *end == '\0';
-                out.commit_ts_ms = ms;
-            } else if (name == "kafka_sync.origin")
-                out.origin = value;
+                out.has_lsn = parse_lsn(std::string(value), out.lsn);
+            else if (name == "kafka_sync.commit_ts")
+                out.has_commit_ts = parse_int64(value, out.commit_ts_ms);
+            else if (name == "kafka_sync.origin")
+                out.origin.assign(value.data(), value.size());
             else if (name == "kafka_sync.txn_end")
                 out.has_txn_end = true;
         }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <vector>
 
 typedef struct json_t json_t;
@@ -36,6 +37,16 @@ struct DecodedRecord {
     bool has_after = false;
     std::vector<DecodedColumn> before;
     std::vector<DecodedColumn> after;
+
+    // Empty again, keeping the vectors' storage (one record after another).
+    void reset() {
+        op = 0;
+        schema = table = origin = row_origin = nullptr;
+        has_row_ts = has_before = has_after = false;
+        row_ts_ms = 0;
+        before.clear();
+        after.clear();
+    }
 };
 
 struct DecodedHeaders {
@@ -46,6 +57,14 @@ struct DecodedHeaders {
     bool has_txn_end = false; // the last record of its source transaction
     std::string origin;       // empty when absent
     std::string as_json;      // every header, for dead letters
+
+    void reset() {
+        has_lsn = has_commit_ts = has_txn_end = false;
+        lsn = 0;
+        commit_ts_ms = 0;
+        origin.clear();
+        as_json.clear();
+    }
 };
 
 class RecordDecoder {
@@ -56,7 +75,9 @@ class RecordDecoder {
     RecordDecoder &operator=(const RecordDecoder &) = delete;
 
     // Decodes a change-event value (Debezium envelope, with or without the
-    // Kafka Connect schema wrapper). Returns false with error set.
+    // Kafka Connect schema wrapper). Returns false with error set. One
+    // decoder serves record after record: each call resets out and ends the
+    // previous record's strings.
     // plain_first false: jansson alone (the tests compare both readers).
     bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
                       bool plain_first = true) noexcept;
@@ -67,8 +88,14 @@ class RecordDecoder {
     // (and reports the error of).
     bool decode_plain(const char *data, size_t len, DecodedRecord &out);
     bool read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error);
+    void reset(DecodedRecord &out);
+    // A string for the text of a non-string JSON value, valid until the next record.
+    std::string &owned();
     json_t *root_ = nullptr;
-    std::deque<std::string> owned_; // texts of non-string JSON values (stable addresses)
+    std::deque<std::string> owned_; // texts of non-string JSON values (stable addresses), reused
+    size_t owned_used_ = 0;
+    std::vector<const char *> keys_;  // the keys of the object being read, by nesting depth
+    std::vector<const char *> inner_keys_;
     std::string text_;              // decode_plain's copy of the value, strings unescaped in place
 };
 
@@ -77,6 +104,9 @@ class RecordDecoder {
 // with_json: also fill as_json (for dead letters; costs a JSON document per record).
 bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error,
                     bool with_json = false) noexcept;
+
+// "-12", "1700000000123" -> value; false unless an optional '-' and 1 to 18 digits.
+bool parse_int64(std::string_view text, int64_t &out);
 
 // "16/B374D848" -> LSN; false when malformed.
 bool parse_lsn(const std::string &text, uint64_t &out);
