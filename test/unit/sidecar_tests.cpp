@@ -395,6 +395,7 @@ void lsn_text_round_trips() {
     CHECK(parse_lsn("16/B374D848", lsn) && lsn == 0x16B374D848ull);
     CHECK(parse_lsn("FFFFFFFF/FFFFFFFF", lsn) && lsn == ~0ull);
     CHECK(format_lsn(0x16B374D848ull) == "16/B374D848");
+    CHECK(format_lsn(0) == "0/0" && format_lsn(0xFFFFFFFF00000001ull) == "FFFFFFFF/1");
     CHECK(!parse_lsn("", lsn));
     CHECK(!parse_lsn("1/", lsn));
     CHECK(!parse_lsn("/1", lsn));
@@ -482,7 +483,7 @@ void consumer_properties_apply_kafka_config_but_keep_the_guarantees() {
 
     s.kafka_config = "{}";
     CHECK(consumer_properties(s, props, error));
-    CHECK_EQ(property(props, "queued.max.messages.kbytes"), "16384"); // bounded prefetch by default
+    CHECK_EQ(property(props, "queued.max.messages.kbytes"), "65536"); // bounded prefetch by default
     CHECK(std::stoll(property(props, "receive.message.max.bytes")) > 50ll * 1024 * 1024);
 
     s.kafka_config = R"({"sasl.password": {"nested": "s3cret"}})";
