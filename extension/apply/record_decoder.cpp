@@ -95,12 +95,23 @@ class PlainReader {
     const char *string() {
         if (!eat('"'))
             return nullptr;
-        char *out = p_, *w = p_;
+        char *out = p_;
+        unsigned char any = 0; // all bytes or'ed: below 0x80, plain ASCII
+        // the common case, no escapes: nothing moves until the first one
+        while (p_ < end_) {
+            const unsigned char c = static_cast<unsigned char>(*p_);
+            if (c == '"' || c == '\\' || c < 0x20)
+                break;
+            any |= c;
+            p_++;
+        }
+        char *w = p_;
         while (p_ < end_ && *p_ != '"') {
             unsigned char c = static_cast<unsigned char>(*p_);
             if (c < 0x20)
                 return nullptr;
             if (c != '\\') {
+                any |= c;
                 *w++ = *p_++;
                 continue;
             }
@@ -123,7 +134,7 @@ class PlainReader {
             return nullptr;
         p_++;     // the closing quote, which the terminator may overwrite
         *w = '\0';
-        return valid_utf8(out, static_cast<size_t>(w - out)) ? out : nullptr;
+        return any < 0x80 || valid_utf8(out, static_cast<size_t>(w - out)) ? out : nullptr;
     }
     // An integer of at most 18 digits, as JSON writes it: its text.
     bool integer(std::string &text) {
@@ -153,9 +164,12 @@ class PlainReader {
     char *end_;
 };
 
+// a == b, most mismatches decided by the first byte without a call
+inline bool same(const char *a, const char *b) { return a[0] == b[0] && strcmp(a, b) == 0; }
+
 bool is_duplicate(const std::vector<const char *> &seen, const char *key) {
     for (const char *k : seen)
-        if (k[0] == key[0] && strcmp(k, key) == 0)
+        if (same(k, key))
             return true;
     return false;
 }
@@ -292,33 +306,33 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 return false;
             keys.push_back(key);
             bool ok;
-            if (strcmp(key, "before") == 0) {
+            if (same(key, "before")) {
                 ok = plain_row(out.has_before, out.before);
-            } else if (strcmp(key, "after") == 0) {
+            } else if (same(key, "after")) {
                 ok = plain_row(out.has_after, out.after);
-            } else if (strcmp(key, "source") == 0) {
+            } else if (same(key, "source")) {
                 has_source = true;
                 ok = read_plain_object(r, inner_keys_, own, [&](const char *k, PlainReader::Kind kind, const char *text) {
                     const bool str = kind == PlainReader::Kind::String;
-                    if (strcmp(k, "schema") == 0)
+                    if (same(k, "schema"))
                         out.schema = str ? text : nullptr;
-                    else if (strcmp(k, "table") == 0)
+                    else if (same(k, "table"))
                         out.table = str ? text : nullptr;
-                    else if (strcmp(k, "origin") == 0 && str)
+                    else if (same(k, "origin") && str)
                         out.origin = text;
-                    else if (strcmp(k, "name") == 0 && str)
+                    else if (same(k, "name") && str)
                         source_name = text;
-                    else if (strcmp(k, "row_ts_ms") == 0 && kind == PlainReader::Kind::Integer) {
+                    else if (same(k, "row_ts_ms") && kind == PlainReader::Kind::Integer) {
                         out.has_row_ts = true;
                         out.row_ts_ms = strtoll(text, nullptr, 10);
-                    } else if (strcmp(k, "row_origin") == 0)
+                    } else if (same(k, "row_origin"))
                         out.row_origin = str && plain_identifier(text) ? text : nullptr;
                     return true;
                 });
-            } else if (strcmp(key, "transaction") == 0 && r.peek() == PlainReader::Kind::Object) {
+            } else if (same(key, "transaction") && r.peek() == PlainReader::Kind::Object) {
                 ok = read_plain_object(r, inner_keys_, own,
                                        [](const char *, PlainReader::Kind, const char *) { return true; });
-            } else if (strcmp(key, "schema") == 0 || strcmp(key, "payload") == 0) {
+            } else if (same(key, "schema") || same(key, "payload")) {
                 ok = false; // the Connect schema wrapper: jansson's job
             } else {
                 // op, ts_ms, anything else of scalars
@@ -327,7 +341,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 case PlainReader::Kind::String: {
                     const char *v = r.string();
                     ok = v != nullptr;
-                    if (ok && strcmp(key, "op") == 0)
+                    if (ok && same(key, "op"))
                         op = v;
                     break;
                 }

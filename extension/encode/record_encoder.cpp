@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -121,17 +122,15 @@ std::string dump(json_t *j) {
     return out;
 }
 
-void append_int(std::string &out, int64_t v) {
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%" PRId64, v);
-    out.append(buf, static_cast<size_t>(n));
+template <typename Int>
+void append_decimal(std::string &out, Int v) {
+    char buf[24];
+    out.append(buf, static_cast<size_t>(std::to_chars(buf, buf + sizeof(buf), v).ptr - buf));
 }
 
-void append_uint(std::string &out, uint64_t v) {
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%" PRIu64, v);
-    out.append(buf, static_cast<size_t>(n));
-}
+void append_int(std::string &out, int64_t v) { append_decimal(out, v); }
+
+void append_uint(std::string &out, uint64_t v) { append_decimal(out, v); }
 
 void append_cstr(std::string &out, const std::string &s) { append_json_string(out, s.data(), s.size()); }
 
@@ -294,9 +293,11 @@ void TableEncoder::encode_value(const ChangeEvent &ev, std::string &out) const {
     }
     out.append(",\"transaction\":{\"id\":");
     if (options_.include_xids && options_.include_lsn) {
-        char buf[64];
-        int n = snprintf(buf, sizeof(buf), "\"%u:%" PRIu64 "\"", ev.source.xid, ev.source.lsn);
-        out.append(buf, static_cast<size_t>(n));
+        out.push_back('"');
+        append_uint(out, ev.source.xid);
+        out.push_back(':');
+        append_uint(out, ev.source.lsn);
+        out.push_back('"');
     } else {
         out.append("null");
     }

@@ -1,6 +1,7 @@
 // KafkaProducer (see kafka_producer.hpp).
 #include "produce/kafka_producer.hpp"
 
+#include <charconv>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -39,10 +40,37 @@ const std::pair<const char *, const char *> kDefaults[] = {
 
 } // namespace
 
+namespace {
+
+// PostgreSQL's %X: upper-case hex digits, no leading zeros.
+char *append_hex(char *p, uint32_t v) {
+    char digits[8];
+    int n = 0;
+    do {
+        digits[n++] = "0123456789ABCDEF"[v & 0xf];
+        v >>= 4;
+    } while (v != 0);
+    while (n > 0)
+        *p++ = digits[--n];
+    return p;
+}
+
+// Adds a header whose value is v in decimal.
+template <typename Int>
+void add_decimal_header(rd_kafka_headers_t *hdrs, const char *name, Int v) {
+    char buf[24];
+    const char *end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+    rd_kafka_header_add(hdrs, name, -1, buf, end - buf);
+}
+
+} // namespace
+
 std::string format_lsn(uint64_t lsn) {
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%X/%X", static_cast<unsigned>(lsn >> 32), static_cast<unsigned>(lsn));
-    return buf;
+    char buf[20];
+    char *p = append_hex(buf, static_cast<uint32_t>(lsn >> 32));
+    *p++ = '/';
+    p = append_hex(p, static_cast<uint32_t>(lsn));
+    return std::string(buf, static_cast<size_t>(p - buf));
 }
 
 KafkaProducer::KafkaProducer(const ProducerSettings &settings, InflightTransactions &inflight)
@@ -160,24 +188,18 @@ bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
 
 ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *key, size_t key_len, const char *value,
                                      size_t value_len, const RecordHeaders &h) {
-    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(5);
-    char num[32];
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(h.txn_end_count >= 0 ? 6 : 5);
     rd_kafka_header_add(hdrs, "kafka_sync.origin", -1, settings_.node_name.data(),
                         static_cast<ssize_t>(settings_.node_name.size()));
     const std::string lsn = format_lsn(h.commit_lsn);
     rd_kafka_header_add(hdrs, "kafka_sync.lsn", -1, lsn.data(), static_cast<ssize_t>(lsn.size()));
-    int n = snprintf(num, sizeof(num), "%u", h.xid);
-    rd_kafka_header_add(hdrs, "kafka_sync.xid", -1, num, n);
-    n = snprintf(num, sizeof(num), "%" PRId64, h.commit_ts_ms);
-    rd_kafka_header_add(hdrs, "kafka_sync.commit_ts", -1, num, n);
+    add_decimal_header(hdrs, "kafka_sync.xid", h.xid);
+    add_decimal_header(hdrs, "kafka_sync.commit_ts", h.commit_ts_ms);
     // Lets a consumer see a transaction start over (a partial copy from
     // before a producer restart, followed by the complete one).
-    n = snprintf(num, sizeof(num), "%" PRIu64, h.seq);
-    rd_kafka_header_add(hdrs, "kafka_sync.seq", -1, num, n);
-    if (h.txn_end_count >= 0) {
-        n = snprintf(num, sizeof(num), "%" PRId64, h.txn_end_count);
-        rd_kafka_header_add(hdrs, "kafka_sync.txn_end", -1, num, n);
-    }
+    add_decimal_header(hdrs, "kafka_sync.seq", h.seq);
+    if (h.txn_end_count >= 0)
+        add_decimal_header(hdrs, "kafka_sync.txn_end", h.txn_end_count);
     // Snapshot rows each carry their own version, so a consumer may apply
     // them one by one instead of holding the whole snapshot as one transaction.
     if (h.snapshot)

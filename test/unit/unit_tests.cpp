@@ -418,6 +418,8 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         R"({"op":"r","before":null,"after":{"id":-7},"source":{"schema":"s","table":"t","name":"n2","row_ts_ms":1700000000123,"row_origin":"chat3"}})",
         R"({"op":"d","before":{"id":"x"},"after":null,"source":{"schema":"s","table":"t","row_origin":""}})",
         " { \"op\" : \"u\" , \"after\" : { \"k\" : \"\xc3\xa9 \xe6\xbc\xa2\" } , \"source\" : { \"schema\" : \"s\" , \"table\" : \"t\" } } ",
+        // multi-byte characters after an escape (the reader's second loop)
+        "{\"op\":\"c\",\"after\":{\"k\":\"a\\n\xc3\xa9\\t\xe6\xbc\xa2\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}",
         R"({"op":"c","after":{"id":1.5,"j":{"a":1}},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":"\u00e9"},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":"1","id":"2"},"source":{"schema":"s","table":"t"}})",
