@@ -2,6 +2,9 @@
 #include "apply/row_writer.hpp"
 
 extern "C" {
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -10,7 +13,9 @@ extern "C" {
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -26,6 +31,17 @@ struct RowWriter {
     TupleTableSlot *local;  /* the row found, locked */
     TupleTableSlot *next;   /* the row to write (virtual) */
     bool found;
+    /*
+     * The key index scan, begun at the first lookup and kept until the
+     * writer closes: beginning one costs more than the lookup itself (its
+     * state is ~27 kB, allocated and freed each time). The index relation
+     * is the one ExecOpenIndices opened.
+     */
+    Relation key_rel;
+    IndexScanDesc scan;
+    SnapshotData dirty; /* sees rows of transactions in progress, to wait for them */
+    int nkeys;
+    ScanKeyData keys[INDEX_MAX_KEYS];
 };
 
 bool row_writer_usable(Relation rel) {
@@ -92,6 +108,8 @@ RowWriter *row_writer_open(Oid relid, Oid key_index) {
 }
 
 void row_writer_close(RowWriter *w) {
+    if (w->scan)
+        index_endscan(w->scan);
     EvalPlanQualEnd(&w->epq);
     ExecCloseIndices(w->rri);
     ExecResetTupleTable(w->estate->es_tupleTable, false);
@@ -128,9 +146,105 @@ void store(TupleTableSlot *slot, const Datum *values, const bool *isnull) {
 
 } // namespace
 
+/*
+ * The key index's scan, begun once: one equality key per index column, on
+ * the column's type as the index's operator family compares it (the key
+ * index is a unique btree on plain columns: a primary key or a replica
+ * identity index).
+ */
+void begin_key_scan(RowWriter *w) {
+    for (int i = 0; i < w->rri->ri_NumIndices && !w->key_rel; i++)
+        if (RelationGetRelid(w->rri->ri_IndexRelationDescs[i]) == w->key_index)
+            w->key_rel = w->rri->ri_IndexRelationDescs[i];
+    if (!w->key_rel)
+        elog(ERROR, "kafka_sync: key index %u of table \"%s\" is not open", w->key_index,
+             RelationGetRelationName(w->rel));
+    Relation idx = w->key_rel;
+    w->nkeys = IndexRelationGetNumberOfKeyAttributes(idx);
+    for (int i = 0; i < w->nkeys; i++) {
+        if (idx->rd_index->indkey.values[i] == 0)
+            elog(ERROR, "kafka_sync: key index \"%s\" has an expression column", RelationGetRelationName(idx));
+        const Oid type = idx->rd_opcintype[i];
+        const Oid op = get_opfamily_member(idx->rd_opfamily[i], type, type, BTEqualStrategyNumber);
+        if (!OidIsValid(op))
+            elog(ERROR, "kafka_sync: no equality operator for column %d of key index \"%s\"", i + 1,
+                 RelationGetRelationName(idx));
+        ScanKeyInit(&w->keys[i], i + 1, BTEqualStrategyNumber, get_opcode(op), (Datum)0);
+        w->keys[i].sk_collation = idx->rd_indcollation[i];
+    }
+    InitDirtySnapshot(w->dirty);
+    w->scan = index_beginscan(w->rel, idx, &w->dirty, w->nkeys, 0);
+}
+
+/*
+ * The row with the key of w->search, locked, into w->local: what
+ * RelationFindReplTupleByIndex does, on the kept scan. A row of a
+ * transaction in progress is waited for, and the lookup starts over; so
+ * does a row updated or deleted concurrently before it could be locked.
+ */
+bool find_by_key(RowWriter *w) {
+    /*
+     * The scan lives as long as the writer, in the executor state's memory:
+     * it allocates on first use (a btree scan its killed-items array), and
+     * the caller's context is a change's, reset after it.
+     */
+    MemoryContext caller = MemoryContextSwitchTo(w->estate->es_query_cxt);
+    if (!w->scan)
+        begin_key_scan(w);
+    for (int i = 0; i < w->nkeys; i++) {
+        const AttrNumber attno = w->key_rel->rd_index->indkey.values[i];
+        w->keys[i].sk_argument = w->search->tts_values[attno - 1];
+        if (w->search->tts_isnull[attno - 1])
+            w->keys[i].sk_flags |= SK_ISNULL;
+        else
+            w->keys[i].sk_flags &= ~SK_ISNULL;
+    }
+    MemoryContextSwitchTo(caller);
+    for (;;) {
+        MemoryContextSwitchTo(w->estate->es_query_cxt);
+        index_rescan(w->scan, w->keys, w->nkeys, nullptr, 0);
+        bool found = false;
+        TransactionId wait_for = InvalidTransactionId;
+        /* a unique index: at most one row of the key is visible to the dirty snapshot */
+        if (index_getnext_slot(w->scan, ForwardScanDirection, w->local)) {
+            ExecMaterializeSlot(w->local);
+            wait_for = TransactionIdIsValid(w->dirty.xmin) ? w->dirty.xmin : w->dirty.xmax;
+            found = !TransactionIdIsValid(wait_for);
+        }
+        /* the index and heap pages are not kept pinned until the next lookup (VACUUM waits for pins) */
+        index_rescan(w->scan, nullptr, w->nkeys, nullptr, 0);
+        MemoryContextSwitchTo(caller);
+        if (TransactionIdIsValid(wait_for)) {
+            XactLockTableWait(wait_for, nullptr, nullptr, XLTW_None);
+            continue;
+        }
+        if (!found)
+            return false;
+        TM_FailureData tmfd;
+        PushActiveSnapshot(GetLatestSnapshot());
+        const TM_Result res = table_tuple_lock(w->rel, &w->local->tts_tid, GetLatestSnapshot(), w->local,
+                                               GetCurrentCommandId(false), LockTupleExclusive, LockWaitBlock, 0, &tmfd);
+        PopActiveSnapshot();
+        switch (res) {
+        case TM_Ok:
+            return true;
+        case TM_Updated:
+        case TM_Deleted:
+            continue; /* changed by a transaction that committed meanwhile: look again */
+        case TM_Invisible:
+            elog(ERROR, "kafka_sync: attempted to lock an invisible row of table \"%s\"",
+                 RelationGetRelationName(w->rel));
+            break;
+        default:
+            elog(ERROR, "kafka_sync: unexpected table_tuple_lock status %u on table \"%s\"", res,
+                 RelationGetRelationName(w->rel));
+        }
+    }
+}
+
 bool row_writer_find(RowWriter *w, const Datum *values, const bool *isnull, TransactionId *xmin) {
     store(w->search, values, isnull);
-    w->found = RelationFindReplTupleByIndex(w->rel, w->key_index, LockTupleExclusive, w->search, w->local);
+    w->found = find_by_key(w);
     if (w->found) {
         bool null;
         *xmin = DatumGetTransactionId(slot_getsysattr(w->local, MinTransactionIdAttributeNumber, &null));
