@@ -46,7 +46,7 @@ UNIT_TESTS  = test/unit/unit_tests
 SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp))
 UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp \
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
-               extension/apply/record_decoder.cpp
+               extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests
 

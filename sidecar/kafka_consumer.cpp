@@ -181,22 +181,18 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
         rd_kafka_message_destroy(msg);
         return false;
     }
-    std::vector<KafkaHeader> headers;
+    std::vector<HeaderView> &headers = header_views_; // reused: no allocation per record
+    headers.clear();
     rd_kafka_headers_t *hdrs = nullptr;
     if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs) {
         const char *name;
         const void *value;
         size_t size;
-        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
-            KafkaHeader h;
-            h.name = name;
-            if (value)
-                h.value.emplace(static_cast<const char *>(value), size);
-            headers.push_back(std::move(h));
-        }
+        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+            headers.push_back({name, static_cast<const char *>(value), value ? size : 0});
     }
-    out = make_record(msg->offset, static_cast<const char *>(msg->key), msg->key_len,
-                      static_cast<const char *>(msg->payload), msg->len, headers);
+    out = record_from_message(msg->offset, static_cast<const char *>(msg->key), msg->key_len,
+                              static_cast<const char *>(msg->payload), msg->len, headers);
     rd_kafka_message_destroy(msg);
     leader_up_ = true;
     fetch_problem_.clear();

@@ -10,7 +10,7 @@ namespace kafka_sync_sidecar {
 
 namespace {
 
-bool parse_hex32(const std::string &s, uint32_t &out) {
+bool parse_hex32(std::string_view s, uint32_t &out) {
     if (s.empty() || s.size() > 8)
         return false;
     uint32_t v = 0;
@@ -31,7 +31,7 @@ bool parse_hex32(const std::string &s, uint32_t &out) {
 }
 
 // A positive decimal integer without sign, blanks or trailing text.
-bool parse_count(const std::string &s, int64_t &out) {
+bool parse_count(std::string_view s, int64_t &out) {
     if (s.empty() || s.size() > 18)
         return false;
     int64_t v = 0;
@@ -48,7 +48,7 @@ bool parse_count(const std::string &s, int64_t &out) {
 
 } // namespace
 
-bool parse_lsn(const std::string &text, uint64_t &lsn) {
+bool parse_lsn(std::string_view text, uint64_t &lsn) {
     size_t slash = text.find('/');
     if (slash == std::string::npos)
         return false;
@@ -65,18 +65,18 @@ std::string format_lsn(uint64_t lsn) {
     return buf;
 }
 
-std::string encode_headers(const std::vector<KafkaHeader> &headers) {
+std::string encode_headers(const std::vector<HeaderView> &headers) {
     size_t size = 0;
     for (const auto &h : headers)
-        size += 8 + h.name.size() + (h.value ? h.value->size() : 0);
+        size += 8 + h.name.size() + (h.value ? h.size : 0);
     std::string out;
     out.reserve(size);
     for (const auto &h : headers) {
         put_u32(out, static_cast<uint32_t>(h.name.size()));
         out += h.name;
         if (h.value) {
-            put_u32(out, static_cast<uint32_t>(h.value->size()));
-            out += *h.value;
+            put_u32(out, static_cast<uint32_t>(h.size));
+            out.append(h.value, h.size);
         } else {
             put_u32(out, 0xFFFFFFFFu);
         }
@@ -84,8 +84,8 @@ std::string encode_headers(const std::vector<KafkaHeader> &headers) {
     return out;
 }
 
-Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
-                   const std::vector<KafkaHeader> &headers) {
+Record record_from_message(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
+                           const std::vector<HeaderView> &headers) {
     Record r;
     r.offset = offset;
     if (key)
@@ -94,7 +94,7 @@ Record make_record(int64_t offset, const char *key, size_t key_len, const char *
         r.value.emplace(value, value_len);
     r.headers = encode_headers(headers);
 
-    const KafkaHeader *lsn = nullptr, *seq = nullptr, *end = nullptr;
+    const HeaderView *lsn = nullptr, *seq = nullptr, *end = nullptr;
     for (const auto &h : headers) {
         if (h.name == "kafka_sync.lsn")
             lsn = &h;
@@ -105,17 +105,27 @@ Record make_record(int64_t offset, const char *key, size_t key_len, const char *
         else if (h.name == "kafka_sync.snapshot")
             r.snapshot = true;
     }
-    r.has_lsn = lsn && lsn->value && parse_lsn(*lsn->value, r.lsn);
+    auto text = [](const HeaderView *h) { return std::string_view(h->value, h->size); };
+    r.has_lsn = lsn && lsn->value && parse_lsn(text(lsn), r.lsn);
     if (!r.has_lsn)
         r.lsn = 0;
-    if (!(seq && seq->value && parse_count(*seq->value, r.seq)))
+    if (!(seq && seq->value && parse_count(text(seq), r.seq)))
         r.seq = 0;
     // The header marks the end even when its count is unreadable: waiting for
     // more records of this transaction would wait for ever.
     r.txn_end = end != nullptr;
-    if (!(end && end->value && parse_count(*end->value, r.txn_records)))
+    if (!(end && end->value && parse_count(text(end), r.txn_records)))
         r.txn_records = 0;
     return r;
+}
+
+Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
+                   const std::vector<KafkaHeader> &headers) {
+    std::vector<HeaderView> views;
+    views.reserve(headers.size());
+    for (const auto &h : headers)
+        views.push_back({h.name, h.value ? h.value->data() : nullptr, h.value ? h.value->size() : 0});
+    return record_from_message(offset, key, key_len, value, value_len, views);
 }
 
 } // namespace kafka_sync_sidecar

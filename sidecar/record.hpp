@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kafka_sync_sidecar {
@@ -15,6 +16,13 @@ namespace kafka_sync_sidecar {
 struct KafkaHeader {
     std::string name;
     std::optional<std::string> value; // nullopt: a header with a null value
+};
+
+// A header as librdkafka lends it (valid while its message is): no copies.
+struct HeaderView {
+    std::string_view name;
+    const char *value = nullptr; // nullptr: a header with a null value
+    size_t size = 0;
 };
 
 struct Record {
@@ -37,15 +45,18 @@ struct Record {
 
 // Builds a record; the grouping fields come from the kafka_sync.* headers
 // (the last one wins when a name repeats).
+Record record_from_message(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
+                           const std::vector<HeaderView> &headers);
+// The same from owned headers (tests).
 Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
                    const std::vector<KafkaHeader> &headers);
 
 // apply_chunk's header encoding: per header, uint32 BE name length, name,
 // uint32 BE value length (0xFFFFFFFF: null value), value.
-std::string encode_headers(const std::vector<KafkaHeader> &headers);
+std::string encode_headers(const std::vector<HeaderView> &headers);
 
 // PostgreSQL's LSN text form "X/X" (hex, each half at most 8 digits).
-bool parse_lsn(const std::string &text, uint64_t &lsn);
+bool parse_lsn(std::string_view text, uint64_t &lsn);
 std::string format_lsn(uint64_t lsn);
 
 } // namespace kafka_sync_sidecar

@@ -5,6 +5,7 @@
 #include "encode/record_encoder.hpp"
 #include "produce/inflight.hpp"
 #include "produce/kafka_config.hpp"
+#include "produce/kafka_producer.hpp"
 
 #include <jansson.h>
 
@@ -502,6 +503,9 @@ void headers_decode_lsn_and_survive_garbage() {
     std::string binary = header_bytes({{"bin", "\xff\xfe"}});
     CHECK(decode_headers(binary.data(), binary.size(), h3, err, true));
     CHECK(h3.as_json.find("\\\\xfffe") != std::string::npos);
+    // the producer writes the lsn header as PostgreSQL prints an LSN
+    CHECK(format_lsn(0x16B374D848ull) == "16/B374D848" && format_lsn(0) == "0/0" &&
+          format_lsn(0xFFFFFFFF00000001ull) == "FFFFFFFF/1");
     // a decoded header set is reset by the next decode
     CHECK(decode_headers(binary.data(), binary.size(), h, err));
     CHECK(!h.has_lsn && !h.has_commit_ts && h.origin.empty() && h.as_json.empty());
