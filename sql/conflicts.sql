@@ -210,6 +210,30 @@ CALL kafka_sync.apply_transactions('from_chat2', '{24,25,26,27}', '{NULL,NULL,NU
            hdrs('0/1500', 1700000002000, 1)]);
 SELECT id, label, x.timestamp, (SELECT count(DISTINCT xmin::text) FROM items WHERE id IN (50, 53)) AS commits
   FROM items, pg_xact_commit_timestamp_origin(items.xmin) x WHERE id IN (50, 53) ORDER BY id;
+
+-- a source transaction sent twice back to back (the same LSN: a restarted producer sent it
+-- again) is applied once, in either call: a row trigger fires once per row
+CREATE TABLE fired (id int);
+CREATE FUNCTION count_fired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.fired VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER count_fired AFTER INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION count_fired();
+CALL kafka_sync.apply_transactions('from_chat2', '{28,29,30,31}', '{NULL,NULL,NULL,NULL}',
+     ARRAY[ev('c', NULL, '{"id": 70, "label": "once"}'), ev('c', NULL, '{"id": 71, "label": "once"}'),
+           ev('c', NULL, '{"id": 70, "label": "once"}'), ev('c', NULL, '{"id": 71, "label": "once"}')],
+     ARRAY[hdrs('0/1700', 1700000003000), hdrs('0/1700', 1700000003000, 2),
+           hdrs('0/1700', 1700000003000), hdrs('0/1700', 1700000003000, 2)]);
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{32,33,34}', '{NULL,NULL,NULL}',
+       ARRAY[ev('u', NULL, '{"id": 70, "label": "twice sent"}'), ev('u', NULL, '{"id": 70, "label": "twice sent"}'),
+             ev('u', NULL, '{"id": 71, "label": "later"}')],
+       ARRAY[hdrs('0/1800', 1700000004000, 1), hdrs('0/1800', 1700000004000, 1), hdrs('0/1900', 1700000005000, 1)],
+       false);
+COMMIT;
+SELECT id, count(*) AS fired FROM fired GROUP BY id ORDER BY id;
+SELECT id, label FROM items WHERE id IN (70, 71) ORDER BY id;
+DROP TRIGGER count_fired ON items;
+DROP TABLE fired;
+DROP FUNCTION count_fired();
 \c -
 \set SHOW_CONTEXT never
 

@@ -66,6 +66,13 @@ struct ApplyContext {
     Subscription *sub;
     ApplyCounters counters; /* of the current local transaction */
     XLogRecPtr progress; /* origin progress committed before this transaction */
+    /*
+     * The highest source transaction this call has applied to its end (its
+     * txn_end record): a record at or below it is a copy of one (a producer
+     * restart sends a transaction again), skipped as the origin's progress
+     * skips it once committed.
+     */
+    XLogRecPtr completed_lsn;
     XLogRecPtr max_lsn;
     int64 max_lsn_commit_ms;
     int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
@@ -224,12 +231,14 @@ void decode_record(ApplyContext *ctx) {
     ctx->headers = headers;
     if (!headers_ok)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
-    if (headers->has_lsn && headers->lsn <= ctx->progress) {
+    if (headers->has_lsn && (headers->lsn <= ctx->progress || headers->lsn <= ctx->completed_lsn)) {
         ctx->counters.skipped++; /* applied before: a duplicate in the topic */
         return;
     }
     if (r->value_len < 0) {
         ctx->counters.skipped++; /* tombstone: only for topic compaction */
+        if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
+            ctx->completed_lsn = headers->lsn; /* the last record of a transaction ending in a delete */
         return;
     }
     if (ctx->sub->local_node && strcmp(headers->origin.c_str(), ctx->sub->local_node) == 0)
@@ -331,6 +340,8 @@ void apply_decoded(ApplyContext *ctx) {
         ctx->max_lsn = headers->lsn;
         ctx->max_lsn_commit_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
     }
+    if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
+        ctx->completed_lsn = headers->lsn;
 }
 
 /* Decodes and applies ctx->current. Plain C style: it may run inside a subtransaction. */
@@ -724,15 +735,6 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
                 MemoryContextSwitchTo(old);
                 commit(false);
                 MemoryContextSwitchTo(ctx.record_context);
-            }
-            /*
-             * A source transaction this local transaction applied already (a
-             * producer restart sends unconfirmed ones again): skipped, as the
-             * origin's progress skips it once committed.
-             */
-            if (ctx.rec && open && lsn != txn_lsn && h->has_lsn && lsn <= ctx.max_lsn) {
-                ctx.counters.skipped++;
-                ctx.rec = nullptr;
             }
             txn_lsn = lsn;
             txn_commit_ms = commit_ms;
