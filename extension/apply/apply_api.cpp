@@ -215,6 +215,12 @@ int64 snapshot_row_time(const kafka_sync::DecodedRecord *rec) {
     return rec->has_row_ts && rec->row_ts_ms > 0 ? rec->row_ts_ms : kUnknownRowTimeMs;
 }
 
+/* The record just handled ends its source transaction: copies of that one are skipped from now on. */
+void note_transaction_end(ApplyContext *ctx, const kafka_sync::DecodedHeaders *headers) {
+    if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
+        ctx->completed_lsn = headers->lsn;
+}
+
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
 void decode_record(ApplyContext *ctx) {
     const ChunkRecord *r = ctx->current;
@@ -237,8 +243,7 @@ void decode_record(ApplyContext *ctx) {
     }
     if (r->value_len < 0) {
         ctx->counters.skipped++; /* tombstone: only for topic compaction */
-        if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
-            ctx->completed_lsn = headers->lsn; /* the last record of a transaction ending in a delete */
+        note_transaction_end(ctx, headers); /* the last record of a transaction ending in a delete */
         return;
     }
     if (ctx->sub->local_node && strcmp(headers->origin.c_str(), ctx->sub->local_node) == 0)
@@ -340,8 +345,7 @@ void apply_decoded(ApplyContext *ctx) {
         ctx->max_lsn = headers->lsn;
         ctx->max_lsn_commit_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
     }
-    if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
-        ctx->completed_lsn = headers->lsn;
+    note_transaction_end(ctx, headers);
 }
 
 /* Decodes and applies ctx->current. Plain C style: it may run inside a subtransaction. */

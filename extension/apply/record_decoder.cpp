@@ -5,10 +5,12 @@
 
 #include <jansson.h>
 
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <system_error>
 
 namespace kafka_sync {
 
@@ -463,17 +465,15 @@ bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &ou
 
 // A decimal integer as the producer writes it: an optional '-' and 1 to 18 digits.
 bool parse_int64(std::string_view text, int64_t &out) {
-    const bool negative = !text.empty() && text[0] == '-';
-    const std::string_view digits = text.substr(negative ? 1 : 0);
-    if (digits.empty() || digits.size() > 18)
+    const size_t digits = text.size() - (!text.empty() && text[0] == '-' ? 1 : 0);
+    if (digits == 0 || digits > 18)
         return false;
-    int64_t v = 0;
-    for (char c : digits) {
-        if (c < '0' || c > '9')
-            return false;
-        v = v * 10 + (c - '0');
-    }
-    out = negative ? -v : v;
+    int64_t v;
+    const char *end = text.data() + text.size();
+    const std::from_chars_result r = std::from_chars(text.data(), end, v);
+    if (r.ec != std::errc() || r.ptr != end)
+        return false;
+    out = v;
     return true;
 }
 

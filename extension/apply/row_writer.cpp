@@ -144,8 +144,6 @@ void store(TupleTableSlot *slot, const Datum *values, const bool *isnull) {
     ExecStoreVirtualTuple(slot);
 }
 
-} // namespace
-
 /*
  * The key index's scan, begun once: one equality key per index column, on
  * the column's type as the index's operator family compares it (the key
@@ -241,6 +239,8 @@ bool find_by_key(RowWriter *w) {
         }
     }
 }
+
+} // namespace
 
 bool row_writer_find(RowWriter *w, const Datum *values, const bool *isnull, TransactionId *xmin) {
     store(w->search, values, isnull);
