@@ -279,9 +279,13 @@ void decode_record(ApplyContext *ctx) {
  * Local writers need no such lock: row locks and tombstones order them.
  */
 void serialize_apply() {
+    static LocalTransactionId held_in = InvalidLocalTransactionId;
+    if (lock_still_held(held_in))
+        return;
     LOCKTAG tag;
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b61666b, 0x6170706c, 2);
     (void)LockAcquire(&tag, ExclusiveLock, false, false);
+    held_in = lock_stamp();
 }
 
 /* Applies the decoded ctx->rec; raises ERROR when it cannot. */

@@ -93,13 +93,26 @@ class PlainReader {
         default: return (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) ? Kind::Integer : Kind::Other;
         }
     }
-    // A string (p_ at its quote): its text, unescaped and NUL-terminated in place.
+    // A string (p_ at its quote): its text, unescaped and NUL-terminated in
+    // place; its length in last_length().
     const char *string() {
         if (!eat('"'))
             return nullptr;
         char *out = p_;
         unsigned char any = 0; // all bytes or'ed: below 0x80, plain ASCII
-        // the common case, no escapes: nothing moves until the first one
+        // the common case, no escapes: nothing moves until the first one;
+        // eight bytes at a time up to the first that is not plain ASCII
+        // (the closing quote, say), then byte by byte
+        while (end_ - p_ >= 8) {
+            uint64_t word;
+            memcpy(&word, p_, sizeof(word));
+            const uint64_t special = special_bytes(word);
+            if (special != 0) {
+                p_ += __builtin_ctzll(special) / 8; // little-endian: the lowest byte comes first
+                break;
+            }
+            p_ += 8;
+        }
         while (p_ < end_) {
             const unsigned char c = static_cast<unsigned char>(*p_);
             if (c == '"' || c == '\\' || c < 0x20)
@@ -136,8 +149,10 @@ class PlainReader {
             return nullptr;
         p_++;     // the closing quote, which the terminator may overwrite
         *w = '\0';
-        return any < 0x80 || valid_utf8(out, static_cast<size_t>(w - out)) ? out : nullptr;
+        last_length_ = static_cast<size_t>(w - out);
+        return any < 0x80 || valid_utf8(out, last_length_) ? out : nullptr;
     }
+    size_t last_length() const { return last_length_; }
     // An integer of at most 18 digits, as JSON writes it: its text.
     bool integer(std::string &text) {
         ws();
@@ -158,20 +173,29 @@ class PlainReader {
     void skip_word(Kind k) { p_ += k == Kind::False ? 5 : 4; }
 
   private:
-    bool word(const char *w) {
-        const size_t n = strlen(w);
-        return static_cast<size_t>(end_ - p_) >= n && memcmp(p_, w, n) == 0;
+    template <size_t N>
+    bool word(const char (&w)[N]) {
+        return static_cast<size_t>(end_ - p_) >= N - 1 && memcmp(p_, w, N - 1) == 0;
+    }
+    // The high bit set in each byte of the eight that is a quote, a
+    // backslash, a control character or beyond ASCII. The zero-byte tricks
+    // may also mark a byte above a true match, never one below it: the
+    // lowest mark is exact.
+    static uint64_t special_bytes(uint64_t x) {
+        static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the first byte must be the lowest");
+        constexpr uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        auto zero_bytes = [](uint64_t v) { return (v - ones) & ~v & highs; };
+        return (x & highs) | zero_bytes(x ^ (ones * '"')) | zero_bytes(x ^ (ones * '\\')) |
+               ((x - ones * 0x20) & ~x & highs);
     }
     char *p_;
     char *end_;
+    size_t last_length_ = 0;
 };
 
-// a == b, most mismatches decided by the first byte without a call
-inline bool same(const char *a, const char *b) { return a[0] == b[0] && strcmp(a, b) == 0; }
-
-bool is_duplicate(const std::vector<const char *> &seen, const char *key) {
-    for (const char *k : seen)
-        if (same(k, key))
+bool is_duplicate(const std::vector<std::string_view> &seen, std::string_view key) {
+    for (std::string_view k : seen)
+        if (k == key)
             return true;
     return false;
 }
@@ -181,15 +205,18 @@ bool is_duplicate(const std::vector<const char *> &seen, const char *key) {
 // keys: storage for the member names seen (duplicates are jansson's to report);
 // own(): a string to keep an integer's text in.
 template <typename O, typename F>
-bool read_plain_object(PlainReader &r, std::vector<const char *> &keys, O own, F f) {
+bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O own, F f) {
     if (!r.eat('{'))
         return false;
     keys.clear();
     if (r.eat('}'))
         return true;
     do {
-        const char *key = r.string();
-        if (!key || is_duplicate(keys, key) || !r.eat(':'))
+        const char *name = r.string();
+        if (!name)
+            return false;
+        const std::string_view key(name, r.last_length());
+        if (is_duplicate(keys, key) || !r.eat(':'))
             return false;
         keys.push_back(key);
         const PlainReader::Kind kind = r.peek();
@@ -282,7 +309,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
     PlainReader r(text_.data(), text_.data() + text_.size());
     if (!r.eat('{'))
         return false;
-    std::vector<const char *> &keys = keys_;
+    std::vector<std::string_view> &keys = keys_;
     keys.clear();
     const char *op = nullptr;
     const char *source_name = nullptr;
@@ -294,47 +321,50 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
             return true;
         }
         present = true;
-        return read_plain_object(r, inner_keys_, own, [&](const char *name, PlainReader::Kind, const char *text) {
-            if (!plain_identifier(name))
+        return read_plain_object(r, inner_keys_, own, [&](std::string_view name, PlainReader::Kind, const char *text) {
+            if (name.empty() || name.size() > kMaxIdentifier)
                 return false;
-            cols.push_back({name, text});
+            cols.push_back({name.data(), text}); // NUL-terminated in place
             return true;
         });
     };
     if (!r.eat('}')) {
         do {
-            const char *key = r.string();
-            if (!key || is_duplicate(keys, key) || !r.eat(':'))
+            const char *name = r.string();
+            if (!name)
+                return false;
+            const std::string_view key(name, r.last_length());
+            if (is_duplicate(keys, key) || !r.eat(':'))
                 return false;
             keys.push_back(key);
             bool ok;
-            if (same(key, "before")) {
+            if (key == "before") {
                 ok = plain_row(out.has_before, out.before);
-            } else if (same(key, "after")) {
+            } else if (key == "after") {
                 ok = plain_row(out.has_after, out.after);
-            } else if (same(key, "source")) {
+            } else if (key == "source") {
                 has_source = true;
-                ok = read_plain_object(r, inner_keys_, own, [&](const char *k, PlainReader::Kind kind, const char *text) {
+                ok = read_plain_object(r, inner_keys_, own, [&](std::string_view k, PlainReader::Kind kind, const char *text) {
                     const bool str = kind == PlainReader::Kind::String;
-                    if (same(k, "schema"))
+                    if (k == "schema")
                         out.schema = str ? text : nullptr;
-                    else if (same(k, "table"))
+                    else if (k == "table")
                         out.table = str ? text : nullptr;
-                    else if (same(k, "origin") && str)
+                    else if (k == "origin" && str)
                         out.origin = text;
-                    else if (same(k, "name") && str)
+                    else if (k == "name" && str)
                         source_name = text;
-                    else if (same(k, "row_ts_ms") && kind == PlainReader::Kind::Integer) {
+                    else if (k == "row_ts_ms" && kind == PlainReader::Kind::Integer) {
                         out.has_row_ts = true;
                         out.row_ts_ms = strtoll(text, nullptr, 10);
-                    } else if (same(k, "row_origin"))
+                    } else if (k == "row_origin")
                         out.row_origin = str && plain_identifier(text) ? text : nullptr;
                     return true;
                 });
-            } else if (same(key, "transaction") && r.peek() == PlainReader::Kind::Object) {
+            } else if (key == "transaction" && r.peek() == PlainReader::Kind::Object) {
                 ok = read_plain_object(r, inner_keys_, own,
-                                       [](const char *, PlainReader::Kind, const char *) { return true; });
-            } else if (same(key, "schema") || same(key, "payload")) {
+                                       [](std::string_view, PlainReader::Kind, const char *) { return true; });
+            } else if (key == "schema" || key == "payload") {
                 ok = false; // the Connect schema wrapper: jansson's job
             } else {
                 // op, ts_ms, anything else of scalars
@@ -343,7 +373,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 case PlainReader::Kind::String: {
                     const char *v = r.string();
                     ok = v != nullptr;
-                    if (ok && same(key, "op"))
+                    if (ok && key == "op")
                         op = v;
                     break;
                 }

@@ -94,8 +94,8 @@ class RecordDecoder {
     json_t *root_ = nullptr;
     std::deque<std::string> owned_; // texts of non-string JSON values (stable addresses), reused
     size_t owned_used_ = 0;
-    std::vector<const char *> keys_;  // the keys of the object being read, by nesting depth
-    std::vector<const char *> inner_keys_;
+    std::vector<std::string_view> keys_; // the member names of the record's object, then of an inner one
+    std::vector<std::string_view> inner_keys_;
     std::string text_;              // decode_plain's copy of the value, strings unescaped in place
 };
 

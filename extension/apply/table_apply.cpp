@@ -21,6 +21,7 @@ extern "C" {
 #include "utils/relcache.h"
 #include "storage/lmgr.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 }
 
 namespace {
@@ -47,6 +48,7 @@ struct TargetInfo {
     Oid direct_checked_for;
     Oid key_index;
     int nwritable; /* columns neither dropped nor generated */
+    LocalTransactionId locked_in; /* lock_stamp() of its RowExclusiveLock */
 };
 
 /* Numbers the apply calls: some facts are looked up once per call. */
@@ -186,13 +188,16 @@ void build_target(TargetInfo *t) {
 
 TargetInfo *target_for(Oid relid) {
     ensure_caches();
-    /* taking the lock first also processes pending invalidations of the table */
-    LockRelationOid(relid, RowExclusiveLock);
     bool found;
     auto *t = static_cast<TargetInfo *>(hash_search(targets, &relid, HASH_ENTER, &found));
     if (!found) {
         memset(reinterpret_cast<char *>(t) + sizeof(Oid), 0, sizeof(TargetInfo) - sizeof(Oid));
         t->relid = relid;
+    }
+    /* taking the lock first also processes pending invalidations of the table */
+    if (!lock_still_held(t->locked_in)) {
+        LockRelationOid(relid, RowExclusiveLock);
+        t->locked_in = lock_stamp();
     }
     if (!t->valid || t->direct_checked_for != GetUserId())
         build_target(t);
@@ -1011,6 +1016,12 @@ bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const R
     q.table = pstrdup(rec->table);
     MemoryContextSwitchTo(old);
     return true;
+}
+
+LocalTransactionId lock_stamp() { return GetCurrentTransactionNestLevel() == 1 ? MyProc->lxid : InvalidLocalTransactionId; }
+
+bool lock_still_held(LocalTransactionId stamp) {
+    return stamp != InvalidLocalTransactionId && stamp == MyProc->lxid;
 }
 
 void apply_begin_call(bool keep_writer) {

@@ -42,6 +42,16 @@ struct RemoteChange {
 void apply_begin_call(bool keep_writer);
 void apply_close_writer();
 
+/*
+ * Locks a change needs, taken once per transaction: a lock taken at the top
+ * level of a transaction is held until it ends, one taken in a
+ * subtransaction (careful mode) may go with that subtransaction's abort.
+ * lock_stamp() marks a lock just taken (0 inside a subtransaction);
+ * lock_still_held(stamp) says whether it need not be taken again.
+ */
+LocalTransactionId lock_stamp();
+bool lock_still_held(LocalTransactionId stamp);
+
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);
 

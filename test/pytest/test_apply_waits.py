@@ -23,15 +23,16 @@ CREATE TABLE t (id int PRIMARY KEY, v text);
 CREATE PUBLICATION kafka_sync FOR ALL TABLES;
 SELECT kafka_sync.create_node('here', 'localhost:1', snapshot => false);
 SELECT kafka_sync.create_subscription('from_peer', 'peer', 'localhost:1');
-CREATE FUNCTION hdrs(lsn text, ts bigint) RETURNS bytea LANGUAGE sql AS $$
+SELECT kafka_sync.create_subscription('from_peer2', 'peer2', 'localhost:1');
+CREATE FUNCTION hdrs(lsn text, ts bigint, origin text DEFAULT 'peer') RETURNS bytea LANGUAGE sql AS $$
     SELECT int4send(14) || 'kafka_sync.lsn'::bytea || int4send(octet_length(lsn)) || convert_to(lsn, 'UTF8')
-        || int4send(17) || 'kafka_sync.origin'::bytea || int4send(4) || 'peer'::bytea
+        || int4send(17) || 'kafka_sync.origin'::bytea || int4send(octet_length(origin)) || convert_to(origin, 'UTF8')
         || int4send(20) || 'kafka_sync.commit_ts'::bytea || int4send(octet_length(ts::text)) || convert_to(ts::text, 'UTF8')
         || int4send(18) || 'kafka_sync.txn_end'::bytea || int4send(1) || '1'::bytea
 $$;
-CREATE FUNCTION ev(op text, before jsonb, after jsonb) RETURNS bytea LANGUAGE sql AS $$
+CREATE FUNCTION ev(op text, before jsonb, after jsonb, origin text DEFAULT 'peer') RETURNS bytea LANGUAGE sql AS $$
     SELECT convert_to(jsonb_build_object('op', op, 'before', before, 'after', after,
-        'source', jsonb_build_object('name', 'peer', 'origin', 'peer', 'schema', 'public', 'table', 't'))::text, 'UTF8')
+        'source', jsonb_build_object('name', origin, 'origin', origin, 'schema', 'public', 'table', 't'))::text, 'UTF8')
 $$
 """
 
@@ -52,24 +53,25 @@ def db(pg_running):
 class RemoteApply(threading.Thread):
     """One apply_chunk call in its own session and transaction, as the sidecar makes it."""
 
-    def __init__(self, cluster, dbname, offset, lsn, op, before, after):
+    def __init__(self, cluster, dbname, offset, lsn, op, before, after, peer="peer"):
         super().__init__(daemon=True)
         self.conn = cluster.connect(dbname)
         cur = self.conn.cursor()
         cur.execute("SELECT pg_backend_pid()")
         self.pid = cur.fetchone()[0]
-        self.args = (offset, op, before, after, lsn)
+        self.args = (offset, op, before, after, lsn, peer)
         self.result = None
         self.error = None
 
     def run(self):
-        offset, op, before, after, lsn = self.args
+        offset, op, before, after, lsn, peer = self.args
         try:
             cur = self.conn.cursor()
             cur.execute("BEGIN")
-            cur.execute("SELECT applied, conflicts, failed_error FROM kafka_sync.apply_chunk('from_peer', "
-                        "ARRAY[%s::int8], ARRAY[NULL::bytea], ARRAY[ev(%s, %s::jsonb, %s::jsonb)], "
-                        "ARRAY[hdrs(%s, %s)], false)", (offset, op, before, after, lsn, FAR_FUTURE_MS))
+            cur.execute("SELECT applied, conflicts, failed_error FROM kafka_sync.apply_chunk(%s, "
+                        "ARRAY[%s::int8], ARRAY[NULL::bytea], ARRAY[ev(%s, %s::jsonb, %s::jsonb, %s)], "
+                        "ARRAY[hdrs(%s, %s, %s)], false)",
+                        ("from_" + peer, offset, op, before, after, peer, lsn, FAR_FUTURE_MS, peer))
             self.result = cur.fetchone()
             cur.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 - reported by the test
@@ -166,3 +168,33 @@ def test_update_after_a_local_delete_commits_finds_no_row(db):
     assert conflict_kinds(cluster, name) == ["update_deleted"]
     assert (applied, conflicts) == (1, 1)
     assert row(cluster, name, 7) == "remote"
+
+
+def test_apply_sessions_of_a_database_take_turns_in_every_transaction(db):
+    """Two peers' apply sessions never apply at once (README: apply transactions of a database
+    run one at a time), also in a session's second transaction, after its first committed."""
+    cluster, name = db
+    first = cluster.connect(name, autocommit=False)
+    cur = first.cursor()
+    for offset, lsn, key in ((0, "0/100", 20), (1, "0/200", 21)):
+        cur.execute("SELECT applied FROM kafka_sync.apply_chunk('from_peer', ARRAY[%s::int8], ARRAY[NULL::bytea], "
+                    "ARRAY[ev('c', NULL, %s::jsonb)], ARRAY[hdrs(%s, %s)], false)",
+                    (offset, f'{{"id": {key}, "v": "first"}}', lsn, FAR_FUTURE_MS))
+        assert cur.fetchone() == (1,)
+        if offset == 0:
+            first.commit()  # the second transaction must take the turn again
+    other = RemoteApply(cluster, name, 0, "0/300", "c", None, '{"id": 22, "v": "second"}', peer="peer2")
+    other.start()
+    try:
+        deadline = time.monotonic() + 10
+        while wait_event(cluster, name, other.pid) != ("Lock", "advisory") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert wait_event(cluster, name, other.pid) == ("Lock", "advisory"), \
+            "the second session applied while the first held its turn"
+        first.commit()
+    finally:
+        first.close()
+    other.join(30)
+    assert other.error is None, other.error
+    assert other.result == (1, 0, None)
+    assert [r[0] for r in cluster.sql("SELECT id FROM t ORDER BY id", dbname=name)] == [20, 21, 22]

@@ -419,6 +419,8 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         R"({"op":"r","before":null,"after":{"id":-7},"source":{"schema":"s","table":"t","name":"n2","row_ts_ms":1700000000123,"row_origin":"chat3"}})",
         R"({"op":"d","before":{"id":"x"},"after":null,"source":{"schema":"s","table":"t","row_origin":""}})",
         " { \"op\" : \"u\" , \"after\" : { \"k\" : \"\xc3\xa9 \xe6\xbc\xa2\" } , \"source\" : { \"schema\" : \"s\" , \"table\" : \"t\" } } ",
+        // long strings: read eight bytes at a time up to an escape, a multi-byte character or the end
+        "{\"op\":\"c\",\"after\":{\"id\":\"abcdefghijklmnopqrstuvwxyz0123456789\",\"v\":\"0123456\\\"89abcdef\\\\ghijklm\xc3\xa9nopqrstuvwxyz\"},\"source\":{\"schema\":\"public_schema_name\",\"table\":\"t\"}}",
         // multi-byte characters after an escape (the reader's second loop)
         "{\"op\":\"c\",\"after\":{\"k\":\"a\\n\xc3\xa9\\t\xe6\xbc\xa2\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}",
         R"({"op":"c","after":{"id":1.5,"j":{"a":1}},"source":{"schema":"s","table":"t"}})",
