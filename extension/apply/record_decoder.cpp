@@ -200,6 +200,19 @@ bool is_duplicate(const std::vector<std::string_view> &seen, std::string_view ke
     return false;
 }
 
+// A member's name and its colon (r at the name's quote), added to keys;
+// false for a name seen before in the object (jansson reports those).
+bool read_member_name(PlainReader &r, std::vector<std::string_view> &keys, std::string_view &key) {
+    const char *name = r.string();
+    if (!name)
+        return false;
+    key = std::string_view(name, r.last_length());
+    if (is_duplicate(keys, key) || !r.eat(':'))
+        return false;
+    keys.push_back(key);
+    return true;
+}
+
 // Reads an object of scalars, calling f(key, kind, text) for each member
 // (text: the string or integer text; nullptr for null; "true"/"false").
 // keys: storage for the member names seen (duplicates are jansson's to report);
@@ -212,13 +225,9 @@ bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O ow
     if (r.eat('}'))
         return true;
     do {
-        const char *name = r.string();
-        if (!name)
+        std::string_view key;
+        if (!read_member_name(r, keys, key))
             return false;
-        const std::string_view key(name, r.last_length());
-        if (is_duplicate(keys, key) || !r.eat(':'))
-            return false;
-        keys.push_back(key);
         const PlainReader::Kind kind = r.peek();
         const char *text = nullptr;
         switch (kind) {
@@ -330,13 +339,9 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
     };
     if (!r.eat('}')) {
         do {
-            const char *name = r.string();
-            if (!name)
+            std::string_view key;
+            if (!read_member_name(r, keys, key))
                 return false;
-            const std::string_view key(name, r.last_length());
-            if (is_duplicate(keys, key) || !r.eat(':'))
-                return false;
-            keys.push_back(key);
             bool ok;
             if (key == "before") {
                 ok = plain_row(out.has_before, out.before);
