@@ -8,9 +8,12 @@ Source path (one cluster, a node with default settings, schemas on):
   until Kafka acknowledged every record, and pg_recvlogical --endpos, timed.
   Loads: one R-row transaction; T single-row transactions.  -> records/s
 
-Apply path (two clusters src -> dst; database "native" with a publication
-and a subscription, database "ks" with a kafka_sync node on src, a
-subscription and a kafka_sync_sidecar on dst; same table in both):
+Apply path (two clusters src -> dst per system, four in all: database
+"native" with a publication and a subscription; database "ks" with a
+kafka_sync node on its src, a subscription and a kafka_sync_sidecar on its
+dst; the same table in both. Separate clusters because a logical decoder
+reads all of its cluster's WAL: sharing them, each system's decoder would
+also read the other system's writes, and S2/S3 would pay for it):
   S1 catch-up: T single-row INSERT transactions written while the native
      subscription is disabled / the kafka_sync subscription is paused (the
      sidecar's runner has stopped, and the node has produced them all: the
@@ -258,35 +261,39 @@ class ApplyBench:
         self.kafka = kafka
         self.perf_dir = perf_dir
         base = BASE_DIR / uuid.uuid4().hex[:6]
-        self.src = PgCluster("src", extra_conf=SERVER_CONF, base_dir=base)
-        self.dst = PgCluster("dst", extra_conf=SERVER_CONF, base_dir=base)
-        for c in (self.src, self.dst):
-            c.start()
-            for db in ("native", "ks"):
+        # Each system has its own two clusters: a logical decoder reads all of its
+        # cluster's WAL, so in shared clusters each system's decoder would also
+        # read (and pay for) the other system's writes.
+        self.src = {db: PgCluster(f"src-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in ("native", "ks")}
+        self.dst = {db: PgCluster(f"dst-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in ("native", "ks")}
+        for db in ("native", "ks"):
+            for c in (self.src[db], self.dst[db]):
+                c.start()
                 c.create_database(db)
                 c.sql(TABLE, dbname=db)
-        self.src.sql("CREATE PUBLICATION native_pub FOR TABLE bench_t", dbname="native")
-        self.dst.sql(f"CREATE SUBSCRIPTION native_sub CONNECTION '{self.src.dsn('native')}' "
-                     "PUBLICATION native_pub WITH (copy_data = false)", dbname="native")
+        self.src["native"].sql("CREATE PUBLICATION native_pub FOR TABLE bench_t", dbname="native")
+        self.dst["native"].sql(f"CREATE SUBSCRIPTION native_sub CONNECTION '{self.src['native'].dsn('native')}' "
+                               "PUBLICATION native_pub WITH (copy_data = false)", dbname="native")
         prefix = "bench" + uuid.uuid4().hex[:8]
         self.kafka.create_topic(f"{prefix}.src")
-        for c in (self.src, self.dst):
+        src, dst = self.src["ks"], self.dst["ks"]
+        for c in (src, dst):
             c.sql("CREATE EXTENSION kafka_sync", dbname="ks")
-        self.src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname="ks")
+        src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname="ks")
         mock = not os.environ.get("KAFKA_BROKERS")
-        self.src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
-                     "kafka_config => %s)",
-                     (self.kafka.bootstrap, prefix, MOCK_NODE_KAFKA_CONFIG if mock else EXTERNAL_NODE_KAFKA_CONFIG),
-                     dbname="ks")
-        wait_until(lambda: self.src.sql("SELECT state FROM kafka_sync.node_status", dbname="ks")[0][0]
+        src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
+                "kafka_config => %s)",
+                (self.kafka.bootstrap, prefix, MOCK_NODE_KAFKA_CONFIG if mock else EXTERNAL_NODE_KAFKA_CONFIG),
+                dbname="ks")
+        wait_until(lambda: src.sql("SELECT state FROM kafka_sync.node_status", dbname="ks")[0][0]
                    == "streaming", 60, "source node streaming", 0.1)
-        self.dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s, "
-                     "kafka_config => %s)",
-                     (self.kafka.bootstrap, prefix, MOCK_SUBSCRIPTION_KAFKA_CONFIG if mock else "{}"), dbname="ks")
-        self.sidecar = Sidecar(self.dst.dsn("ks"), self.dst.dir / "sidecar.log").start()
+        dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s, "
+                "kafka_config => %s)",
+                (self.kafka.bootstrap, prefix, MOCK_SUBSCRIPTION_KAFKA_CONFIG if mock else "{}"), dbname="ks")
+        self.sidecar = Sidecar(dst.dsn("ks"), dst.dir / "sidecar.log").start()
         self.next_id = {"native": 0, "ks": 0}  # S3 updates ids 0 .. U-1 of its own database
         self.update_tag = 0
-        self.watch = {db: Conn(self.dst, db) for db in ("native", "ks")}
+        self.watch = {db: Conn(self.dst[db], db) for db in ("native", "ks")}
         self.meters = {
             "native": CpuMeter(self.native_apply_pids),
             "kafka_sync": CpuMeter(lambda: [self.sidecar.proc.pid] + self.sidecar_backend_pids()),
@@ -308,7 +315,8 @@ class ApplyBench:
 
     def diagnostics(self):
         return (f"--- sidecar log ---\n{self.sidecar.log_text()[-3000:]}\n"
-                f"--- dst log ---\n{self.dst.log_text()[-2000:]}\n--- src log ---\n{self.src.log_text()[-2000:]}")
+                f"--- dst log ---\n{self.dst['ks'].log_text()[-2000:]}\n"
+                f"--- src log ---\n{self.src['ks'].log_text()[-2000:]}")
 
     # -- target-side checks on a persistent connection
 
@@ -355,11 +363,11 @@ class ApplyBench:
     def s1_catch_up(self, system, n):
         db = "native" if system == "native" else "ks"
         if system == "native":
-            self.dst.sql("ALTER SUBSCRIPTION native_sub DISABLE", dbname=db)
+            self.dst[db].sql("ALTER SUBSCRIPTION native_sub DISABLE", dbname=db)
             wait_until(lambda: not self.native_apply_pids(), 30, "native apply worker stopped", 0.05)
         else:
             runner_seen = bool(self.sidecar_backend_pids_of_runner())
-            self.dst.sql("SELECT kafka_sync.pause_subscription('from_src')", dbname=db)
+            self.dst[db].sql("SELECT kafka_sync.pause_subscription('from_src')", dbname=db)
             if runner_seen:  # the runner's connection closes when it has stopped
                 wait_until(lambda: not self.sidecar_backend_pids_of_runner(), 30, "sidecar runner stopped", 0.05,
                            diagnostics=self.diagnostics)
@@ -367,16 +375,16 @@ class ApplyBench:
                 time.sleep(2)
             acked0 = self.acked()
         lo = self.next_id[db]
-        self.next_id[db] = write_load(self.src, db, lo, n, big_txn=False)
+        self.next_id[db] = write_load(self.src[db], db, lo, n, big_txn=False)
         if system == "kafka_sync":  # S1 measures the apply side: the records wait in Kafka
             wait_until(lambda: self.acked() >= acked0 + n, 900, "source produced", 0.1, self.diagnostics)
 
         def catch_up():
             t0 = time.monotonic()
             if system == "native":
-                self.dst.sql("ALTER SUBSCRIPTION native_sub ENABLE", dbname=db)
+                self.dst[db].sql("ALTER SUBSCRIPTION native_sub ENABLE", dbname=db)
             else:
-                self.dst.sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
+                self.dst[db].sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
         return self.measured(system, "S1", catch_up)
 
@@ -385,7 +393,7 @@ class ApplyBench:
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'kafka_sync_sidecar from_src'")]
 
     def acked(self):
-        rows = self.src.sql("SELECT coalesce(records_acknowledged, 0), state FROM kafka_sync.node_status", dbname="ks")
+        rows = self.src["ks"].sql("SELECT coalesce(records_acknowledged, 0), state FROM kafka_sync.node_status", dbname="ks")
         return rows[0][0] if rows and rows[0][1] == "streaming" else 0
 
     def s2_big_insert(self, system, n):
@@ -393,7 +401,7 @@ class ApplyBench:
 
         def run():
             lo = self.next_id[db]
-            self.next_id[db] = write_load(self.src, db, lo, n, big_txn=True)
+            self.next_id[db] = write_load(self.src[db], db, lo, n, big_txn=True)
             t_commit = time.monotonic()
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S2 visible") - t_commit
         return self.measured(system, "S2", run)
@@ -411,9 +419,9 @@ class ApplyBench:
             return self.watch[db].one("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag))[0] == n
 
         def run():
-            self.src.sql("UPDATE bench_t SET n = %s WHERE id < %s", (tag, n), dbname=db)
+            self.src[db].sql("UPDATE bench_t SET n = %s WHERE id < %s", (tag, n), dbname=db)
             t_commit = time.monotonic()
-            changed = self.src.sql("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag), dbname=db)[0][0]
+            changed = self.src[db].sql("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag), dbname=db)[0][0]
             if changed != n:
                 raise RuntimeError(f"S3 updated {changed} rows, not {n}")
             wait_until(lambda: updated(n - 1), 900, f"{system} S3 visible", diagnostics=self.diagnostics)
@@ -430,7 +438,7 @@ class ApplyBench:
         done = threading.Event()
 
         def poll():
-            conn = Conn(self.dst, db)
+            conn = Conn(self.dst[db], db)
             try:
                 low = lo
                 deadline = None
@@ -453,7 +461,7 @@ class ApplyBench:
         t0 = time.monotonic()
         try:
             # paced in the server: transaction i waits for its slot t_start + i/rate
-            self.src.sql(f"""DO $$ DECLARE t_start timestamptz := clock_timestamp(); BEGIN
+            self.src[db].sql(f"""DO $$ DECLARE t_start timestamptz := clock_timestamp(); BEGIN
                 FOR i IN 0 .. {n - 1} LOOP
                     PERFORM pg_sleep(greatest(0, extract(epoch FROM
                         t_start + make_interval(secs => i / {float(rate)}) - clock_timestamp())));
@@ -465,7 +473,7 @@ class ApplyBench:
             poller.join()
         if len(seen) < n:
             raise TimeoutError(f"{system} S4: {n - len(seen)} of {n} rows never arrived\n{self.diagnostics()}")
-        commits = self.src.sql("SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
+        commits = self.src[db].sql("SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
                                "FROM bench_t WHERE id BETWEEN %s AND %s ORDER BY id", (lo, hi), dbname=db)
         t_first = commits[0][1]
         window = min(10.0, seconds / 3)
@@ -482,9 +490,9 @@ class ApplyBench:
             for c in self.watch.values():
                 c.close()
             self.sidecar.stop()
-            self.dst.sql("DROP SUBSCRIPTION native_sub", dbname="native")
+            self.dst["native"].sql("DROP SUBSCRIPTION native_sub", dbname="native")
         finally:
-            for c in (self.src, self.dst):
+            for c in (*self.src.values(), *self.dst.values()):
                 c.destroy()
 
 
