@@ -182,17 +182,13 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
     return st;
 }
 
-namespace {
+ApplyCall ApplyCall::chunk(const std::vector<Record> &records, bool careful) { return ApplyCall(records, true, careful); }
+
+ApplyCall ApplyCall::transactions(const std::vector<Record> &records) { return ApplyCall(records, false, false); }
 
 // Parameters $2..$5 of apply_chunk and apply_transactions: the records as
 // binary arrays.
-struct RecordParams {
-    std::string offsets, keys, values, headers;
-
-    explicit RecordParams(const std::vector<Record> &records);
-};
-
-RecordParams::RecordParams(const std::vector<Record> &records) {
+ApplyCall::ApplyCall(const std::vector<Record> &records, bool chunk, bool careful) : chunk_(chunk), careful_(careful) {
     std::vector<int64_t> offsets_v;
     std::vector<const std::string *> keys_v, values_v, headers_v;
     offsets_v.reserve(records.size());
@@ -205,44 +201,31 @@ RecordParams::RecordParams(const std::vector<Record> &records) {
         values_v.push_back(r.value ? &*r.value : nullptr);
         headers_v.push_back(&r.headers);
     }
-    offsets = encode_int8_array(offsets_v);
-    keys = encode_bytea_array(keys_v);
-    values = encode_bytea_array(values_v);
-    headers = encode_bytea_array(headers_v);
+    offsets_ = encode_int8_array(offsets_v);
+    keys_ = encode_bytea_array(keys_v);
+    values_ = encode_bytea_array(values_v);
+    headers_ = encode_bytea_array(headers_v);
 }
 
-} // namespace
-
-
-DbStatus DbSession::send_apply(Pending kind, const std::string &sub, const std::vector<Record> &records,
-                               const char *careful) {
+DbStatus DbSession::send_apply(const std::string &sub, const ApplyCall &call) {
     if (DbStatus u = usable(); !u.ok())
         return u;
-    const RecordParams p(records);
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
-    const char *params[6] = {sub.c_str(), p.offsets.data(), p.keys.data(), p.values.data(), p.headers.data(), careful};
-    const int lengths[6] = {0, static_cast<int>(p.offsets.size()), static_cast<int>(p.keys.size()),
-                            static_cast<int>(p.values.size()), static_cast<int>(p.headers.size()), 0};
+    const char *params[6] = {sub.c_str(),        call.offsets_.data(), call.keys_.data(),
+                             call.values_.data(), call.headers_.data(), call.careful_ ? "t" : "f"};
+    const int lengths[6] = {0, static_cast<int>(call.offsets_.size()), static_cast<int>(call.keys_.size()),
+                            static_cast<int>(call.values_.size()), static_cast<int>(call.headers_.size()), 0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
-    const bool chunk = kind == Pending::Chunk;
-    const char *sql = chunk ? "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
-                              "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                              "$5::bytea[], $6::bool)"
-                            : "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
-                              "$5::bytea[], NULL, NULL, NULL)";
-    // In blocking mode the whole message is written before this returns: p may go.
-    if (!PQsendQueryParams(conn_, sql, chunk ? 6 : 5, types, params, lengths, formats, 0))
+    const char *sql = call.chunk_ ? "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
+                                    "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
+                                    "$5::bytea[], $6::bool)"
+                                  : "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], "
+                                    "$4::bytea[], $5::bytea[], NULL, NULL, NULL)";
+    // In blocking mode the whole message is written before this returns.
+    if (!PQsendQueryParams(conn_, sql, call.chunk_ ? 6 : 5, types, params, lengths, formats, 0))
         return check(nullptr, PGRES_TUPLES_OK);
-    pending_ = kind;
+    pending_ = call.chunk_ ? Pending::Chunk : Pending::Transactions;
     return DbStatus();
-}
-
-DbStatus DbSession::send_apply_transactions(const std::string &sub, const std::vector<Record> &records) {
-    return send_apply(Pending::Transactions, sub, records, nullptr);
-}
-
-DbStatus DbSession::send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful) {
-    return send_apply(Pending::Chunk, sub, records, careful ? "t" : "f");
 }
 
 DbStatus DbSession::receive_apply(ApplyResult &out) {

@@ -39,6 +39,24 @@ struct ApplyResult {
     std::string failed_error;
 };
 
+// An apply call's records, encoded as its binary array parameters. Built
+// before the previous call's result is awaited, so that the server, done
+// with one call, waits only for the next one's bytes, not for their encoding.
+class ApplyCall {
+  public:
+    // apply_chunk: records of one local transaction (careful: record by record).
+    static ApplyCall chunk(const std::vector<Record> &records, bool careful);
+    // apply_transactions: complete source transactions, each committed on its own.
+    static ApplyCall transactions(const std::vector<Record> &records);
+
+  private:
+    friend class DbSession;
+    ApplyCall(const std::vector<Record> &records, bool chunk, bool careful);
+    bool chunk_;
+    bool careful_;
+    std::string offsets_, keys_, values_, headers_;
+};
+
 class DbSession {
   public:
     // application_name is used unless the DSN sets one.
@@ -64,10 +82,9 @@ class DbSession {
     // next records are consumed while the server applies these; one at a
     // time: receive_apply() must read the result before the session is used
     // again (any other call fails until then).
-    DbStatus send_apply_chunk(const std::string &sub, const std::vector<Record> &records, bool careful);
-    // Complete source transactions, each committed on its own by the server
-    // (CALL, outside a transaction block). On error, the ones before it stay.
-    DbStatus send_apply_transactions(const std::string &sub, const std::vector<Record> &records);
+    // apply_transactions is a CALL outside a transaction block: the server
+    // commits each source transaction on its own; on error, the ones before it stay.
+    DbStatus send_apply(const std::string &sub, const ApplyCall &call);
     DbStatus receive_apply(ApplyResult &out);
     bool apply_pending() const { return pending_ != Pending::None; }
     // record: the failed record, or null when it is not at hand.
@@ -83,7 +100,6 @@ class DbSession {
 
     enum class Pending { None, Chunk, Transactions };
     Pending pending_ = Pending::None;
-    DbStatus send_apply(Pending kind, const std::string &sub, const std::vector<Record> &records, const char *careful);
 
     std::string dsn_;
     std::string application_name_;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <optional>
 
 namespace kafka_sync_sidecar {
 
@@ -236,13 +237,14 @@ void SubscriptionRunner::execute_steps() {
 }
 
 bool SubscriptionRunner::run_transactions(ApplyStep &step) {
+    const ApplyCall call = ApplyCall::transactions(step.records); // while the server applies the previous call
     if (!await_apply())
         return false;
     txn_careful_ = false;
     txn_first_offset_ = step.records.front().offset;
     txn_last_offset_ = step.records.back().offset;
     in_flight_.started = Clock::now();
-    DbStatus st = db_.send_apply_transactions(name_, step.records);
+    DbStatus st = db_.send_apply(name_, call);
     if (!st.ok())
         return apply_failed(st);
     in_flight_.active = true;
@@ -251,6 +253,9 @@ bool SubscriptionRunner::run_transactions(ApplyStep &step) {
 }
 
 bool SubscriptionRunner::run_step(ApplyStep &step) {
+    std::optional<ApplyCall> call; // encoded while the server applies the previous call
+    if (step.kind == ApplyStep::Kind::Send)
+        call = ApplyCall::chunk(step.records, step.careful);
     if (!await_apply())
         return false;
     DbStatus st;
@@ -268,7 +273,7 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
         }
         txn_last_offset_ = step.records.back().offset;
         in_flight_.started = Clock::now();
-        st = db_.send_apply_chunk(name_, step.records, step.careful);
+        st = db_.send_apply(name_, *call);
         if (!st.ok())
             return apply_failed(st);
         in_flight_.active = true;
