@@ -9,6 +9,7 @@
 #include "supervisor.hpp"
 
 #include <csignal>
+#include <malloc.h>
 #include <cstdio>
 #include <pthread.h>
 #include <signal.h>
@@ -36,6 +37,12 @@ int main(int argc, char **argv) {
     set_log_level(options.log_level);
     if (options.check)
         return run_check(options.dsn);
+    // librdkafka decompresses every fetched batch into a fresh buffer and
+    // frees it again: with glibc's defaults those were mmap()ed or trimmed
+    // off the heap and faulted in anew each time (~15,000 page faults for
+    // 200,000 records). Freed memory up to 64 MB stays with the process.
+    mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 
     // The stop signals stay blocked in every thread (runner threads and
     // librdkafka's inherit the mask) and are taken only inside the
