@@ -9,8 +9,8 @@
 #include "supervisor.hpp"
 
 #include <csignal>
-#include <malloc.h>
 #include <cstdio>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 

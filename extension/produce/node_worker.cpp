@@ -738,10 +738,6 @@ void run_node_worker(Oid dboid) {
     stream(w);
 }
 
-} // namespace
-
-namespace {
-
 /*
  * Every record is a few small malloc()s of librdkafka's, freed when Kafka
  * acknowledges it, and the reorder buffer and librdkafka's batches allocate
