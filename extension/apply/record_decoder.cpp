@@ -213,10 +213,40 @@ bool read_member_name(PlainReader &r, std::vector<std::string_view> &keys, std::
     return true;
 }
 
-// Reads an object of scalars, calling f(key, kind, text) for each member
-// (text: the string or integer text; nullptr for null; "true"/"false").
-// keys: storage for the member names seen (duplicates are jansson's to report);
+// A scalar value (r at it): its kind and its text (the string or integer
+// text; nullptr for null; "true"/"false"); false for anything else.
 // own(): a string to keep an integer's text in.
+template <typename O>
+bool read_scalar(PlainReader &r, O own, PlainReader::Kind &kind, const char *&text) {
+    kind = r.peek();
+    text = nullptr;
+    switch (kind) {
+    case PlainReader::Kind::String:
+        text = r.string();
+        return text != nullptr;
+    case PlainReader::Kind::Integer: {
+        std::string &digits = own();
+        if (!r.integer(digits))
+            return false;
+        text = digits.c_str();
+        return true;
+    }
+    case PlainReader::Kind::True:
+    case PlainReader::Kind::False:
+        text = kind == PlainReader::Kind::True ? "true" : "false";
+        r.skip_word(kind);
+        return true;
+    case PlainReader::Kind::Null:
+        r.skip_word(kind);
+        return true;
+    default:
+        return false;
+    }
+}
+
+// Reads an object of scalars, calling f(key, kind, text) for each member
+// (text as read_scalar gives it).
+// keys: storage for the member names seen (duplicates are jansson's to report).
 template <typename O, typename F>
 bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O own, F f) {
     if (!r.eat('{'))
@@ -226,35 +256,9 @@ bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O ow
         return true;
     do {
         std::string_view key;
-        if (!read_member_name(r, keys, key))
-            return false;
-        const PlainReader::Kind kind = r.peek();
-        const char *text = nullptr;
-        switch (kind) {
-        case PlainReader::Kind::String:
-            text = r.string();
-            if (!text)
-                return false;
-            break;
-        case PlainReader::Kind::Integer: {
-            std::string &digits = own();
-            if (!r.integer(digits))
-                return false;
-            text = digits.c_str();
-            break;
-        }
-        case PlainReader::Kind::True:
-        case PlainReader::Kind::False:
-            text = kind == PlainReader::Kind::True ? "true" : "false";
-            r.skip_word(kind);
-            break;
-        case PlainReader::Kind::Null:
-            r.skip_word(kind);
-            break;
-        default:
-            return false;
-        }
-        if (!f(key, kind, text))
+        PlainReader::Kind kind;
+        const char *text;
+        if (!read_member_name(r, keys, key) || !read_scalar(r, own, kind, text) || !f(key, kind, text))
             return false;
     } while (r.eat(','));
     return r.eat('}');
@@ -373,21 +377,11 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 ok = false; // the Connect schema wrapper: jansson's job
             } else {
                 // op, ts_ms, anything else of scalars
-                std::string ignored;
-                switch (r.peek()) {
-                case PlainReader::Kind::String: {
-                    const char *v = r.string();
-                    ok = v != nullptr;
-                    if (ok && key == "op")
-                        op = v;
-                    break;
-                }
-                case PlainReader::Kind::Integer: ok = r.integer(ignored); break;
-                case PlainReader::Kind::True:
-                case PlainReader::Kind::False:
-                case PlainReader::Kind::Null: r.skip_word(r.peek()); ok = true; break;
-                default: ok = false;
-                }
+                PlainReader::Kind kind;
+                const char *text;
+                ok = read_scalar(r, own, kind, text);
+                if (ok && key == "op" && kind == PlainReader::Kind::String)
+                    op = text;
             }
             if (!ok)
                 return false;
