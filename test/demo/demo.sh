@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # make demo: two master PostgreSQL databases, chat1 and chat2, kept in sync
 # in both directions through Kafka by kafka_sync. As root on Debian 12:
-# installs what is missing, builds, starts a Kafka (librdkafka's mock cluster,
-# or KAFKA_BROKERS), two PostgreSQL clusters, both nodes, both subscriptions
-# and both sidecars, then writes on both sides and shows the other side.
+# installs what is missing, builds, starts a Kafka (a real Apache Kafka broker
+# on loopback, test/kafka_broker/kafka_broker.py, or KAFKA_BROKERS), two
+# PostgreSQL clusters, both nodes, both subscriptions and both sidecars, then
+# writes on both sides and shows the other side.
 #
 #   make demo                          start (and leave running)
-#   make demo KAFKA_BROKERS=host:9092  the same with a real Kafka cluster
+#   make demo KAFKA_BROKERS=host:9092  the same with an existing Kafka cluster
 #   make demo-stop                     stop everything, remove the demo's data
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,10 +16,13 @@ DEMO=${KAFKA_SYNC_DEMO_DIR:-/tmp/kafka_sync_demo}
 PGBIN=/usr/lib/postgresql/15/bin
 PORT1=${DEMO_PORT1:-5441}
 PORT2=${DEMO_PORT2:-5442}
+KAFKA_DIR=$DEMO/kafka
+KAFKA_BROKER="/usr/bin/python3 $REPO/test/kafka_broker/kafka_broker.py"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 as_pg() { runuser -u postgres -- "$@"; }
 
 stop() {
+    [ -d "$KAFKA_DIR" ] && $KAFKA_BROKER stop --dir "$KAFKA_DIR" 2>/dev/null || true
     for f in "$DEMO"/*.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
@@ -32,6 +36,8 @@ if [ "${1:-}" = stop ]; then stop; echo "demo stopped"; exit 0; fi
 
 say "Installing what is missing"
 PKGS="build-essential postgresql-15 postgresql-server-dev-15 libpq-dev librdkafka-dev libjansson-dev kcat python3-psycopg2"
+# the local broker: Java 17 runs it, Maven fetches it once, Python starts it
+[ -n "${KAFKA_BROKERS:-}" ] || PKGS="$PKGS openjdk-17-jre-headless maven python3-confluent-kafka"
 missing=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
@@ -54,17 +60,12 @@ if [ -n "${KAFKA_BROKERS:-}" ]; then
     echo "using $BOOTSTRAP (topics $PREFIX.chat1 and $PREFIX.chat2 are created by the nodes)"
 else
     PREFIX=kafka_sync
-    # The mock takes fault commands on stdin and stops at end of input: feed
-    # it from a FIFO that a sleeping writer keeps open.
-    mkfifo "$DEMO/kafka.in"
-    nohup "$REPO/test/kafka_mock/kafka_sync_mock_kafka" --topic "$PREFIX.chat1" --topic "$PREFIX.chat2" \
-        <"$DEMO/kafka.in" >"$DEMO/kafka.out" 2>"$DEMO/kafka.log" &
-    echo $! >"$DEMO/kafka.pid"
-    sleep infinity >"$DEMO/kafka.in" 2>/dev/null </dev/null &
-    echo $! >"$DEMO/kafka_stdin.pid"
-    for _ in $(seq 50); do grep -q BOOTSTRAP "$DEMO/kafka.out" 2>/dev/null && break; sleep 0.1; done
-    BOOTSTRAP=$(awk '/^BOOTSTRAP/ {print $2}' "$DEMO/kafka.out")
-    echo "librdkafka mock cluster at $BOOTSTRAP (in memory)"
+    # Detached (it outlives this script); make demo-stop stops it. The first
+    # run fetches the pinned Apache Kafka with Maven into ~/.cache/kafka_sync.
+    BOOTSTRAP=$($KAFKA_BROKER start --dir "$KAFKA_DIR" </dev/null)
+    KAFKA_VERSION=$(cd "$REPO/test/kafka_broker" && /usr/bin/python3 -c 'import kafka_broker; print(kafka_broker.KAFKA_VERSION)')
+    echo "Apache Kafka $KAFKA_VERSION (KRaft, one broker) at $BOOTSTRAP, data and server.log in $KAFKA_DIR/node1"
+    echo "(topics $PREFIX.chat1 and $PREFIX.chat2 are created by the nodes)"
 fi
 
 start_cluster() { # name port
@@ -175,6 +176,12 @@ The demo keeps running. Try it:
   psql -h $DEMO/chat2 -p $PORT2 -U postgres chat
   write on one, SELECT on the other; watch kafka_sync.node_status and kafka_sync.subscription_status.
 Logs: $DEMO/chat1/server.log, $DEMO/chat2/server.log, $DEMO/sidecar_chat*.log
-Kafka faults (mock only): echo "down all" > $DEMO/kafka.in   ...   echo "up all" > $DEMO/kafka.in
-Stop: make demo-stop
 TXT
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+    cat <<TXT
+Kafka: $KAFKA_DIR/node1/server.log. To make it unreachable for a while (writes keep
+  working, node_status shows the backlog, nothing is lost):
+  kill -STOP \$(cat $KAFKA_DIR/node1/pid)   ...   kill -CONT \$(cat $KAFKA_DIR/node1/pid)
+TXT
+fi
+echo "Stop: make demo-stop"
