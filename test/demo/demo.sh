@@ -179,8 +179,8 @@ Logs: $DEMO/chat1/server.log, $DEMO/chat2/server.log, $DEMO/sidecar_chat*.log
 TXT
 if [ -z "${KAFKA_BROKERS:-}" ]; then
     cat <<TXT
-Kafka: $KAFKA_DIR/node1/server.log. To make it unreachable for a while (writes keep
-  working, node_status shows the backlog, nothing is lost):
+Kafka: $KAFKA_DIR/node1/server.log. To make it unreachable for a while (writes go on,
+  node_status says kafka_unavailable and the WAL it retains; nothing is lost):
   kill -STOP \$(cat $KAFKA_DIR/node1/pid)   ...   kill -CONT \$(cat $KAFKA_DIR/node1/pid)
 TXT
 fi
