@@ -1,10 +1,15 @@
 """Fixtures of the kafka_sync end-to-end suite.
 
-One PostgreSQL cluster and one Kafka (the mock cluster, or $KAFKA_BROKERS)
-serve the whole session; every test gets its own database, node name and
-topic prefix, and its node is dropped afterwards so no producer worker of
-an earlier test keeps running (or keeps a replication slot) behind it.
-Tests that break Kafka on purpose get a private mock cluster instead.
+One PostgreSQL cluster and one Kafka (a local Apache Kafka broker, or
+$KAFKA_BROKERS) serve the whole session; every test gets its own database,
+node name and topic prefix, and its node is dropped afterwards so no producer
+worker of an earlier test keeps running (or keeps a replication slot) behind
+it. Tests that kill or freeze a broker get a local broker (or a 3-broker
+cluster) of their own; tests that need one chosen request to fail get
+librdkafka's mock cluster, the only place such faults can be made.
+
+A broker's directory (its server.log) is kept when a test that used it
+failed, and its path and the log's tail are printed.
 """
 
 import itertools
@@ -14,7 +19,7 @@ import uuid
 
 import pytest
 
-from kafka_env import MockKafka, kafka_for_tests
+from kafka_env import KafkaCluster, MockKafka, kafka_for_tests
 from ks_helpers import USER_TABLE_DDL, Node
 from pg_env import PgCluster
 
@@ -33,18 +38,57 @@ NODE_SERVER_CONF = {
 _counter = itertools.count(1)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        item.ks_failed = True
+
+
+def _stop_broker(cluster, failed, what):
+    kept = cluster.stop(keep=failed)
+    if kept:
+        print(f"\n{what}: a test failed; broker logs kept in {kept}\n{cluster.log_tails(30)}")
+
+
 @pytest.fixture(scope="session")
-def kafka():
+def kafka(request):
     k = kafka_for_tests()
     yield k
-    k.stop()
+    if isinstance(k, KafkaCluster):
+        _stop_broker(k, request.session.testsfailed > 0, "session broker")
+    else:
+        k.stop()
 
 
 @pytest.fixture
-def private_kafka():
-    """A mock cluster of the test's own, for fault injection (down/up)."""
-    if os.environ.get("KAFKA_BROKERS"):
-        pytest.skip("fault injection needs the mock cluster")
+def broker_factory(request):
+    """make(brokers=1) -> a local Apache Kafka of the test's own, to kill,
+    freeze or restart (also with $KAFKA_BROKERS set: faults are made on a
+    broker this test runs). Stopped at the end; logs kept if the test failed."""
+    made = []
+
+    def make(brokers=1, **kwargs):
+        k = KafkaCluster(brokers=brokers, **kwargs)
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        _stop_broker(k, getattr(request.node, "ks_failed", False), request.node.name)
+
+
+@pytest.fixture
+def private_broker(broker_factory):
+    """One local broker+controller of the test's own (see broker_factory)."""
+    return broker_factory()
+
+
+@pytest.fixture
+def mock_kafka():
+    """librdkafka's mock cluster, only for what a broker cannot be made to do
+    on purpose: an error answer to chosen requests, a delay on each request."""
     k = MockKafka()
     yield k
     k.stop()

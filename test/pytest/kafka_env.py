@@ -1,9 +1,11 @@
 """Kafka side of the pytest harness for kafka_sync.
 
-Provides a Kafka cluster for tests, either the librdkafka mock cluster run by
-test/kafka_mock/kafka_sync_mock_kafka (default, supports fault injection) or
-an external cluster named by $KAFKA_BROKERS, plus helpers to read back what
-the extension published.
+Provides a Kafka cluster for tests: a real Apache Kafka started on loopback
+by test/kafka_broker/kafka_broker.py (the default), an existing cluster named
+by $KAFKA_BROKERS, or, only for faults a broker cannot be made to produce on
+purpose (an error answer to one chosen request, a delay on every request),
+librdkafka's mock cluster run by test/kafka_mock/kafka_sync_mock_kafka. Plus
+helpers to read back what the extension published.
 """
 
 import os
@@ -13,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+import sys
 import weakref
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MOCK_BINARY = REPO_ROOT / "test" / "kafka_mock" / "kafka_sync_mock_kafka"
+
+sys.path.insert(0, str(REPO_ROOT / "test" / "kafka_broker"))
+from kafka_broker import KafkaCluster, alter_topic_config, wait_for_leaders  # noqa: E402
 
 
 class KafkaCommandError(RuntimeError):
@@ -49,9 +55,13 @@ def _reap(proc, stdin):
 
 
 class MockKafka:
-    """librdkafka mock cluster in a child process, driven over its stdin."""
+    """librdkafka mock cluster in a child process, driven over its stdin.
+
+    Only for per-request fault injection: it keeps just the last 5 MB of a
+    partition and answers fetches unlike a broker."""
 
     supports_fault_injection = True
+    is_local_broker = False
 
     def __init__(self, binary=None, brokers=1, topics=(), start_timeout=10.0,
                  verbose=False):
@@ -180,6 +190,7 @@ class ExternalKafka:
     """A real cluster given by $KAFKA_BROKERS; no fault injection."""
 
     supports_fault_injection = False
+    is_local_broker = False
 
     def __init__(self, bootstrap=None, replication_factor=None):
         self.bootstrap = bootstrap or os.environ["KAFKA_BROKERS"]
@@ -188,10 +199,11 @@ class ExternalKafka:
             or os.environ.get("KAFKA_REPLICATION_FACTOR", "1"))
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
 
-    def create_topic(self, name, partitions=1, exist_ok=True, timeout=30.0):
+    def create_topic(self, name, partitions=1, exist_ok=True, config=None, timeout=30.0):
         futures = self._admin.create_topics(
             [NewTopic(name, num_partitions=int(partitions),
-                      replication_factor=self.replication_factor)],
+                      replication_factor=self.replication_factor,
+                      config=dict(config or {}))],
             request_timeout=timeout)
         try:
             futures[name].result(timeout=timeout)
@@ -200,21 +212,10 @@ class ExternalKafka:
             if not (exist_ok and isinstance(err, KafkaError)
                     and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
-        self._wait_for_leaders(name, timeout)
+        wait_for_leaders(self._admin, name, timeout)
 
-    def _wait_for_leaders(self, name, timeout):
-        # CreateTopics returns before every broker knows the topic; producing
-        # straight away would race with leader election.
-        deadline = time.monotonic() + timeout
-        while True:
-            md = self._admin.list_topics(topic=name, timeout=timeout)
-            t = md.topics.get(name)
-            if (t is not None and t.error is None and t.partitions
-                    and all(p.leader >= 0 for p in t.partitions.values())):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {name} has no leaders yet")
-            time.sleep(0.2)
+    def alter_topic(self, name, config, timeout=30.0):
+        alter_topic_config(self._admin, name, config, timeout)
 
     def command(self, line, timeout=10.0):
         pytest.skip("fault injection needs the mock cluster")
@@ -247,11 +248,11 @@ class ExternalKafka:
         self.stop()
 
 
-def kafka_for_tests(**mock_kwargs):
-    """ExternalKafka if $KAFKA_BROKERS is set, else a fresh MockKafka."""
+def kafka_for_tests():
+    """ExternalKafka if $KAFKA_BROKERS is set, else a fresh local Apache Kafka."""
     if os.environ.get("KAFKA_BROKERS"):
         return ExternalKafka()
-    return MockKafka(**mock_kwargs)
+    return KafkaCluster(brokers=1)
 
 
 def _message_dict(msg):

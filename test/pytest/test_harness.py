@@ -6,32 +6,28 @@ import uuid
 
 from confluent_kafka import Producer
 
-from kafka_env import kafka_for_tests, read_topic
+from kafka_env import read_topic
 from pg_env import PgCluster
 
 
-def test_kafka_roundtrip():
-    kafka = kafka_for_tests()
-    try:
-        topic = f"harness_{uuid.uuid4().hex[:8]}"
-        kafka.create_topic(topic)
-        producer = Producer({"bootstrap.servers": kafka.bootstrap,
-                             "enable.idempotence": True})
-        for i in range(3):
-            producer.produce(topic, partition=0, key=f"k{i}".encode(),
-                             value=f"v{i}".encode(),
-                             headers=[("n", str(i).encode())])
-        assert producer.flush(15) == 0
+def test_kafka_roundtrip(kafka):
+    topic = f"harness_{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap,
+                         "enable.idempotence": True})
+    for i in range(3):
+        producer.produce(topic, partition=0, key=f"k{i}".encode(),
+                         value=f"v{i}".encode(),
+                         headers=[("n", str(i).encode())])
+    assert producer.flush(15) == 0
 
-        msgs = read_topic(kafka.bootstrap, topic, timeout=10, expect=3)
-        assert [m["key"] for m in msgs] == [b"k0", b"k1", b"k2"]
-        assert [m["value"] for m in msgs] == [b"v0", b"v1", b"v2"]
-        assert [m["headers"] for m in msgs] == [{"n": b"0"}, {"n": b"1"},
-                                                {"n": b"2"}]
-        assert [m["offset"] for m in msgs] == [0, 1, 2]
-        assert all(m["partition"] == 0 for m in msgs)
-    finally:
-        kafka.stop()
+    msgs = read_topic(kafka.bootstrap, topic, timeout=10, expect=3)
+    assert [m["key"] for m in msgs] == [b"k0", b"k1", b"k2"]
+    assert [m["value"] for m in msgs] == [b"v0", b"v1", b"v2"]
+    assert [m["headers"] for m in msgs] == [{"n": b"0"}, {"n": b"1"},
+                                            {"n": b"2"}]
+    assert [m["offset"] for m in msgs] == [0, 1, 2]
+    assert all(m["partition"] == 0 for m in msgs)
 
 
 def test_pg_cluster_lifecycle():

@@ -34,8 +34,9 @@ from ks_helpers import (
     wait_until,
 )
 
-# zstd keeps a topic with several copies of a table within the mock's 5 MB per partition
-SMALL_TOPIC_CONFIG = {**NODE_KAFKA_CONFIG, "compression.codec": "zstd"}
+# For the one test on librdkafka's mock cluster: zstd keeps a topic with
+# several copies of a table within the mock's 5 MB per partition.
+MOCK_TOPIC_CONFIG = {**NODE_KAFKA_CONFIG, "compression.codec": "zstd"}
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ def test_resnapshot_under_concurrent_writes_is_one_whole_pseudo_transaction_betw
     node.sql("INSERT INTO user_table SELECT 's' || lpad(g::text, 5, '0'), 'snap ' || g, 'online' "
              "FROM generate_series(1, 1500) g")
     node.sql("DELETE FROM user_table WHERE user_id = 's00007'")
-    node.create(snapshot=True, kafka_config=SMALL_TOPIC_CONFIG)
+    node.create(snapshot=True, kafka_config=NODE_KAFKA_CONFIG)
     node.wait_state("streaming")
     log_start = node.pg.log_position()
 
@@ -320,14 +321,17 @@ def test_resnapshot_on_a_paused_node_is_kept_until_resume_and_a_second_one_gets_
 BIG_ROWS = 50000
 
 
-def test_worker_crash_in_the_middle_of_a_large_resnapshot_publishes_it_again_whole(node_factory, private_kafka):
-    kafka = private_kafka
+def test_worker_crash_in_the_middle_of_a_large_resnapshot_publishes_it_again_whole(node_factory, mock_kafka):
+    """On the mock cluster: it answers every request 200 ms late, so the crash
+    lands in the middle of the resnapshot every time; a real broker cannot be
+    slowed per request on purpose."""
+    kafka = mock_kafka
     node = node_factory(kafka_cluster=kafka)
     node.sql(f"INSERT INTO user_table SELECT 'r' || lpad(g::text, 6, '0'), 'n' || g, 'online' "
              f"FROM generate_series(1, {BIG_ROWS}) g")
     # small batches, a short producer queue and a slow broker: the snapshot
     # takes seconds to produce, and what is still queued dies with the server
-    node.create(snapshot=False, kafka_config={**SMALL_TOPIC_CONFIG, "batch.num.messages": 200,
+    node.create(snapshot=False, kafka_config={**MOCK_TOPIC_CONFIG, "batch.num.messages": 200,
                                               "queue.buffering.max.messages": 2000})
     node.wait_state("streaming")
     node.sql("INSERT INTO user_table VALUES ('before', 'x', 'online')")
