@@ -1,19 +1,21 @@
 #!/usr/bin/python3
 """kafka_sync beside PostgreSQL's own logical replication, in one run.
 
-Source path (one cluster, a node with default settings, schemas on):
+Source path (one cluster per kafka_sync system, with that system's node):
   decode + produce: kafka_sync's producer worker against pg_recvlogical
   draining the same WAL with pgoutput. The node is paused while the load is
   written and a pgoutput slot created at the same moment; then resume_node()
   until Kafka acknowledged every record, and pg_recvlogical --endpos, timed.
   Loads: one R-row transaction; T single-row transactions.  -> records/s
+  (the native column: pgoutput on the default system's cluster; the JSON
+  keeps pgoutput's rate beside every system's)
 
-Apply path (two clusters src -> dst per system, four in all: database
-"native" with a publication and a subscription; database "ks" with a
-kafka_sync node on its src, a subscription and a kafka_sync_sidecar on its
-dst; the same table in both. Separate clusters because a logical decoder
+Apply path (two clusters src -> dst per system: database "native" with a
+publication and a subscription; for each kafka_sync system a database with
+a kafka_sync node on its src, a subscription and a kafka_sync_sidecar on its
+dst; the same table in all. Separate clusters because a logical decoder
 reads all of its cluster's WAL: sharing them, each system's decoder would
-also read the other system's writes, and S2/S3 would pay for it):
+also read the other systems' writes, and S2/S3 would pay for it):
   S1 catch-up: T single-row INSERT transactions written while the native
      subscription is disabled / the kafka_sync subscription is paused (the
      sidecar's runner has stopped, and the node has produced them all: the
@@ -51,22 +53,28 @@ matter, not absolute figures: the machine is shared.
 
 Usage: /usr/bin/python3 test/bench/bench.py [--quick] [--repeat N] [--txns T] [--rows R]
            [--update-rows U] [--seconds D] [--rate 1000] [--json FILE] [--perf DIR]
+           [--skip-source] [--defaults-only]
        make bench [BENCH_ARGS=--quick]
-       KAFKA_BROKERS=host:port for a real Kafka (default: librdkafka's mock cluster).
+       KAFKA_BROKERS=host:port to run on an existing Kafka cluster.
 As root, the servers run as the postgres OS user (test/pytest/pg_env.py).
 
-The apply path's node writes payload-only records (kafka_sync.schemas off).
-On librdkafka's mock cluster (not with KAFKA_BROKERS) two settings keep the
-mock's limits out of the figures: it keeps only the last 5 MB of a
-partition, so the node compresses with zstd (level 1) and T waiting records
-(S1) or a producer running ahead of the sidecar (S2, S3) fit; and it answers
-a fetch that found nothing only after the consumer's fetch.wait.max.ms (the
-sidecar's default is 100) even when records arrive meanwhile, where a broker
-answers at once, so the subscription uses fetch.wait.max.ms=10. The rows' payload
-is 8 hex digits: with 32, T records compressed to just over the mock's 5 MB
-(the first ~2% of S1's backlog was gone before the sidecar could read it). The source
-path's node uses the defaults (schemas on, no compression); nothing reads
-its topic back.
+Kafka: a real Apache Kafka broker (KRaft, one node on loopback, the pinned
+version of test/kafka_broker/kafka_broker.py) started for the run and
+stopped after it, or the cluster named by $KAFKA_BROKERS. The table and the
+JSON say which. The rows' payload is an md5 (32 hex digits).
+
+The kafka_sync systems (columns of the table):
+  kafka_sync              everything on its defaults: the node (schemas on,
+                          no compression, its own topic created by it), the
+                          subscription and the sidecar's consumer settings.
+  kafka_sync schemas off  an extra column, NOT the defaults: the same but the
+                          node's kafka_config is {"kafka_sync.schemas": false}
+                          (payload-only records, as JsonConverter with
+                          schemas.enable=false). Earlier runs of this bench
+                          measured this shape, and the apply functions read it
+                          on their fast path; the default's records (with the
+                          Connect schema) go through jansson. --defaults-only
+                          leaves it out.
 """
 
 import argparse
@@ -86,6 +94,7 @@ sys.path.insert(0, str(HERE.parent / "pytest"))
 from apply_env import Sidecar  # noqa: E402
 from conftest import NODE_SERVER_CONF  # noqa: E402
 from kafka_env import kafka_for_tests  # noqa: E402
+from kafka_broker import KAFKA_VERSION  # noqa: E402  (kafka_env put test/kafka_broker on the path)
 from pg_env import PgCluster, pg_bindir  # noqa: E402
 
 from bench_report import build_table, machine_info, percentile, print_table  # noqa: E402
@@ -98,17 +107,15 @@ SERVER_CONF = dict(NODE_SERVER_CONF, max_wal_size="4GB", shared_buffers="256MB",
                    # a re-enabled native subscription restarts its apply worker at
                    # once instead of up to 5 s later
                    wal_retrieve_retry_interval="100ms")
-# Only for librdkafka's mock cluster (see the header): records compressed so
-# that a backlog fits its 5 MB per partition (zstd level 1: on these records
-# both faster and smaller than the default level 3, `zstd -b1` / `-b3` on 30 kB
-# to 1 MB of them: ~1,000 vs ~700-870 MB/s, ratio 18.5-23.9 vs 17.1-18.6;
-# level 12 would fit too, but costs ~90 ms per small batch and would dominate S4), and a short
-# fetch wait because the mock answers a fetch that found nothing only after
-# fetch.wait.max.ms even when records arrive meanwhile (a broker answers at once).
-MOCK_NODE_KAFKA_CONFIG = '{"kafka_sync.schemas": false, "compression.type": "zstd", "compression.level": 1}'
-MOCK_SUBSCRIPTION_KAFKA_CONFIG = '{"fetch.wait.max.ms": 10}'
-EXTERNAL_NODE_KAFKA_CONFIG = '{"kafka_sync.schemas": false}'
 SIDECAR_APP = "kafka_sync_sidecar%"
+# system -> (database, node kafka_config or None for the defaults, column header)
+SYSTEMS = {
+    "native": ("native", None, "native"),
+    "kafka_sync": ("ks", None, "kafka_sync"),
+    "kafka_sync_schemas_off": ("ks_schemas_off", {"kafka_sync.schemas": False}, "schemas off*"),
+}
+EXTRA_NOTE = ('* extra, non-default: kafka_sync with the node\'s kafka_config {"kafka_sync.schemas": false} '
+              "(payload-only records); the kafka_sync column runs on the defaults")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BASE_DIR = Path(os.environ.get("KAFKA_SYNC_BENCH_DIR", "/tmp/kafka_sync_bench"))
 
@@ -186,19 +193,18 @@ class Conn:
 # ---------------------------------------------------------------- source path
 
 class SourceBench:
-    def __init__(self, kafka):
+    def __init__(self, kafka, node_config=None):
         self.kafka = kafka
         self.pg = PgCluster("source", extra_conf=SERVER_CONF, base_dir=BASE_DIR / uuid.uuid4().hex[:6])
         self.pg.start()
         self.db = "bench"
         self.pg.create_database(self.db)
         prefix = "bench" + uuid.uuid4().hex[:8]
-        self.kafka.create_topic(f"{prefix}.src")
         self.sql("CREATE EXTENSION kafka_sync")
         self.sql(TABLE)
         self.sql("CREATE PUBLICATION kafka_sync FOR ALL TABLES")
-        self.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false)",
-                 (self.kafka.bootstrap, prefix))
+        self.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
+                 "kafka_config => %s)", (self.kafka.bootstrap, prefix, json.dumps(node_config or {})))
         wait_until(lambda: self.state() == "streaming", 60, "source node streaming", 0.1)
         self.next_id = 0
 
@@ -246,12 +252,12 @@ class SourceBench:
 def write_load(cluster, db, start, n, big_txn):
     """Rows start .. start+n-1 as one transaction or as n transactions; returns the next free id."""
     if big_txn:
-        cluster.sql("INSERT INTO bench_t SELECT g, left(md5(g::text), 8), g %% 1000 FROM generate_series(%s, %s) g",
+        cluster.sql("INSERT INTO bench_t SELECT g, md5(g::text), g %% 1000 FROM generate_series(%s, %s) g",
                     (start, start + n - 1), dbname=db)
     else:
         cluster.sql(f"""DO $$ BEGIN
             FOR i IN {start} .. {start + n - 1} LOOP
-                INSERT INTO bench_t VALUES (i, left(md5(i::text), 8), i % 1000); COMMIT;
+                INSERT INTO bench_t VALUES (i, md5(i::text), i % 1000); COMMIT;
             END LOOP; END $$""", dbname=db)
     return start + n
 
@@ -259,16 +265,19 @@ def write_load(cluster, db, start, n, big_txn):
 # ----------------------------------------------------------------- apply path
 
 class ApplyBench:
-    def __init__(self, kafka, perf_dir=None):
+    def __init__(self, kafka, systems, perf_dir=None):
         self.kafka = kafka
         self.perf_dir = perf_dir
+        self.systems = systems
+        self.db = {system: SYSTEMS[system][0] for system in systems}
         base = BASE_DIR / uuid.uuid4().hex[:6]
         # Each system has its own two clusters: a logical decoder reads all of its
         # cluster's WAL, so in shared clusters each system's decoder would also
-        # read (and pay for) the other system's writes.
-        self.src = {db: PgCluster(f"src-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in ("native", "ks")}
-        self.dst = {db: PgCluster(f"dst-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in ("native", "ks")}
-        for db in ("native", "ks"):
+        # read (and pay for) the other systems' writes.
+        dbs = list(self.db.values())
+        self.src = {db: PgCluster(f"src-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in dbs}
+        self.dst = {db: PgCluster(f"dst-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in dbs}
+        for db in dbs:
             for c in (self.src[db], self.dst[db]):
                 c.start()
                 c.create_database(db)
@@ -276,31 +285,32 @@ class ApplyBench:
         self.src["native"].sql("CREATE PUBLICATION native_pub FOR TABLE bench_t", dbname="native")
         self.dst["native"].sql(f"CREATE SUBSCRIPTION native_sub CONNECTION '{self.src['native'].dsn('native')}' "
                                "PUBLICATION native_pub WITH (copy_data = false)", dbname="native")
-        prefix = "bench" + uuid.uuid4().hex[:8]
-        self.kafka.create_topic(f"{prefix}.src")
-        src, dst = self.src["ks"], self.dst["ks"]
-        for c in (src, dst):
-            c.sql("CREATE EXTENSION kafka_sync", dbname="ks")
-        src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname="ks")
-        mock = not os.environ.get("KAFKA_BROKERS")
-        src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
-                "kafka_config => %s)",
-                (self.kafka.bootstrap, prefix, MOCK_NODE_KAFKA_CONFIG if mock else EXTERNAL_NODE_KAFKA_CONFIG),
-                dbname="ks")
-        wait_until(lambda: src.sql("SELECT state FROM kafka_sync.node_status", dbname="ks")[0][0]
-                   == "streaming", 60, "source node streaming", 0.1)
-        dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s, "
-                "kafka_config => %s)",
-                (self.kafka.bootstrap, prefix, MOCK_SUBSCRIPTION_KAFKA_CONFIG if mock else "{}"), dbname="ks")
-        self.sidecar = Sidecar(dst.dsn("ks"), dst.dir / "sidecar.log").start()
-        self.next_id = {"native": 0, "ks": 0}  # S3 updates ids 0 .. U-1 of its own database
+        self.sidecars = {}
+        for system in systems:
+            if system != "native":
+                self.sidecars[system] = self.start_kafka_sync(self.db[system], SYSTEMS[system][1])
+        self.next_id = {db: 0 for db in dbs}  # S3 updates ids 0 .. U-1 of its own database
         self.update_tag = 0
-        self.watch = {db: Conn(self.dst[db], db) for db in ("native", "ks")}
-        self.meters = {
-            "native": CpuMeter(self.native_apply_pids),
-            "kafka_sync": CpuMeter(lambda: [self.sidecar.proc.pid] + self.sidecar_backend_pids()),
-            "sidecar": CpuMeter(lambda: [self.sidecar.proc.pid]),
-        }
+        self.watch = {db: Conn(self.dst[db], db) for db in dbs}
+        self.meters = {"native": CpuMeter(self.native_apply_pids)}
+        for system, sidecar in self.sidecars.items():
+            self.meters[system] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid] + self.sidecar_backend_pids(s))
+            self.meters[system + ":sidecar"] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid])
+
+    def start_kafka_sync(self, db, node_config):
+        """A node on src[db] (its own topic), a subscription on dst[db] and its sidecar."""
+        prefix = "bench" + uuid.uuid4().hex[:8]
+        src, dst = self.src[db], self.dst[db]
+        for c in (src, dst):
+            c.sql("CREATE EXTENSION kafka_sync", dbname=db)
+        src.sql("CREATE PUBLICATION kafka_sync FOR TABLE bench_t", dbname=db)
+        src.sql("SELECT kafka_sync.create_node('src', %s, topic_prefix => %s, snapshot => false, "
+                "kafka_config => %s)", (self.kafka.bootstrap, prefix, json.dumps(node_config or {})), dbname=db)
+        wait_until(lambda: src.sql("SELECT state FROM kafka_sync.node_status", dbname=db)[0][0]
+                   == "streaming", 60, "source node streaming", 0.1)
+        dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s)",
+                (self.kafka.bootstrap, prefix), dbname=db)
+        return Sidecar(dst.dsn(db), dst.dir / "sidecar.log").start()
 
     # -- processes
 
@@ -308,17 +318,19 @@ class ApplyBench:
         return [r[0] for r in self.watch["native"].all(
             "SELECT pid FROM pg_stat_subscription WHERE subname = 'native_sub' AND pid IS NOT NULL")]
 
-    def sidecar_backend_pids(self):
-        return [r[0] for r in self.watch["ks"].all(
+    def sidecar_backend_pids(self, system):
+        return [r[0] for r in self.watch[self.db[system]].all(
             "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (SIDECAR_APP,))]
 
     def sidecar_peak_rss_mb(self):
-        return peak_rss_mb(self.sidecar.proc.pid)
+        return {system: peak_rss_mb(sidecar.proc.pid) for system, sidecar in self.sidecars.items()}
 
-    def diagnostics(self):
-        return (f"--- sidecar log ---\n{self.sidecar.log_text()[-3000:]}\n"
-                f"--- dst log ---\n{self.dst['ks'].log_text()[-2000:]}\n"
-                f"--- src log ---\n{self.src['ks'].log_text()[-2000:]}")
+    def diagnostics(self, system="kafka_sync"):
+        db = self.db[system]
+        sidecar = self.sidecars.get(system)
+        return ((f"--- sidecar log ---\n{sidecar.log_text()[-3000:]}\n" if sidecar else "")
+                + f"--- dst log ---\n{self.dst[db].log_text()[-2000:]}\n"
+                f"--- src log ---\n{self.src[db].log_text()[-2000:]}")
 
     # -- target-side checks on a persistent connection
 
@@ -331,15 +343,16 @@ class ApplyBench:
     def wait_rows(self, db, lo, hi, what):
         """Until ids lo..hi are all on the target: the cheap check first (the last id; both systems
         apply in commit order), then the count to be sure."""
-        wait_until(lambda: self.has_row(db, hi), 900, what, diagnostics=self.diagnostics)
+        system = next(s for s, d in self.db.items() if d == db)
+        wait_until(lambda: self.has_row(db, hi), 900, what, diagnostics=lambda: self.diagnostics(system))
         return wait_until(lambda: self.count_range(db, lo, hi) == hi - lo + 1, 300, what, 0.05,
-                          diagnostics=self.diagnostics)
+                          diagnostics=lambda: self.diagnostics(system))
 
     def measured(self, system, scenario, fn):
         """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side.
         With --perf DIR, the whole machine is profiled meanwhile (perf record -a -g) into
         DIR/<scenario>-<system>.data: read it with perf report --sort comm,dso,sym."""
-        meters = [self.meters[system]] + ([self.meters["sidecar"]] if system == "kafka_sync" else [])
+        meters = [self.meters[system]] + ([self.meters[system + ":sidecar"]] if system != "native" else [])
         perf = None
         if self.perf_dir:
             out = Path(self.perf_dir) / f"{scenario}-{system}.data"
@@ -356,30 +369,31 @@ class ApplyBench:
                 perf.wait()
         used = [m.stop() for m in meters]
         out = {"rate": rows / secs, "seconds": secs, "rows": rows, "apply_cpu_per_100k": used[0] * 1e5 / rows}
-        if system == "kafka_sync":
+        if system != "native":
             out["sidecar_cpu_per_100k"] = used[1] * 1e5 / rows
         return out
 
     # -- scenarios
 
     def s1_catch_up(self, system, n):
-        db = "native" if system == "native" else "ks"
+        db = self.db[system]
         if system == "native":
             self.dst[db].sql("ALTER SUBSCRIPTION native_sub DISABLE", dbname=db)
             wait_until(lambda: not self.native_apply_pids(), 30, "native apply worker stopped", 0.05)
         else:
-            runner_seen = bool(self.sidecar_backend_pids_of_runner())
+            runner_seen = bool(self.sidecar_backend_pids_of_runner(system))
             self.dst[db].sql("SELECT kafka_sync.pause_subscription('from_src')", dbname=db)
             if runner_seen:  # the runner's connection closes when it has stopped
-                wait_until(lambda: not self.sidecar_backend_pids_of_runner(), 30, "sidecar runner stopped", 0.05,
-                           diagnostics=self.diagnostics)
+                wait_until(lambda: not self.sidecar_backend_pids_of_runner(system), 30, "sidecar runner stopped",
+                           0.05, diagnostics=lambda: self.diagnostics(system))
             else:  # a sidecar that names its connections otherwise: give it time to notice
                 time.sleep(2)
-            acked0 = self.acked()
+            acked0 = self.acked(system)
         lo = self.next_id[db]
         self.next_id[db] = write_load(self.src[db], db, lo, n, big_txn=False)
-        if system == "kafka_sync":  # S1 measures the apply side: the records wait in Kafka
-            wait_until(lambda: self.acked() >= acked0 + n, 900, "source produced", 0.1, self.diagnostics)
+        if system != "native":  # S1 measures the apply side: the records wait in Kafka
+            wait_until(lambda: self.acked(system) >= acked0 + n, 900, "source produced", 0.1,
+                       lambda: self.diagnostics(system))
 
         def catch_up():
             t0 = time.monotonic()
@@ -390,16 +404,17 @@ class ApplyBench:
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
         return self.measured(system, "S1", catch_up)
 
-    def sidecar_backend_pids_of_runner(self):
-        return [r[0] for r in self.watch["ks"].all(
+    def sidecar_backend_pids_of_runner(self, system):
+        return [r[0] for r in self.watch[self.db[system]].all(
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'kafka_sync_sidecar from_src'")]
 
-    def acked(self):
-        rows = self.src["ks"].sql("SELECT coalesce(records_acknowledged, 0), state FROM kafka_sync.node_status", dbname="ks")
+    def acked(self, system):
+        db = self.db[system]
+        rows = self.src[db].sql("SELECT coalesce(records_acknowledged, 0), state FROM kafka_sync.node_status", dbname=db)
         return rows[0][0] if rows and rows[0][1] == "streaming" else 0
 
     def s2_big_insert(self, system, n):
-        db = "native" if system == "native" else "ks"
+        db = self.db[system]
 
         def run():
             lo = self.next_id[db]
@@ -409,7 +424,7 @@ class ApplyBench:
         return self.measured(system, "S2", run)
 
     def s3_big_update(self, system, n):
-        db = "native" if system == "native" else "ks"
+        db = self.db[system]
         self.update_tag -= 1
         tag = self.update_tag
 
@@ -426,12 +441,14 @@ class ApplyBench:
             changed = self.src[db].sql("SELECT count(*) FROM bench_t WHERE id < %s AND n = %s", (n, tag), dbname=db)[0][0]
             if changed != n:
                 raise RuntimeError(f"S3 updated {changed} rows, not {n}")
-            wait_until(lambda: updated(n - 1), 900, f"{system} S3 visible", diagnostics=self.diagnostics)
-            return n, wait_until(all_updated, 300, f"{system} S3 complete", 0.05, self.diagnostics) - t_commit
+            wait_until(lambda: updated(n - 1), 900, f"{system} S3 visible",
+                       diagnostics=lambda: self.diagnostics(system))
+            return n, wait_until(all_updated, 300, f"{system} S3 complete", 0.05,
+                                 lambda: self.diagnostics(system)) - t_commit
         return self.measured(system, "S3", run)
 
     def s4_latency(self, system, rate, seconds):
-        db = "native" if system == "native" else "ks"
+        db = self.db[system]
         n = int(rate * seconds)
         lo = self.next_id[db]
         hi = lo + n - 1
@@ -467,14 +484,14 @@ class ApplyBench:
                 FOR i IN 0 .. {n - 1} LOOP
                     PERFORM pg_sleep(greatest(0, extract(epoch FROM
                         t_start + make_interval(secs => i / {float(rate)}) - clock_timestamp())));
-                    INSERT INTO bench_t VALUES ({lo} + i, left(md5(i::text), 8), i % 1000); COMMIT;
+                    INSERT INTO bench_t VALUES ({lo} + i, md5(i::text), i % 1000); COMMIT;
                 END LOOP; END $$""", dbname=db)
             write_secs = time.monotonic() - t0
         finally:
             done.set()
             poller.join()
         if len(seen) < n:
-            raise TimeoutError(f"{system} S4: {n - len(seen)} of {n} rows never arrived\n{self.diagnostics()}")
+            raise TimeoutError(f"{system} S4: {n - len(seen)} of {n} rows never arrived\n{self.diagnostics(system)}")
         commits = self.src[db].sql("SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
                                "FROM bench_t WHERE id BETWEEN %s AND %s ORDER BY id", (lo, hi), dbname=db)
         t_first = commits[0][1]
@@ -491,11 +508,20 @@ class ApplyBench:
         try:
             for c in self.watch.values():
                 c.close()
-            self.sidecar.stop()
+            for sidecar in self.sidecars.values():
+                sidecar.stop()
             self.dst["native"].sql("DROP SUBSCRIPTION native_sub", dbname="native")
         finally:
             for c in (*self.src.values(), *self.dst.values()):
                 c.destroy()
+
+
+def describe_kafka(kafka):
+    """Which Kafka the run used, for the table and the JSON."""
+    if getattr(kafka, "is_local_broker", False):
+        n = len(kafka.nodes)
+        return f"Apache Kafka {KAFKA_VERSION} (local, KRaft, {n} broker{'s' if n > 1 else ''} at {kafka.bootstrap})"
+    return f"external: {kafka.bootstrap}"
 
 
 def main():
@@ -510,6 +536,8 @@ def main():
     ap.add_argument("--rate", type=int, default=1000, help="transactions per second of S4 (1,000)")
     ap.add_argument("--perf", metavar="DIR", help="profile S1-S3 with perf record -a -g into DIR (development)")
     ap.add_argument("--skip-source", action="store_true", help="only the apply path")
+    ap.add_argument("--defaults-only", action="store_true",
+                    help="leave out the extra, non-default kafka_sync column (schemas off)")
     ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
     args = ap.parse_args()
     defaults = (1, 2000, 5000, 5000, 3.0) if args.quick else (3, 100000, 200000, 100000, 30.0)
@@ -521,27 +549,34 @@ def main():
 
     started = datetime.now()
     scenarios = ("source_big", "source_small", "S1", "S2", "S3", "S4")
-    runs = {s: {"native": [], "kafka_sync": []} for s in scenarios}
+    systems = ["native", "kafka_sync"] + ([] if args.defaults_only else ["kafka_sync_schemas_off"])
+    ks_systems = systems[1:]
+    runs = {s: {system: [] for system in systems} for s in scenarios}
     kafka = kafka_for_tests()
+    broker = describe_kafka(kafka)
+    print(f"Kafka: {broker}", flush=True)
     peak_rss = None
     try:
         if not args.skip_source:
-            print("source path ...", flush=True)
-            src = SourceBench(kafka)
-            try:
-                for i in range(args.repeat):
-                    for scenario, n, big in (("source_big", args.rows, True), ("source_small", args.txns, False)):
-                        nat, ks = src.run(n, big)
-                        runs[scenario]["native"].append({"rate": nat})
-                        runs[scenario]["kafka_sync"].append({"rate": ks})
-                        print(f"  run {i + 1} {scenario}: pgoutput {nat:,.0f}/s, kafka_sync {ks:,.0f}/s", flush=True)
-            finally:
-                src.close()
+            for system in ks_systems:
+                print(f"source path, {system} ...", flush=True)
+                src = SourceBench(kafka, SYSTEMS[system][1])
+                try:
+                    for i in range(args.repeat):
+                        for scenario, n, big in (("source_big", args.rows, True), ("source_small", args.txns, False)):
+                            nat, ks = src.run(n, big)
+                            # native: pgoutput on the default node's cluster; beside the others, kept in the JSON
+                            if system == "kafka_sync":
+                                runs[scenario]["native"].append({"rate": nat})
+                            runs[scenario][system].append({"rate": ks, "pgoutput_rate": nat})
+                            print(f"  run {i + 1} {scenario}: pgoutput {nat:,.0f}/s, {system} {ks:,.0f}/s", flush=True)
+                finally:
+                    src.close()
         print("apply path ...", flush=True)
-        app = ApplyBench(kafka, args.perf)
+        app = ApplyBench(kafka, systems, args.perf)
         try:
             for i in range(args.repeat):
-                for system in ("native", "kafka_sync"):
+                for system in systems:
                     for scenario, fn in (("S1", lambda: app.s1_catch_up(system, args.txns)),
                                          ("S2", lambda: app.s2_big_insert(system, args.rows)),
                                          ("S3", lambda: app.s3_big_update(system, args.update_rows)),
@@ -557,18 +592,27 @@ def main():
     finally:
         kafka.stop()
 
-    table = build_table(args, runs, peak_rss)
-    print_table(table)
+    columns = [(system, SYSTEMS[system][2]) for system in systems]
+    table = build_table(args, runs, peak_rss, systems)
+    print_table(table, broker, columns, [] if args.defaults_only else [EXTRA_NOTE])
     out = Path(args.json) if args.json else HERE / "results" / f"bench-{started:%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"started": started.isoformat(timespec="seconds"), "machine": machine_info(),
+        json.dump({"started": started.isoformat(timespec="seconds"), "kafka": broker,
+                   "machine": machine_info(broker),
                    "settings": {k: getattr(args, k) for k in ("repeat", "txns", "rows", "update_rows", "seconds",
                                                                "rate", "quick")},
-                   "medians": [{"scenario": n, "native": nat, "kafka_sync": ks,
-                                "ratio": (ks / nat if nat and ks is not None else None)} for n, nat, ks, _ in table],
+                   "systems": {system: {"node_kafka_config": SYSTEMS[system][1] or {},
+                                        "defaults": SYSTEMS[system][1] is None}
+                               for system in systems if system != "native"},
+                   "medians": [dict({"scenario": n}, **values,
+                                    **{f"ratio_{s}" if s != "kafka_sync" else "ratio":
+                                       (values[s] / values["native"]
+                                        if values["native"] and values[s] is not None else None)
+                                       for s in ks_systems})
+                               for n, values, _ in table],
                    "runs": runs}, f, indent=2)
-    print(f"\n(medians of {args.repeat} run(s); ratio = kafka_sync / native: above 1 is better for rates, "
+    print(f"\n(medians of {args.repeat} run(s); ratio = that column / native: above 1 is better for rates, "
           f"worse for latency, CPU; JSON in {out})")
 
 
