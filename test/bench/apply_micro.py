@@ -51,7 +51,7 @@ $$
 RECORDS = """
 CREATE TABLE recs AS SELECT i AS off,
   convert_to(jsonb_build_object('before', NULL,
-      'after', jsonb_build_object('id', i::text, 'payload', left(md5(i::text), 8), 'n', (i %% 1000)::text),
+      'after', jsonb_build_object('id', i::text, 'payload', md5(i::text), 'n', (i %% 1000)::text),
       'source', jsonb_build_object('version', 'kafka_sync-0.1.0', 'connector', 'kafka_sync', 'name', 'src',
                                    'ts_ms', 1700000000000 + i / 4, 'snapshot', 'false', 'db', 'ks',
                                    'schema', 'public', 'table', 'bench_t', 'txId', 1000 + i, 'lsn', 1000000 + i,
@@ -119,7 +119,7 @@ def main():
         commit = "COMMIT;" if args.mode == "single" else ""
         cur.execute(f"""CREATE PROCEDURE public.plain(n int) LANGUAGE plpgsql AS $$ BEGIN
             FOR i IN 1 .. n LOOP
-                INSERT INTO public.plain_t VALUES (i, left(md5(i::text), 8), i % 1000); {commit}
+                INSERT INTO public.plain_t VALUES (i, md5(i::text), i % 1000); {commit}
             END LOOP; END $$""")
         t0 = time.monotonic()
         cur.execute("CALL public.plain(%s)", (n,))
