@@ -241,7 +241,8 @@ REVOKE ALL ON FUNCTION kafka_sync._worker_status() FROM PUBLIC;
 CREATE VIEW kafka_sync.node_status AS
 SELECT n.node_name,
        n.topic_prefix || '.' || n.node_name AS topic,
-       CASE WHEN n.enabled THEN w.state ELSE 'paused' END AS state,
+       -- an enabled node whose worker is not running yet: the launcher starts it
+       CASE WHEN NOT n.enabled THEN 'paused' WHEN w.state = 'stopped' THEN 'starting' ELSE w.state END AS state,
        w.last_error,
        s.confirmed_flush_lsn AS confirmed_lsn,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_wal_bytes,
@@ -429,6 +430,15 @@ CREATE FUNCTION kafka_sync._notify_sidecar(sub_name text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_notify('kafka_sync_subscriptions', sub_name) $$;
 
+-- The replication origin this database applies a peer's records under.
+-- Origins are server-wide and subscriptions per database, so the database's
+-- OID is part of the name (extension/common/origin_names.hpp builds the same).
+CREATE FUNCTION kafka_sync._origin_name(peer_node text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'kafka_sync_' || d.oid::text || '_' || peer_node
+      FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
+$$;
+
 CREATE FUNCTION kafka_sync.create_subscription(
     sub_name     text,
     peer_node    text,
@@ -443,7 +453,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     local_node text;
     other text;
-    origin text := 'kafka_sync_' || peer_node;
+    origin text := kafka_sync._origin_name(peer_node);
 BEGIN
     PERFORM kafka_sync._check_requirements();
     IF sub_name IS NULL OR sub_name !~ '^[a-z0-9_]{1,63}$' THEN
@@ -510,20 +520,51 @@ BEGIN
     RETURN s;
 END $$;
 
+CREATE FUNCTION kafka_sync._release_origin(origin_name text) RETURNS void
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'kafka_sync_release_origin';
+REVOKE ALL ON FUNCTION kafka_sync._release_origin(text) FROM PUBLIC;
+
+-- Like DROP SUBSCRIPTION with its apply worker: the subscription's apply
+-- session is stopped and its replication origin dropped, so a subscription
+-- to the same peer can be created right away.
 CREATE FUNCTION kafka_sync.drop_subscription(sub_name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s kafka_sync.subscription := kafka_sync._subscription_exists(sub_name);
+    dropped boolean := false;
 BEGIN
+    -- Waits for an apply transaction in progress; a later one waits for this
+    -- transaction (it reads the row FOR SHARE) and then finds no subscription.
     DELETE FROM kafka_sync.subscription x WHERE x.sub_name = s.sub_name;
     DELETE FROM kafka_sync.dead_letters d WHERE d.sub_name = s.sub_name;
     PERFORM kafka_sync._notify_sidecar(s.sub_name);
-    BEGIN
-        PERFORM pg_replication_origin_drop(s.origin_name);
-    EXCEPTION WHEN object_in_use THEN
-        -- the sidecar still holds it; a new subscription to this peer resets it
-        RAISE NOTICE 'replication origin "%" is still in use by the sidecar and is kept', s.origin_name;
-    END;
+    PERFORM kafka_sync._release_origin(s.origin_name);   -- this session applied it (tests, by hand)
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_origin o WHERE o.roname = s.origin_name) THEN
+        RETURN;
+    END IF;
+    -- The sidecar's session for this subscription keeps the origin between
+    -- apply calls: end that session (the sidecar reconnects and stops the
+    -- subscription's runner), for at most 10 seconds.
+    FOR i IN 1 .. 100 LOOP
+        BEGIN
+            PERFORM pg_replication_origin_drop(s.origin_name);
+            dropped := true;
+        EXCEPTION WHEN object_in_use THEN
+            PERFORM pg_terminate_backend(a.pid)
+               FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                AND a.application_name = 'kafka_sync_sidecar ' || s.sub_name;
+            PERFORM pg_sleep(0.1);
+        END;
+        EXIT WHEN dropped;
+    END LOOP;
+    IF NOT dropped THEN
+        RAISE EXCEPTION 'could not drop the replication origin "%" of subscription "%": it is in use', s.origin_name,
+                        s.sub_name
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = 'Another session applies this subscription (a sidecar whose connection string sets its own application_name, or a session of your own).',
+                  HINT = 'Stop the sidecar of this database (or end that session) and call drop_subscription() again.';
+    END IF;
 END $$;
 
 CREATE FUNCTION kafka_sync.pause_subscription(sub_name text) RETURNS void

@@ -3,6 +3,7 @@
 // kafka_sync.so is loaded through shared_preload_libraries so that its
 // launcher can start a producer worker in every database that is a node,
 // after every server start or crash restart, with no user action.
+#include "api/drop_guard.hpp"
 #include "apply/conflicts.hpp"
 #include "common/shared_state.hpp"
 #include "produce/launcher.hpp"
@@ -56,6 +57,8 @@ void register_launcher() {
 void _PG_init(void) {
     /* the apply side's settings exist wherever the library is loaded */
     conflict_define_settings();
+    /* so does the refusal to drop the extension under a running node */
+    drop_guard_install();
     /*
      * Loaded later (e.g. as an output plugin by pg_logical_slot_get_changes,
      * or by CREATE EXTENSION): the plugin and SQL functions work, the

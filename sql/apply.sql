@@ -29,7 +29,7 @@ LANGUAGE sql AS $$
 $$;
 CREATE VIEW progress AS
 SELECT applied_offset, last_applied_lsn, rows_applied, conflicts, dead_letters,
-       (SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2') AS origin_lsn
+       (SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = kafka_sync._origin_name('chat2')) AS origin_lsn
 FROM kafka_sync.subscription_status;
 
 -- must run inside a transaction block

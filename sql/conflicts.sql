@@ -52,7 +52,7 @@ SELECT kind, key, local_origin, local_ts, remote_origin, remote_commit_ts, resol
 -- the loser's and the winner's rows are both in the log
 SELECT local_row, remote_row FROM log;
 -- the applied row now carries chat2's commit time and origin
-SELECT x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+SELECT x.timestamp, replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
   LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id = 2;
 -- so chat2's next change of it is no conflict
 BEGIN;
@@ -162,10 +162,10 @@ CALL kafka_sync.apply_transactions('from_chat2', '{18,19,20}', '{NULL,NULL,NULL}
            ev('c', NULL, '{"id": 51, "label": "second a"}'),
            ev('c', NULL, '{"id": 52, "label": "second b"}')],
      ARRAY[hdrs('0/1300', 1700000000000, 1), hdrs('0/1400', 1700000001000), hdrs('0/1400', 1700000001000, 2)]);
-SELECT id, label, x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+SELECT id, label, x.timestamp, replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
   LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id >= 50 ORDER BY id;
 SELECT applied_offset, last_applied_lsn FROM kafka_sync.subscription_status;
-SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2';
+SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = kafka_sync._origin_name('chat2');
 -- again: every record is a duplicate now
 CALL kafka_sync.apply_transactions('from_chat2', '{18,19,20}', '{NULL,NULL,NULL}',
      ARRAY[ev('c', NULL, '{"id": 50, "label": "first"}'),
@@ -189,7 +189,7 @@ CALL kafka_sync.apply_transactions('from_chat2', '{21,22,23}', '{NULL,NULL,NULL}
            evr('{"id": 61, "label": "by chat2"}', 1700000003000, 'chat2'),
            evr('{"id": 62, "label": "by chat1"}', 1700000004000, 'chat1')],
      ARRAY[hdrs('0/1401', 1700000009000), hdrs('0/1401', 1700000009000), hdrs('0/1401', 1700000009000, 3)]);
-SELECT id, label, x.timestamp, roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
+SELECT id, label, x.timestamp, replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM items, pg_xact_commit_timestamp_origin(items.xmin) x
   LEFT JOIN pg_replication_origin o ON o.roident = x.roident WHERE id >= 60 ORDER BY id;
 BEGIN;
 SELECT applied, conflicts FROM kafka_sync.apply_chunk('from_chat3', '{0}', '{NULL}',
@@ -198,7 +198,7 @@ SELECT applied, conflicts FROM kafka_sync.apply_chunk('from_chat3', '{0}', '{NUL
        ARRAY[hdrs('0/50', 1700000002000, 1, 'chat3')], false);
 COMMIT;
 SELECT count(*) AS conflicts FROM kafka_sync.conflicts;
-SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'kafka_sync_chat2';
+SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = kafka_sync._origin_name('chat2');
 SELECT kafka_sync.drop_subscription('from_chat3');
 
 -- source transactions of the same millisecond share one local commit (one xmin, the same

@@ -17,7 +17,7 @@ SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1',
 SELECT kafka_sync.create_subscription('from_chat2', 'chat3', 'localhost:1');
 SELECT kafka_sync.create_subscription('again_chat2', 'chat2', 'localhost:1');
 SELECT kafka_sync.create_subscription('from_chat3', 'chat3', 'localhost:1', start => 'latest', on_error => 'skip');
-SELECT roname FROM pg_replication_origin ORDER BY roname;
+SELECT replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM pg_replication_origin ORDER BY roname;
 SELECT name, peer, topic, state, applied_offset, rows_applied, dead_letters FROM kafka_sync.subscription_status ORDER BY name;
 
 SELECT kafka_sync.pause_subscription('from_chat2');
@@ -46,6 +46,6 @@ DROP ROLE kafka_sync_sub_tester;
 SELECT kafka_sync.drop_subscription('from_chat2');
 SELECT kafka_sync.drop_subscription('from_chat2');
 SELECT kafka_sync.drop_subscription('from_chat3');
-SELECT roname FROM pg_replication_origin ORDER BY roname;
+SELECT replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM pg_replication_origin ORDER BY roname;
 SELECT kafka_sync.drop_node();
 DROP PUBLICATION kafka_sync;

@@ -1,7 +1,7 @@
 // The apply functions the sidecar calls: apply_chunk and record_failure.
 //
 // apply_chunk runs inside the local transaction the sidecar opened, under the
-// replication origin kafka_sync_<peer>: the rows it writes carry the origin
+// subscription's replication origin (common/origin_names.hpp): the rows it writes carry the origin
 // (so the output plugin never republishes them), and the origin's progress
 // (source commit LSN and time) plus the subscription's Kafka offset are set
 // in that same transaction, so they commit atomically with the rows.
@@ -12,6 +12,7 @@
 #include "apply/table_apply.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/origin_names.hpp"
 #include "common/unix_time.hpp"
 
 extern "C" {
@@ -36,6 +37,7 @@ extern "C" {
 PG_FUNCTION_INFO_V1(kafka_sync_apply_chunk);
 PG_FUNCTION_INFO_V1(kafka_sync_record_failure);
 PG_FUNCTION_INFO_V1(kafka_sync_apply_transactions);
+PG_FUNCTION_INFO_V1(kafka_sync_release_origin);
 }
 
 namespace {
@@ -112,14 +114,19 @@ Subscription *load_subscription(const char *name) {
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
         Oid types[1] = {TEXTOID};
+        /*
+         * FOR SHARE: drop_subscription() deletes the row, and then no apply
+         * can begin (and take the replication origin it is about to drop)
+         * until it committed, after which the subscription is gone.
+         */
         plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
                     "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
                     "s.conflict_resolution "
-                    "FROM kafka_sync.subscription s WHERE s.sub_name = $1",
+                    "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
                     1, types);
     }
     Datum arg = CStringGetTextDatum(name);
-    if (SPI_execute_plan(plan, &arg, nullptr, true, 1) != SPI_OK_SELECT)
+    if (SPI_execute_plan(plan, &arg, nullptr, false, 1) != SPI_OK_SELECT)
         elog(ERROR, "kafka_sync could not read subscription %s", name);
     if (SPI_processed == 0)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("subscription \"%s\" does not exist", name)));
@@ -307,7 +314,7 @@ void apply_decoded(ApplyContext *ctx) {
          * written by that node (its origin, at its time), when this node
          * knows the origin; otherwise as written by the peer.
          */
-        char *name = psprintf("kafka_sync_%s", remote.row_origin);
+        char *name = kafka_sync::peer_origin_name(remote.row_origin);
         ctx->row_origin = replorigin_by_name(name, true);
         if (ctx->row_origin != InvalidRepOriginId)
             node = remote.row_origin;
@@ -807,6 +814,22 @@ Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
                               0) != SPI_OK_SELECT)
         elog(ERROR, "kafka_sync could not pause subscription %s", sub_name);
     SPI_finish();
+    PG_RETURN_VOID();
+}
+
+/*
+ * _release_origin(origin_name text): this session lets go of the origin if
+ * it applied under it (an apply call keeps its origin set up across
+ * transactions), so that drop_subscription() in the same session can drop it.
+ */
+Datum kafka_sync_release_origin(PG_FUNCTION_ARGS) {
+    char *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+    RepOriginId id = replorigin_by_name(name, true);
+    if (id != InvalidRepOriginId && session_origin == id) {
+        replorigin_session_reset();
+        replorigin_session_origin = InvalidRepOriginId;
+        session_origin = InvalidRepOriginId;
+    }
     PG_RETURN_VOID();
 }
 }

@@ -1,5 +1,6 @@
 // Conflict detection and resolution helpers (see conflicts.hpp).
 #include "apply/conflicts.hpp"
+#include "common/origin_names.hpp"
 
 extern "C" {
 #include "access/commit_ts.h"
@@ -35,8 +36,6 @@ namespace {
 
 int conflict_log_max_rows = 100000;
 int tombstone_retention_s = 7 * 24 * 3600;
-
-constexpr char kOriginPrefix[] = "kafka_sync_";
 
 const char *describe_version(const RowVersion &v) {
     if (!v.known)
@@ -96,8 +95,8 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
     } else {
         char *name = nullptr;
         if (replorigin_by_oid(origin, true, &name) && name) {
-            const size_t plen = sizeof(kOriginPrefix) - 1;
-            strlcpy(v.node, strncmp(name, kOriginPrefix, plen) == 0 ? name + plen : name, sizeof(v.node));
+            const char *peer = kafka_sync::peer_of_origin_name(name);
+            strlcpy(v.node, peer ? peer : name, sizeof(v.node));
         }
     }
     cached = v;

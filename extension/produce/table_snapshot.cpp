@@ -19,6 +19,7 @@
 #include "produce/node_worker.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/origin_names.hpp"
 #include "common/unix_time.hpp"
 
 extern "C" {
@@ -37,9 +38,6 @@ extern "C" {
 }
 
 namespace {
-
-/* Replication origins of peers are named like this (see create_subscription). */
-constexpr const char kOriginPrefix[] = "kafka_sync_";
 
 /* Candidate tables; relation_info decides which ones the publication has. */
 List *user_tables() {
@@ -82,9 +80,9 @@ const char *origin_node(OriginNames *names, RepOriginId id) {
         return names->last_node;
     char *roname = nullptr;
     const char *node = nullptr;
-    if (replorigin_by_oid(id, true, &roname) && strncmp(roname, kOriginPrefix, strlen(kOriginPrefix)) == 0 &&
-        roname[strlen(kOriginPrefix)] != '\0')
-        node = MemoryContextStrdup(names->context, roname + strlen(kOriginPrefix));
+    const char *peer = replorigin_by_oid(id, true, &roname) ? kafka_sync::peer_of_origin_name(roname) : nullptr;
+    if (peer)
+        node = MemoryContextStrdup(names->context, peer);
     names->last_id = id;
     names->last_node = node;
     names->have_last = true;

@@ -337,7 +337,9 @@ class KafkaCluster:
     def admin(self):
         from confluent_kafka.admin import AdminClient
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            # quiet: its failures surface as exceptions, and its log would
+            # report every refused connection while a test has a broker down
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         return self._admin
 
     def wait_serving(self, timeout=START_TIMEOUT, nodes=None):
@@ -415,6 +417,7 @@ class KafkaCluster:
     def stop(self, keep=False):
         """Stop every node; remove the cluster's directory unless keep (or
         unless the caller gave it). Returns the directory when it is kept."""
+        self._admin = None
         for node in self.nodes:
             node.thaw()
         for node in self.nodes:
