@@ -718,11 +718,26 @@ CREATE VIEW kafka_sync.subscription_status AS
 SELECT s.sub_name AS name,
        s.peer_node AS peer,
        s.topic_prefix || '.' || s.peer_node AS topic,
-       CASE WHEN s.enabled THEN 'running' WHEN s.paused_by_error THEN 'error' ELSE 'paused' END AS state,
+       -- consumer_error is what the sidecar last reported (sidecar/kafka_consumer.cpp
+       -- and subscription_runner.cpp word it); the sidecar's session applying
+       -- this subscription is known by its application_name.
+       CASE WHEN s.paused_by_error THEN 'error'
+            WHEN NOT s.enabled THEN 'paused'
+            WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                              WHERE a.datname = pg_catalog.current_database()
+                                AND a.application_name = 'kafka_sync_sidecar ' || s.sub_name) THEN 'no_sidecar'
+            WHEN s.consumer_error LIKE 'topic % does not exist%' THEN 'waiting_for_topic'
+            WHEN s.consumer_error LIKE 'Kafka is unreachable%'
+              OR s.consumer_error LIKE 'no connection to the leader%' THEN 'kafka_unavailable'
+            WHEN s.consumer_error IS NOT NULL THEN 'error'
+            ELSE 'running' END AS state,
        coalesce(s.last_error, s.consumer_error) AS last_error,
        s.next_offset - 1 AS applied_offset,
        s.high_water,
        greatest(s.high_water - coalesce(s.next_offset, 0), 0) AS lag,
+       -- records wait: how far the last applied source commit is behind now
+       CASE WHEN s.high_water > coalesce(s.next_offset, 0) THEN now() - s.last_source_commit
+            ELSE interval '0' END AS lag_time,
        s.last_applied_lsn,
        s.last_source_commit,
        s.last_applied_at - s.last_source_commit AS apply_latency,

@@ -38,12 +38,15 @@ bool DbSession::connect(std::string &error) {
     close();
     // Keywords before "dbname" are defaults the DSN may override: TCP
     // keepalives notice a vanished server within a minute, not two hours.
+    // application_name comes after it and wins: the server recognises the
+    // session applying a subscription by it (subscription_status shows
+    // "no sidecar" without one, drop_subscription ends it).
     const char *keywords[] = {"keepalives_idle",
                               "keepalives_interval",
                               "keepalives_count",
                               "connect_timeout",
                               "dbname",
-                              "fallback_application_name",
+                              "application_name",
                               nullptr};
     const char *values[] = {"20", "10", "3", "10", dsn_.c_str(), application_name_.c_str(), nullptr};
     PGconn *conn = PQconnectdbParams(keywords, values, 1);

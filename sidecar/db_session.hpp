@@ -59,7 +59,7 @@ class ApplyCall {
 
 class DbSession {
   public:
-    // application_name is used unless the DSN sets one.
+    // application_name is the session's, whatever the DSN says (see connect()).
     DbSession(std::string dsn, std::string application_name)
         : dsn_(std::move(dsn)), application_name_(std::move(application_name)) {}
     ~DbSession() { close(); }

@@ -37,6 +37,13 @@ bool is_secret(const ConsumerProperty &p) {
 void KafkaConsumer::on_error(rd_kafka_t *, int err, const char *reason, void *opaque) {
     auto *self = static_cast<KafkaConsumer *>(opaque);
     auto code = static_cast<rd_kafka_resp_err_t>(err);
+    if (code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || code == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+        // A broker reaches us this way for a topic it does not have (never as
+        // a consumer error message); the brokers themselves are fine.
+        self->fetch_problem_ = "topic " + self->topic_ + " does not exist";
+        LOG_DEBUG("subscription %s: %s", self->sub_name_.c_str(), self->fetch_problem_.c_str());
+        return;
+    }
     self->broker_error_ = mask_values(reason ? reason : rd_kafka_err2str(code), self->secrets_);
     LOG_DEBUG("subscription %s: Kafka error %s: %s", self->sub_name_.c_str(), rd_kafka_err2name(code),
               self->broker_error_.c_str());
@@ -164,8 +171,11 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
         case RD_KAFKA_RESP_ERR__PARTITION_EOF: break;
         case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
         case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
-            offset_problem_ = "the offset to consume is out of range of " + topic_ +
-                              " (records not yet applied may have been deleted): " + text;
+            offset_problem_ = "records of " + topic_ + " from offset " + std::to_string(assigned_offset_) +
+                              " on, not applied here yet, are no longer in Kafka (deleted by retention or "
+                              "compaction, or the topic was re-created): the peer's changes in them are missing "
+                              "from this database; the subscription waits at that offset (see the README, "
+                              "Troubleshooting) [" + text + "]";
             problem_offset_ = assigned_offset_;
             break;
         case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:

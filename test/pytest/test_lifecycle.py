@@ -164,3 +164,22 @@ def test_node_status_says_starting_right_after_create_node_never_stopped(node_fa
     assert states[-1] == "streaming", states
     assert "stopped" not in states, states
     assert states[0] in ("starting", "snapshot", "streaming"), states
+
+
+def test_subscription_status_says_no_sidecar_and_waiting_for_topic_instead_of_running(node_factory, sidecars):
+    node = node_factory()
+    node.create()
+    node.sql("SELECT kafka_sync.create_subscription('from_ghost', 'ghost', %s, topic_prefix => %s)",
+             (node.kafka.bootstrap, node.prefix))
+
+    def state():
+        return node.sql("SELECT state, last_error FROM kafka_sync.subscription_status")[0]
+
+    assert state()[0] == "no_sidecar", state()
+    sidecar = sidecars(node)
+    wait_until(lambda: state()[0] == "waiting_for_topic", 60, "waiting_for_topic",
+               diagnostics=lambda: f"{state()}\n{sidecar.log_text()[-2000:]}")
+    assert "does not exist" in state()[1]
+    sidecar.kill9()
+    wait_until(lambda: state()[0] == "no_sidecar", 30, "no_sidecar once the sidecar is gone",
+               diagnostics=lambda: repr(state()))

@@ -346,7 +346,8 @@ def test_retention_deleting_unread_records_stops_the_subscription_at_the_gap_and
     """chat1's subscription is paused while chat2 writes; chat2's topic keeps
     records for one second, so the records chat1 has not applied are
     deleted. The subscriber must not jump over the gap (that would lose
-    rows silently): it applies nothing past it and says what happened."""
+    rows silently): it applies nothing past it, and subscription_status
+    shows state error with a last_error that says records are gone."""
     kafka = broker_factory()
     pair = ledger_pairs(kafka)
     chat1, chat2 = pair
@@ -367,11 +368,12 @@ def test_retention_deleting_unread_records_stops_the_subscription_at_the_gap_and
                diagnostics=lambda: f"watermarks {watermarks(kafka.bootstrap, chat2.topic)}")
     low, high = watermarks(kafka.bootstrap, chat2.topic)
     chat1.sql("SELECT kafka_sync.resume_subscription('from_chat2')")
-    wait_until(lambda: "out of range" in (chat1.subscription("chat2")[1] or ""), 60,
+    wait_until(lambda: "no longer in Kafka" in (chat1.subscription("chat2")[1] or ""), 60,
                "the subscription reporting the gap", diagnostics=chat1.diagnostics)
     time.sleep(3)
     state, last_error, applied_after, *_ = chat1.subscription("chat2")
     assert applied_after == applied, f"the subscription moved past the gap: {applied} -> {applied_after}"
+    assert state == "error" and "no longer in Kafka" in last_error, (state, last_error)
     assert rows_of(chat1, "chat2")[0] == 100, "rows after the gap were applied"
     print(f"\nretention gap: applied through offset {applied}, topic now {low}..{high}; "
           f"subscription_status state={state!r}, last_error={last_error!r}")
