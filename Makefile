@@ -21,6 +21,9 @@ SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
 
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.
 override with_llvm = no
+# Rebuild an object when a header it includes changed (.deps/*.Po): a struct
+# changed in a header and one stale object is a crashed backend.
+override autodepend = yes
 
 REGRESS      = plugin_basic plugin_types plugin_filters plugin_options node_api subscription_api apply conflicts
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check \
@@ -43,15 +46,16 @@ SIDECAR     = sidecar/kafka_sync_sidecar
 MOCK_KAFKA  = test/kafka_mock/kafka_sync_mock_kafka
 UNIT_TESTS  = test/unit/unit_tests
 
-SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp))
-UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp \
+# extension/common/secrets_file.cpp is pure C++, shared by both sides
+SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp
+UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension/common/secrets_file.cpp \
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
                extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests
 
-$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp)
-	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
+$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp
+	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -Iextension -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
 
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
 	$(CXX) $(CXXSTD) -o $@ $< -lrdkafka -lpthread
@@ -61,14 +65,15 @@ $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/
 
 # The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
 test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
-                         sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp $(wildcard sidecar/*.hpp)
-	$(CXX) $(CXXSTD) -Isidecar -o $@ $(filter %.cpp,$^) -ljansson -lpthread
+                         sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp \
+                         extension/common/secrets_file.cpp $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp
+	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson -lpthread
 
 install: install-sidecar
 install-sidecar: $(SIDECAR)
 	$(INSTALL_PROGRAM) $(SIDECAR) '$(DESTDIR)$(bindir)/kafka_sync_sidecar'
 
-EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests tmp_check results regression.diffs regression.out .deps
 
 .PHONY: test unit-test install-sidecar check-symbols demo demo-stop
 unit-test: $(UNIT_TESTS) test/unit/sidecar_tests

@@ -2,12 +2,15 @@
 // subscription.hpp).
 #include "subscription.hpp"
 
+#include "common/secrets_file.hpp"
+
 #include <jansson.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 namespace kafka_sync_sidecar {
 
@@ -87,7 +90,10 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
     const char *key;
     json_t *value;
     bool ok = true;
+    std::string secrets_file;
     json_object_foreach(root, key, value) {
+        if (strcmp(key, kafka_sync::kSecretsFileSetting) == 0 && json_is_string(value))
+            secrets_file = json_string_value(value);
         if (strncmp(key, "kafka_sync.", 11) == 0)
             continue;
         char buf[64];
@@ -117,6 +123,13 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
     json_decref(root);
     if (!ok)
         return false;
+    if (!secrets_file.empty()) {
+        std::vector<std::pair<std::string, std::string>> secrets;
+        if (!kafka_sync::read_secrets_file(secrets_file, secrets, error))
+            return false;
+        for (auto &[k, v] : secrets)
+            out.push_back({k, v, true}); // every value of the file is a secret
+    }
 
     out.push_back({"bootstrap.servers", sub.brokers});
     out.push_back({"enable.auto.commit", "false"});
@@ -126,6 +139,20 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
     // not yet applied) is an error to report, never a silent jump.
     out.push_back({"auto.offset.reset", "error"});
     return true;
+}
+
+void note_secrets_file(SubscriptionConfig &sub) {
+    sub.secrets_file_hash = 0;
+    json_error_t jerr;
+    json_t *root = json_loadb(sub.kafka_config.data(), sub.kafka_config.size(), 0, &jerr);
+    json_t *path = root ? json_object_get(root, kafka_sync::kSecretsFileSetting) : nullptr;
+    if (path && json_is_string(path)) {
+        std::string error;
+        std::string content = kafka_sync::secrets_file_content(json_string_value(path), error);
+        // unreadable: 1, so that it differs from any content (the consumer reports the error)
+        sub.secrets_file_hash = error.empty() ? std::hash<std::string>{}(content) : 1;
+    }
+    json_decref(root);
 }
 
 } // namespace kafka_sync_sidecar

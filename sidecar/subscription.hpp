@@ -23,14 +23,21 @@ struct SubscriptionConfig {
     std::string on_error;     // 'pause' or 'skip'
     std::string kafka_config; // JSON object; may hold secrets: never log it
     std::optional<int64_t> next_offset;
+    // A hash of its secrets file's content as last read (note_secrets_file).
+    size_t secrets_file_hash = 0;
 
     // Everything that needs a new consumer when it changes (not next_offset,
     // which moves with every commit).
     bool same_settings(const SubscriptionConfig &other) const {
         return name == other.name && peer == other.peer && brokers == other.brokers && topic == other.topic &&
-               start == other.start && on_error == other.on_error && kafka_config == other.kafka_config;
+               start == other.start && on_error == other.on_error && kafka_config == other.kafka_config &&
+               secrets_file_hash == other.secrets_file_hash;
     }
 };
+
+// Reads the secrets file that kafka_config names (if any) into
+// sub.secrets_file_hash, so that a changed file restarts the consumer.
+void note_secrets_file(SubscriptionConfig &sub);
 
 // Where to consume from: next_offset when something was applied, else start.
 // False (with a message) when start is none of the three forms.

@@ -99,6 +99,8 @@ void Supervisor::refresh() {
     if (list_failing_)
         LOG_INFO("subscriptions readable again");
     list_failing_ = false;
+    for (SubscriptionConfig &sub : subs)
+        note_secrets_file(sub); // a changed secrets file restarts the subscription's consumer
     reconcile(subs);
 }
 

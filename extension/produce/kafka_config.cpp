@@ -1,6 +1,8 @@
 // Validation of a node's kafka_config (see kafka_config.hpp).
 #include "produce/kafka_config.hpp"
 
+#include "common/secrets_file.hpp"
+
 #include <librdkafka/rdkafka.h>
 
 #include <cstdlib>
@@ -50,15 +52,20 @@ bool own_setting(const std::string &key, const std::string &value, NodeKafkaSett
         ok = parse_int(value, 1, 100000, out.topic_partitions);
     else if (name == "topic_replication_factor")
         ok = parse_int(value, -1, 1000, out.topic_replication_factor) && out.topic_replication_factor != 0;
-    else {
+    else if (key == kSecretsFileSetting) {
+        out.secrets_file = value;
+        ok = !value.empty() && value[0] == '/';
+    } else {
         error = "unknown kafka_sync setting \"" + key + "\"";
-        hint = "kafka_sync settings are kafka_sync.schemas, kafka_sync.tombstones, kafka_sync.topic_partitions and "
-               "kafka_sync.topic_replication_factor.";
+        hint = "kafka_sync settings are kafka_sync.schemas, kafka_sync.tombstones, kafka_sync.topic_partitions, "
+               "kafka_sync.topic_replication_factor and kafka_sync.secrets_file.";
         return false;
     }
     if (!ok) {
         error = "invalid value \"" + value + "\" for \"" + key + "\"";
-        hint = name == "schemas" || name == "tombstones" ? "Use true or false." : "Use a positive integer (-1 for the broker default replication factor).";
+        hint = name == "schemas" || name == "tombstones" ? "Use true or false."
+               : key == kSecretsFileSetting    ? "Name the file by its absolute path."
+                                               : "Use a positive integer (-1 for the broker default replication factor).";
     }
     return ok;
 }
@@ -81,6 +88,33 @@ bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std
     return false;
 }
 
+namespace {
+
+// One librdkafka property of kafka_config or of the secrets file (where;
+// every value of that file is a secret, never echoed).
+bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value,
+                            const char *where, bool secret_value, std::string &error, std::string &hint) {
+    for (const char *fixed : kFixedProperties) {
+        if (key == fixed) {
+            error = "the Kafka property \"" + key + "\" cannot be set in " + where;
+            hint = "kafka_sync always produces with acks=all and the idempotent producer, and takes the "
+                   "brokers from the brokers argument.";
+            return false;
+        }
+    }
+    if (!set_kafka_property(conf, key, value, error)) {
+        if (secret_value)
+            error = "invalid value for Kafka property \"" + key + "\"";
+        error += std::string(" (in ") + where + ")";
+        hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the kafka_sync.* "
+               "settings; its secrets file takes librdkafka properties.";
+        return false;
+    }
+    return true;
+}
+
+} // namespace
+
 bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint) {
     out = NodeKafkaSettings();
     std::unique_ptr<rd_kafka_conf_t, void (*)(rd_kafka_conf_t *)> conf(rd_kafka_conf_new(), rd_kafka_conf_destroy);
@@ -90,19 +124,27 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
                 return false;
             continue;
         }
-        for (const char *fixed : kFixedProperties) {
-            if (key == fixed) {
-                error = "the Kafka property \"" + key + "\" cannot be set in kafka_config";
-                hint = "kafka_sync always produces with acks=all and the idempotent producer, and takes the "
-                       "brokers from the brokers argument.";
-                return false;
-            }
-        }
-        if (!set_kafka_property(conf.get(), key, value, error)) {
-            hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the kafka_sync.* "
-                   "settings.";
+        if (!check_rdkafka_property(conf.get(), key, value, "kafka_config", false, error, hint))
+            return false;
+        out.rdkafka.emplace_back(key, value);
+    }
+    if (out.secrets_file.empty())
+        return true;
+    ConfigPairs secrets;
+    if (!read_secrets_file(out.secrets_file, secrets, error)) {
+        hint = "The file must be readable by the operating system user of the PostgreSQL server (and of the sidecar "
+               "for a subscription).";
+        return false;
+    }
+    const std::string where = "the secrets file " + out.secrets_file;
+    for (const auto &[key, value] : secrets) {
+        if (key.rfind("kafka_sync.", 0) == 0) {
+            error = "the secrets file " + out.secrets_file + " sets \"" + key + "\"";
+            hint = "kafka_sync settings belong in kafka_config; the secrets file holds librdkafka properties.";
             return false;
         }
+        if (!check_rdkafka_property(conf.get(), key, value, where.c_str(), true, error, hint))
+            return false;
         out.rdkafka.emplace_back(key, value);
     }
     return true;

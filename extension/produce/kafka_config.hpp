@@ -20,6 +20,7 @@ struct NodeKafkaSettings {
     bool tombstones = false;        // a null-value record after each delete
     int topic_partitions = 1;       // when kafka_sync creates the topic
     int topic_replication_factor = -1; // -1: the broker's default
+    std::string secrets_file;       // kafka_sync.secrets_file; its properties are in rdkafka
 };
 
 // True for properties whose values must never be shown (passwords, keys...).
@@ -30,8 +31,9 @@ bool is_secret_config_key(const std::string &key);
 // (librdkafka echoes it).
 bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, std::string &error);
 
-// Validates and splits a node's kafka_config. On failure returns false and
-// sets error (safe to show) and hint.
+// Validates and splits a node's kafka_config, with the properties of its
+// secrets file (common/secrets_file.hpp) read now and appended. On failure
+// returns false and sets error (safe to show) and hint.
 bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint);
 
 } // namespace kafka_sync

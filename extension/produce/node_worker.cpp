@@ -9,6 +9,7 @@
 #include "produce/node_worker.hpp"
 
 #include "boundary/pg_boundary.hpp"
+#include "common/secrets_file.hpp"
 #include "common/unix_time.hpp"
 #include "decode/plugin_frames.hpp"
 #include "produce/kafka_producer.hpp"
@@ -92,6 +93,10 @@ struct NodeWorker {
     kafka_sync::RecordHeaders headers;
     bool in_txn;
     uint64 txn_seq; /* records produced of the open transaction */
+
+    /* the secrets file the producer was made with, and its content then */
+    std::string *secrets_file;
+    std::string *secrets_content;
 
     /* the held-back record (see node_worker_add_record) */
     std::string *held_key;
@@ -486,6 +491,35 @@ void create_slot(NodeWorker *w) {
 }
 
 /* Read by librdkafka waits, on our own thread: only flags, no PostgreSQL calls. */
+/*
+ * A configuration reload re-reads the node's secrets file: a changed one
+ * takes a new producer, so the worker exits and the launcher starts it again
+ * (what Kafka had not acknowledged is sent again; nothing is lost).
+ */
+void check_secrets_file(NodeWorker *w) {
+    bool changed = kafka_sync::ks_guard([&]() {
+        if (!w->secrets_file || w->secrets_file->empty())
+            return false;
+        std::string error;
+        std::string now = kafka_sync::secrets_file_content(*w->secrets_file, error);
+        return error.empty() && now != *w->secrets_content;
+    });
+    if (changed) {
+        ereport(LOG, (errmsg("kafka_sync node %s: its secrets file changed: restarting the producer",
+                             w->cfg.node_name)));
+        proc_exit(1);
+    }
+}
+
+/* SIGHUP: the server's settings, and the secrets file, read again. */
+void handle_reload(NodeWorker *w) {
+    if (!ConfigReloadPending)
+        return;
+    ConfigReloadPending = false;
+    ProcessConfigFile(PGC_SIGHUP);
+    check_secrets_file(w);
+}
+
 bool exit_requested() { return ProcDiePending || InterruptPending; }
 
 void ensure_topic(NodeWorker *w) {
@@ -504,6 +538,7 @@ void ensure_topic(NodeWorker *w) {
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kTopicRetryMs, PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
         CHECK_FOR_INTERRUPTS();
+        handle_reload(w);
     }
 }
 
@@ -586,10 +621,7 @@ void stream(NodeWorker *w) {
 
     for (;;) {
         CHECK_FOR_INTERRUPTS();
-        if (ConfigReloadPending) {
-            ConfigReloadPending = false;
-            ProcessConfigFile(PGC_SIGHUP);
-        }
+        handle_reload(w);
         check_stop_requested(w);
 
         XLogRecPtr flush = GetFlushRecPtr(nullptr);
@@ -721,6 +753,10 @@ void run_node_worker(Oid dboid) {
         w->inflight = new kafka_sync::InflightTransactions();
         w->held_key = new std::string();
         w->held_value = new std::string();
+        w->secrets_file = new std::string(ps.kafka.secrets_file);
+        w->secrets_content = new std::string();
+        if (!w->secrets_file->empty())
+            *w->secrets_content = kafka_sync::secrets_file_content(*w->secrets_file, error);
         w->producer = new kafka_sync::KafkaProducer(ps, *w->inflight);
     });
 

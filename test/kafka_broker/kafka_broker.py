@@ -163,6 +163,7 @@ class BrokerNode:
         self.dir = Path(directory)
         self.port = free_port()
         self.controller_port = free_port()
+        self.sasl_port = free_port() if cluster.sasl_users else None
         self.proc = None
         self.pid = None
 
@@ -176,15 +177,30 @@ class BrokerNode:
 
     def write_config(self, voters, extra):
         n = len(self.cluster.nodes)
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        sasl = {}
+        if self.sasl_port:
+            # SASL/PLAIN on a listener of its own, for tests of credentials
+            listeners += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            advertised += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.cluster.sasl_users.items())
+            sasl = {
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+            }
         props = {
             "process.roles": "broker,controller",
             "node.id": self.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map":
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            **sasl,
             "log.dirs": str(self.dir / "data"),
             "num.partitions": 1,
             "default.replication.factor": n,
@@ -298,10 +314,13 @@ class KafkaCluster:
     is_local_broker = True
 
     def __init__(self, brokers=1, directory=None, heap=None, config=None, detached=False,
-                 start=True):
+                 start=True, sasl_users=None):
         if brokers < 1:
             raise ValueError("a cluster needs at least one broker")
         self.lib = fetch()
+        # {user: password}: a SASL_PLAINTEXT listener (mechanism PLAIN) beside
+        # the PLAINTEXT one; sasl_bootstrap names it
+        self.sasl_users = dict(sasl_users or {})
         self.detached = detached
         self.heap = heap or (HEAP_SINGLE if brokers == 1 else HEAP_PER_NODE_OF_THREE)
         self.extra_config = dict(config or {})
@@ -314,6 +333,7 @@ class KafkaCluster:
             d.mkdir(exist_ok=True)
             self.nodes.append(BrokerNode(self, i + 1, d))
         self.bootstrap = ",".join(n.address for n in self.nodes)
+        self.sasl_bootstrap = ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.nodes) if sasl_users else None
         self.replication_factor = brokers
         self._admin = None
         self._finalizer = None if detached else weakref.finalize(self, _kill_quietly, list(self.nodes))

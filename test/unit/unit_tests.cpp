@@ -1,7 +1,8 @@
 // Unit tests of the pure C++ parts: in-flight accounting, record encoding,
-// kafka_config validation. No PostgreSQL, no Kafka: run with `make unit-test`.
+// kafka_config validation, the secrets file. No PostgreSQL, no Kafka: run with `make unit-test`.
 #include "check.hpp"
 #include "apply/record_decoder.hpp"
+#include "common/secrets_file.hpp"
 #include "encode/record_encoder.hpp"
 #include "produce/inflight.hpp"
 #include "produce/kafka_config.hpp"
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <unistd.h>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -521,6 +523,47 @@ void headers_decode_lsn_and_survive_garbage() {
 
 } // namespace
 
+void secrets_file_adds_its_properties_and_never_shows_a_value() {
+    char path[] = "/tmp/ks_unit_secrets_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    const char text[] = "# comment\n\n  sasl.password =  p@ss=word  \nsasl.username=chat\n";
+    CHECK(write(fd, text, sizeof(text) - 1) == (ssize_t)(sizeof(text) - 1));
+    close(fd);
+    NodeKafkaSettings s;
+    std::string err, hint;
+    CHECK(parse_node_kafka_config({{"linger.ms", "5"}, {"kafka_sync.secrets_file", path}}, s, err, hint));
+    CHECK(s.secrets_file == path);
+    CHECK(s.rdkafka.size() == 3);
+    CHECK(s.rdkafka.size() == 3 && s.rdkafka[1] == std::make_pair(std::string("sasl.password"), std::string("p@ss=word")));
+
+    // a property librdkafka refuses: named, its value not shown
+    FILE *f = fopen(path, "w");
+    fputs("socket.timeout.ms=not-a-number-s3cret\n", f);
+    fclose(f);
+    CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
+    CHECK(err.find("socket.timeout.ms") != std::string::npos && err.find("s3cret") == std::string::npos);
+    // fixed properties and kafka_sync settings are not for the file
+    f = fopen(path, "w");
+    fputs("acks=1\n", f);
+    fclose(f);
+    CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
+    f = fopen(path, "w");
+    fputs("kafka_sync.schemas=false\n", f);
+    fclose(f);
+    CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
+    // not key=value: the line number, not the line
+    f = fopen(path, "w");
+    fputs("sasl.password\n=x\n", f);
+    fclose(f);
+    std::vector<std::pair<std::string, std::string>> pairs;
+    CHECK(!read_secrets_file(path, pairs, err) && err.find("line 1") != std::string::npos);
+    unlink(path);
+    CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
+    CHECK(err.find("cannot read the secrets file") != std::string::npos);
+    CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", "relative/path"}}, s, err, hint));
+}
+
 int main() {
     const std::vector<std::pair<const char *, std::function<void()>>> tests = {
         {"slot confirms only a fully acknowledged prefix", slot_confirms_only_a_fully_acknowledged_prefix},
@@ -546,6 +589,8 @@ int main() {
         {"decoder rejects hostile values with a message", decoder_rejects_hostile_values_with_a_message},
         {"plain reader agrees with jansson or gives up", plain_reader_agrees_with_jansson_or_gives_up},
         {"headers decode the LSN and survive garbage", headers_decode_lsn_and_survive_garbage},
+        {"secrets file adds its properties and never shows a value",
+         secrets_file_adds_its_properties_and_never_shows_a_value},
     };
     for (const auto &[name, fn] : tests) {
         int before = failures;
