@@ -103,11 +103,14 @@ bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const
         }
     }
     if (!set_kafka_property(conf, key, value, error)) {
-        if (secret_value)
-            error = "invalid value for Kafka property \"" + key + "\"";
-        error += std::string(" (in ") + where + ")";
-        hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the kafka_sync.* "
-               "settings; its secrets file takes librdkafka properties.";
+        if (secret_value) {
+            error = "librdkafka refuses the Kafka property \"" + key + "\" of " + where +
+                    " (an unknown name or an invalid value; the value is not shown)";
+            hint = "The secrets file holds librdkafka properties (see librdkafka's CONFIGURATION.md).";
+        } else {
+            hint = "kafka_config takes librdkafka properties (see librdkafka's CONFIGURATION.md) and the "
+                   "kafka_sync.* settings.";
+        }
         return false;
     }
     return true;

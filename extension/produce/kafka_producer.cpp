@@ -130,9 +130,15 @@ bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
         err = rd_kafka_metadata(rk_, 0, rkt_, &md, kSliceMs);
         if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT)
             break;
+        rd_kafka_poll(rk_, 0); // error and log callbacks: what the brokers said
     }
     if (err) {
-        error_ = "could not read the metadata of topic " + settings_.topic + ": " + rd_kafka_err2str(err);
+        // librdkafka's own code ("Broker transport failure") hides why; its
+        // last word on the brokers says which one and what (SSL, SASL, ...)
+        error_ = "could not read the metadata of topic " + settings_.topic + " from " + settings_.brokers + ": " +
+                 rd_kafka_err2str(err);
+        if (!broker_problem_.empty())
+            error_ += " (last broker problem: " + broker_problem_ + ")";
         brokers_down_ = true;
         return false;
     }
@@ -251,6 +257,8 @@ void KafkaProducer::on_delivery(rd_kafka_t *, const rd_kafka_message_t *msg, voi
         self->acknowledged_++;
         self->last_delivery_ms_ = now_ms();
         self->brokers_down_ = false;
+        if (!self->broker_problem_.empty())
+            self->broker_problem_.clear();
     } catch (...) {
         self->delivery_failed_ = true; // the worker restarts and re-sends from the slot
     }
@@ -260,6 +268,7 @@ void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *
     auto *self = static_cast<KafkaProducer *>(opaque);
     try {
         self->error_ = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+        self->broker_problem_ = self->error_;
     } catch (...) {
     }
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -285,6 +294,8 @@ void KafkaProducer::on_log(const rd_kafka_t *rk, int level, const char *fac, con
     snprintf(line, sizeof(line), "librdkafka %d %s: %s", level, fac, buf);
     try {
         self->log_lines_.emplace_back(line);
+        if (level <= 4) // LOG_WARNING or worse
+            self->broker_problem_ = buf;
     } catch (...) {
     }
 }

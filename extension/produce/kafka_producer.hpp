@@ -88,6 +88,10 @@ class KafkaProducer {
     bool delivery_failed_ = false;
     bool brokers_down_ = false;
     std::string error_;
+    // librdkafka's last word on a broker (error callback, or a log line of
+    // warning level or worse: it names the broker and says what failed, e.g.
+    // an SSL handshake or SASL authentication); cleared by a delivery.
+    std::string broker_problem_;
     int64_t last_delivery_ms_ = 0;
     uint64_t acknowledged_ = 0;
     std::vector<std::string> log_lines_;

@@ -69,8 +69,11 @@ def test_a_broker_password_given_by_file_is_in_no_sql_text_table_view_or_log_and
     # producer with it, and it cannot authenticate
     write_secrets(secrets_file, wrong)
     node.sql("SELECT pg_reload_conf()")
-    wait_until(lambda: node.status()["state"] == "kafka_unavailable", 60, "the wrong password refused",
-               diagnostics=node.diagnostics)
+    # node_status says which broker refused what, not just "Broker transport failure"
+    wait_until(lambda: (lambda s: s["state"] == "kafka_unavailable"
+                        and kafka.sasl_bootstrap in (s["last_error"] or "")
+                        and "authentication" in (s["last_error"] or "").lower())(node.status()),
+               60, "the wrong password refused, with the broker and the reason", diagnostics=node.diagnostics)
     node.sql("INSERT INTO user_table VALUES ('two', 'x', 'online')")
     # and back to the right one
     write_secrets(secrets_file, password)
