@@ -242,7 +242,14 @@ CREATE VIEW kafka_sync.node_status AS
 SELECT n.node_name,
        n.topic_prefix || '.' || n.node_name AS topic,
        -- an enabled node whose worker is not running yet: the launcher starts it
-       CASE WHEN NOT n.enabled THEN 'paused' WHEN w.state = 'stopped' THEN 'starting' ELSE w.state END AS state,
+       CASE WHEN NOT n.enabled THEN 'paused'
+            WHEN w.state = 'stopped' THEN 'starting'
+            -- streaming, but its slot keeps more WAL than kafka_sync.retained_wal_warning
+            WHEN w.state = 'streaming'
+                 AND pg_size_bytes(coalesce(current_setting('kafka_sync.retained_wal_warning', true), '0')) > 0
+                 AND pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)
+                     >= pg_size_bytes(current_setting('kafka_sync.retained_wal_warning', true)) THEN 'retaining_wal'
+            ELSE w.state END AS state,
        w.last_error,
        s.confirmed_flush_lsn AS confirmed_lsn,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_wal_bytes,
@@ -487,6 +494,13 @@ BEGIN
     PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
     PERFORM kafka_sync._check_kafka_config(kafka_config);
 
+    -- Origins of databases dropped since (DROP DATABASE cannot drop them): each
+    -- would hold one of the server's max_replication_slots replication states.
+    PERFORM pg_replication_origin_drop(o.roname)
+       FROM pg_replication_origin o
+      WHERE o.roname ~ '^kafka_sync_[0-9]+_'
+        AND NOT EXISTS (SELECT 1 FROM pg_database d
+                         WHERE o.roname LIKE 'kafka_sync\_' || d.oid::text || '\_%');
     -- A left-over origin of a dropped subscription starts over from nothing.
     IF EXISTS (SELECT 1 FROM pg_replication_origin o WHERE o.roname = origin) THEN
         BEGIN

@@ -7,6 +7,7 @@
 #include "apply/conflicts.hpp"
 #include "common/shared_state.hpp"
 #include "produce/launcher.hpp"
+#include "produce/node_worker.hpp"
 
 extern "C" {
 #include "fmgr.h"
@@ -74,6 +75,10 @@ void _PG_init(void) {
     DefineCustomIntVariable("kafka_sync.launcher_naptime", "Seconds between the launcher's checks for nodes to start.",
                             nullptr, &launcher_naptime_s, 10, 1, 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr,
                             nullptr);
+    DefineCustomIntVariable("kafka_sync.retained_wal_warning",
+                            "WAL a node's slot may retain before a WARNING and node_status state retaining_wal.",
+                            "Nothing is dropped beyond it; 0 turns the warning off.", &kafka_sync_retained_wal_warning_mb,
+                            10240, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
     MarkGUCPrefixReserved("kafka_sync");
 
     prev_shmem_request_hook = shmem_request_hook;

@@ -51,6 +51,7 @@ extern "C" {
 #define KS_LSN_ARGS(lsn) (uint32)((lsn) >> 32), (uint32)(lsn)
 
 int kafka_sync_poll_interval_ms = 10;
+int kafka_sync_retained_wal_warning_mb = 10240;
 
 namespace {
 
@@ -109,6 +110,8 @@ struct NodeWorker {
     XLogRecPtr confirmable;
     XLogRecPtr confirmed;
     TimestampTz last_confirm;
+    TimestampTz wal_checked;     /* see check_retained_wal */
+    TimestampTz wal_warned_at;   /* 0: not above kafka_sync.retained_wal_warning */
     bool streaming; /* a decoding slot is acquired and may be confirmed */
 
     /* kafka_sync.resnapshot(), see serve_resnapshot */
@@ -605,6 +608,38 @@ void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto) {
     w->resnapshot_records = nrecords;
 }
 
+/*
+ * kafka_sync.retained_wal_warning: a WARNING when the slot keeps more WAL
+ * than that (when it gets there, then every 10 minutes while it stays
+ * above); node_status shows state retaining_wal meanwhile. Nothing is dropped.
+ */
+void check_retained_wal(NodeWorker *w) {
+    constexpr long kCheckMs = 10000;
+    constexpr long kRepeatMs = 600000;
+    TimestampTz now = GetCurrentTimestamp();
+    if (!TimestampDifferenceExceeds(w->wal_checked, now, kCheckMs))
+        return;
+    w->wal_checked = now;
+    XLogRecPtr restart = MyReplicationSlot->data.restart_lsn;
+    XLogRecPtr insert = GetXLogInsertRecPtr();
+    uint64 retained_mb = insert > restart ? (insert - restart) / (1024 * 1024) : 0;
+    if (kafka_sync_retained_wal_warning_mb <= 0 || retained_mb < (uint64)kafka_sync_retained_wal_warning_mb) {
+        w->wal_warned_at = 0;
+        return;
+    }
+    if (w->wal_warned_at != 0 && !TimestampDifferenceExceeds(w->wal_warned_at, now, kRepeatMs))
+        return;
+    w->wal_warned_at = now;
+    ereport(WARNING,
+            (errmsg("kafka_sync node %s retains " UINT64_FORMAT " MB of WAL, more than kafka_sync.retained_wal_warning "
+                    "(%d MB)",
+                    w->cfg.node_name, retained_mb, kafka_sync_retained_wal_warning_mb),
+             errdetail("Its replication slot keeps WAL until Kafka has acknowledged the records of every transaction; "
+                       "nothing is dropped."),
+             errhint("See kafka_sync.node_status: Kafka unreachable (last_error), or a long-running transaction on "
+                     "this server, holds it back.")));
+}
+
 void stream(NodeWorker *w) {
     ReplicationSlotAcquire(w->cfg.slot_name, true);
     LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, local_wal_reader(),
@@ -623,6 +658,7 @@ void stream(NodeWorker *w) {
         CHECK_FOR_INTERRUPTS();
         handle_reload(w);
         check_stop_requested(w);
+        check_retained_wal(w);
 
         XLogRecPtr flush = GetFlushRecPtr(nullptr);
         int nrecords = 0;

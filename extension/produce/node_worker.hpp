@@ -12,6 +12,9 @@ extern "C" {
 
 struct NodeWorker;
 
+/* kafka_sync.retained_wal_warning, in MB (0: off). */
+extern int kafka_sync_retained_wal_warning_mb;
+
 /* Opens a source transaction (commit order) whose records follow. */
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms);
 

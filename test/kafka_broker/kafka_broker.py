@@ -231,7 +231,7 @@ class BrokerNode:
 
     def format(self, cluster_id):
         cmd = self._java("kafka.tools.StorageTool",
-                         ["format", "-t", cluster_id, "-c", str(self.dir / "server.properties")],
+                         ["format", f"--cluster-id={cluster_id}", "--config", str(self.dir / "server.properties")],
                          "256m")
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=120)
@@ -342,7 +342,9 @@ class KafkaCluster:
 
     def start(self):
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid: never one that looks like an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         for node in self.nodes:
             node.write_config(voters, self.extra_config)
             node.format(cluster_id)

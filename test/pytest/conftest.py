@@ -148,6 +148,10 @@ def node_factory(pg_running, kafka, request):
         pg.start()
     for node in nodes:
         try:
+            # as the README says to remove a node: its subscriptions (their
+            # replication origins are server-wide), then the node
+            for (sub,) in node.sql("SELECT sub_name FROM kafka_sync.subscription"):
+                node.sql("SELECT kafka_sync.drop_subscription(%s)", (sub,))
             if node.sql("SELECT count(*) FROM kafka_sync.node")[0][0]:
                 node.drop()
         except Exception as e:  # keep tearing down; the test result stands

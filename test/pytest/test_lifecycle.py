@@ -183,3 +183,31 @@ def test_subscription_status_says_no_sidecar_and_waiting_for_topic_instead_of_ru
     sidecar.kill9()
     wait_until(lambda: state()[0] == "no_sidecar", 30, "no_sidecar once the sidecar is gone",
                diagnostics=lambda: repr(state()))
+
+
+def test_a_node_whose_slot_retains_more_wal_than_the_threshold_warns_and_says_retaining_wal(
+        node_factory, pg_running):
+    pg = pg_running
+    node = node_factory()
+    node.create()
+    node.wait_state("streaming")
+    log_start = pg.log_position()
+    pg.sql("ALTER SYSTEM SET kafka_sync.retained_wal_warning = 2")  # MB
+    pg.sql("SELECT pg_reload_conf()")
+    holder = node.connect(autocommit=False)
+    try:
+        # an open transaction keeps the slot's restart_lsn where it began
+        holder.cursor().execute("INSERT INTO user_table VALUES ('held', 'x', 'online')")
+        node.sql("INSERT INTO user_table SELECT 'w' || g, repeat('x', 300), 'online' FROM generate_series(1, 20000) g")
+        wait_until(lambda: node.status()["state"] == "retaining_wal", 60, "state retaining_wal",
+                   diagnostics=lambda: node.diagnostics(log_start))
+        wait_until(lambda: "more than kafka_sync.retained_wal_warning" in pg.log_text(log_start), 30,
+                   "the WARNING in the server log", diagnostics=lambda: pg.log_text(log_start)[-3000:])
+        assert node.status()["records_acknowledged"] >= 20000, "nothing may be held back from Kafka meanwhile"
+    finally:
+        holder.rollback()
+        holder.close()
+        pg.sql("ALTER SYSTEM RESET kafka_sync.retained_wal_warning")
+        pg.sql("SELECT pg_reload_conf()")
+    wait_until(lambda: node.status()["state"] == "streaming", 30, "streaming once the threshold is back",
+               diagnostics=lambda: node.diagnostics(log_start))

@@ -146,7 +146,8 @@ def test_snapshot_records_carry_the_commit_time_and_origin_of_each_rows_last_cha
     conn = node.connect(autocommit=True)
     try:
         with conn.cursor() as cur:
-            for origin, key in (("kafka_sync_peerx", "from_peerx"), ("etl_tool", "from_etl")):
+            peerx_origin = node.sql("SELECT kafka_sync._origin_name('peerx')")[0][0]
+            for origin, key in ((peerx_origin, "from_peerx"), ("etl_tool", "from_etl")):
                 cur.execute("SELECT pg_replication_origin_create(%s)", (origin,))
                 cur.execute("SELECT pg_replication_origin_session_setup(%s)", (origin,))
                 cur.execute("BEGIN")
