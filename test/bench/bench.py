@@ -190,12 +190,21 @@ class Conn:
         self.conn.close()
 
 
+def remove_if_empty(directory):
+    """The run's own folder under BASE_DIR, once its clusters are destroyed."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- source path
 
 class SourceBench:
     def __init__(self, kafka, node_config=None):
         self.kafka = kafka
-        self.pg = PgCluster("source", extra_conf=SERVER_CONF, base_dir=BASE_DIR / uuid.uuid4().hex[:6])
+        self.base = BASE_DIR / uuid.uuid4().hex[:6]
+        self.pg = PgCluster("source", extra_conf=SERVER_CONF, base_dir=self.base)
         self.pg.start()
         self.db = "bench"
         self.pg.create_database(self.db)
@@ -247,6 +256,7 @@ class SourceBench:
             self.sql("SELECT kafka_sync.drop_node()")
         finally:
             self.pg.destroy()
+            remove_if_empty(self.base)
 
 
 def write_load(cluster, db, start, n, big_txn):
@@ -270,7 +280,7 @@ class ApplyBench:
         self.perf_dir = perf_dir
         self.systems = systems
         self.db = {system: SYSTEMS[system][0] for system in systems}
-        base = BASE_DIR / uuid.uuid4().hex[:6]
+        self.base = base = BASE_DIR / uuid.uuid4().hex[:6]
         # Each system has its own two clusters: a logical decoder reads all of its
         # cluster's WAL, so in shared clusters each system's decoder would also
         # read (and pay for) the other systems' writes.
@@ -514,6 +524,7 @@ class ApplyBench:
         finally:
             for c in (*self.src.values(), *self.dst.values()):
                 c.destroy()
+            remove_if_empty(self.base)
 
 
 def describe_kafka(kafka):
