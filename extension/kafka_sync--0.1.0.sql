@@ -461,6 +461,7 @@ DECLARE
     local_node text;
     other text;
     origin text := kafka_sync._origin_name(peer_node);
+    stale text;
 BEGIN
     PERFORM kafka_sync._check_requirements();
     IF sub_name IS NULL OR sub_name !~ '^[a-z0-9_]{1,63}$' THEN
@@ -496,11 +497,16 @@ BEGIN
 
     -- Origins of databases dropped since (DROP DATABASE cannot drop them): each
     -- would hold one of the server's max_replication_slots replication states.
-    PERFORM pg_replication_origin_drop(o.roname)
-       FROM pg_replication_origin o
-      WHERE o.roname ~ '^kafka_sync_[0-9]+_'
-        AND NOT EXISTS (SELECT 1 FROM pg_database d
-                         WHERE o.roname LIKE 'kafka_sync\_' || d.oid::text || '\_%');
+    FOR stale IN SELECT o.roname FROM pg_replication_origin o
+                  WHERE o.roname ~ '^kafka_sync_[0-9]+_'
+                    AND substring(o.roname from '^kafka_sync_([0-9]+)_')::oid NOT IN (SELECT d.oid FROM pg_database d)
+    LOOP
+        BEGIN
+            PERFORM pg_replication_origin_drop(stale);
+        EXCEPTION WHEN undefined_object OR object_in_use THEN
+            NULL;  -- another create_subscription dropped it first
+        END;
+    END LOOP;
     -- A left-over origin of a dropped subscription starts over from nothing.
     IF EXISTS (SELECT 1 FROM pg_replication_origin o WHERE o.roname = origin) THEN
         BEGIN
@@ -567,7 +573,7 @@ BEGIN
             PERFORM pg_terminate_backend(a.pid)
                FROM pg_stat_activity a
               WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
-                AND a.application_name = 'kafka_sync_sidecar ' || s.sub_name;
+                AND a.application_name = left('kafka_sync_sidecar ' || s.sub_name, 63);
             PERFORM pg_sleep(0.1);
         END;
         EXIT WHEN dropped;
@@ -739,7 +745,8 @@ SELECT s.sub_name AS name,
             WHEN NOT s.enabled THEN 'paused'
             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
                               WHERE a.datname = pg_catalog.current_database()
-                                AND a.application_name = 'kafka_sync_sidecar ' || s.sub_name) THEN 'no_sidecar'
+                                -- as PostgreSQL keeps it: at most 63 bytes
+                                AND a.application_name = left('kafka_sync_sidecar ' || s.sub_name, 63)) THEN 'no_sidecar'
             WHEN s.consumer_error LIKE 'topic % does not exist%' THEN 'waiting_for_topic'
             WHEN s.consumer_error LIKE 'Kafka is unreachable%'
               OR s.consumer_error LIKE 'no connection to the leader%' THEN 'kafka_unavailable'

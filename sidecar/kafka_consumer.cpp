@@ -24,6 +24,8 @@ constexpr auto kUnreachableAfter = std::chrono::seconds(3);
 // The value of a property that holds a secret (sasl.password,
 // ssl.key.password, sasl.oauthbearer.client.secret, ...).
 bool is_secret(const ConsumerProperty &p) {
+    if (p.secret && !p.value.empty())
+        return true;
     if (!p.from_kafka_config || p.value.size() < 3)
         return false;
     for (const char *word : {"password", "secret", "key", "token", "jaas", "oauthbearer.config", "credential"})

@@ -129,7 +129,7 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
         if (!kafka_sync::read_secrets_file(secrets_file, secrets, error))
             return false;
         for (auto &[k, v] : secrets)
-            out.push_back({k, v, true}); // every value of the file is a secret
+            out.push_back({k, v, true, true}); // every value of the file is a secret
     }
 
     out.push_back({"bootstrap.servers", sub.brokers});

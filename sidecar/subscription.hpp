@@ -48,6 +48,7 @@ struct ConsumerProperty {
     std::string name;
     std::string value;
     bool from_kafka_config = false; // the user's: may be a secret
+    bool secret = false;            // from the secrets file: always masked
 };
 
 // The consumer's librdkafka properties, in the order to set them: our

@@ -183,6 +183,8 @@ void use_origin(const Subscription *sub) {
         replorigin_session_reset();
         replorigin_session_origin = InvalidRepOriginId;
     }
+    /* no origin set up now: if the setup below fails, the abort must not put one back */
+    session_origin = InvalidRepOriginId;
     replorigin_session_setup(id);
     replorigin_session_origin = id;
     session_origin = id;

@@ -57,7 +57,9 @@ bool read_secrets_file(const std::string &path, std::vector<std::pair<std::strin
             continue;
         size_t eq = t.find('=');
         std::string key = eq == std::string::npos ? std::string() : trim(t.substr(0, eq));
-        if (key.empty()) {
+        // a property name, or not a key=value line (e.g. "password: x=y"):
+        // a malformed line's "key" may hold a secret and must not be echoed
+        if (key.empty() || key.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789._-") != std::string::npos) {
             error = "line " + std::to_string(number) + " of the secrets file \"" + path + "\" is not key=value";
             return false;
         }

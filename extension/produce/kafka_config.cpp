@@ -80,6 +80,16 @@ bool is_secret_config_key(const std::string &key) {
     return false;
 }
 
+std::string mask_secrets(std::string text, const std::vector<std::string> &secrets) {
+    for (const std::string &secret : secrets) {
+        if (secret.empty())
+            continue;
+        for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3))
+            text.replace(at, secret.size(), "***");
+    }
+    return text;
+}
+
 bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, std::string &error) {
     char errstr[512];
     if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
@@ -130,6 +140,8 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
         if (!check_rdkafka_property(conf.get(), key, value, "kafka_config", false, error, hint))
             return false;
         out.rdkafka.emplace_back(key, value);
+        if (is_secret_config_key(key) && value.size() >= 3)
+            out.secret_values.push_back(value);
     }
     if (out.secrets_file.empty())
         return true;
@@ -149,6 +161,8 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
         if (!check_rdkafka_property(conf.get(), key, value, where.c_str(), true, error, hint))
             return false;
         out.rdkafka.emplace_back(key, value);
+        if (!value.empty())
+            out.secret_values.push_back(value);
     }
     return true;
 }

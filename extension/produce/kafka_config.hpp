@@ -21,7 +21,11 @@ struct NodeKafkaSettings {
     int topic_partitions = 1;       // when kafka_sync creates the topic
     int topic_replication_factor = -1; // -1: the broker's default
     std::string secrets_file;       // kafka_sync.secrets_file; its properties are in rdkafka
+    std::vector<std::string> secret_values; // to mask in librdkafka's messages: the file's and secret keys' values
 };
+
+// text with every one of secrets replaced by "***".
+std::string mask_secrets(std::string text, const std::vector<std::string> &secrets);
 
 // True for properties whose values must never be shown (passwords, keys...).
 bool is_secret_config_key(const std::string &key);

@@ -272,7 +272,8 @@ void KafkaProducer::on_delivery(rd_kafka_t *, const rd_kafka_message_t *msg, voi
 void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) noexcept {
     auto *self = static_cast<KafkaProducer *>(opaque);
     try {
-        self->error_ = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+        self->error_ = mask_secrets(reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err)),
+                                    self->settings_.kafka.secret_values);
         self->broker_problem_ = self->error_;
     } catch (...) {
     }
@@ -282,7 +283,8 @@ void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *
         char buf[512];
         rd_kafka_fatal_error(rk, buf, sizeof(buf));
         try {
-            self->error_ = std::string("fatal Kafka producer error: ") + buf;
+            self->error_ = mask_secrets(std::string("fatal Kafka producer error: ") + buf,
+                                        self->settings_.kafka.secret_values);
         } catch (...) {
         }
         self->delivery_failed_ = true;
@@ -298,9 +300,9 @@ void KafkaProducer::on_log(const rd_kafka_t *rk, int level, const char *fac, con
     char line[1024];
     snprintf(line, sizeof(line), "librdkafka %d %s: %s", level, fac, buf);
     try {
-        self->log_lines_.emplace_back(line);
+        self->log_lines_.emplace_back(mask_secrets(line, self->settings_.kafka.secret_values));
         if (level <= 4) // LOG_WARNING or worse
-            self->broker_problem_ = buf;
+            self->broker_problem_ = mask_secrets(buf, self->settings_.kafka.secret_values);
     } catch (...) {
     }
 }

@@ -493,7 +493,6 @@ void create_slot(NodeWorker *w) {
                          KS_LSN_ARGS(consistent), w->cfg.snapshot ? ", initial snapshot published" : "")));
 }
 
-/* Read by librdkafka waits, on our own thread: only flags, no PostgreSQL calls. */
 /*
  * A configuration reload re-reads the node's secrets file: a changed one
  * takes a new producer, so the worker exits and the launcher starts it again
@@ -523,6 +522,7 @@ void handle_reload(NodeWorker *w) {
     check_secrets_file(w);
 }
 
+/* Read by librdkafka waits, on our own thread: only flags, no PostgreSQL calls. */
 bool exit_requested() { return ProcDiePending || InterruptPending; }
 
 void ensure_topic(NodeWorker *w) {
@@ -779,6 +779,15 @@ void run_node_worker(Oid dboid) {
         }
         kafka_sync::ProducerSettings ps;
         std::string error, hint;
+        /*
+         * The file as it is before the parse reads it: a change in between
+         * costs one restart at the next reload, never a missed one.
+         */
+        std::string secrets_before;
+        for (const auto &[k, v] : config)
+            if (k == kafka_sync::kSecretsFileSetting)
+                secrets_before = kafka_sync::secrets_file_content(v, error);
+        error.clear();
         if (!kafka_sync::parse_node_kafka_config(config, ps.kafka, error, hint))
             throw std::runtime_error("invalid kafka_config: " + error);
         ps.brokers = w->cfg.brokers;
@@ -790,9 +799,7 @@ void run_node_worker(Oid dboid) {
         w->held_key = new std::string();
         w->held_value = new std::string();
         w->secrets_file = new std::string(ps.kafka.secrets_file);
-        w->secrets_content = new std::string();
-        if (!w->secrets_file->empty())
-            *w->secrets_content = kafka_sync::secrets_file_content(*w->secrets_file, error);
+        w->secrets_content = new std::string(secrets_before);
         w->producer = new kafka_sync::KafkaProducer(ps, *w->inflight);
     });
 

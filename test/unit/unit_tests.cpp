@@ -558,6 +558,17 @@ void secrets_file_adds_its_properties_and_never_shows_a_value() {
     fclose(f);
     std::vector<std::pair<std::string, std::string>> pairs;
     CHECK(!read_secrets_file(path, pairs, err) && err.find("line 1") != std::string::npos);
+    // a line that is no key=value with a property name: its "key" is not echoed
+    f = fopen(path, "w");
+    fputs("password: hunter2=x\n", f);
+    fclose(f);
+    CHECK(!read_secrets_file(path, pairs, err) && err.find("hunter2") == std::string::npos);
+    // what librdkafka says is masked with the file's values
+    f = fopen(path, "w");
+    fputs("sasl.username=chat-user\n", f);
+    fclose(f);
+    CHECK(parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
+    CHECK(mask_secrets("auth failed for chat-user at b1", s.secret_values) == "auth failed for *** at b1");
     unlink(path);
     CHECK(!parse_node_kafka_config({{"kafka_sync.secrets_file", path}}, s, err, hint));
     CHECK(err.find("cannot read the secrets file") != std::string::npos);
