@@ -1,6 +1,8 @@
 // Logging and password masking (see log.hpp).
 #include "log.hpp"
 
+#include "common/secrets_file.hpp"
+
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
@@ -138,17 +140,7 @@ std::string mask_dsn(const std::string &dsn) {
 }
 
 std::string mask_values(const std::string &text, const std::vector<std::string> &secrets) {
-    std::string out = text;
-    for (const std::string &secret : secrets) {
-        if (secret.empty())
-            continue;
-        size_t pos = 0;
-        while ((pos = out.find(secret, pos)) != std::string::npos) {
-            out.replace(pos, secret.size(), "****");
-            pos += 4;
-        }
-    }
-    return out;
+    return kafka_sync::mask_secrets(text, secrets);
 }
 
 std::string one_line(const std::string &message) {

@@ -21,6 +21,16 @@ std::string trim(const std::string &s) {
 
 } // namespace
 
+std::string mask_secrets(std::string text, const std::vector<std::string> &secrets) {
+    for (const std::string &secret : secrets) {
+        if (secret.empty())
+            continue;
+        for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 4))
+            text.replace(at, secret.size(), "****");
+    }
+    return text;
+}
+
 std::string secrets_file_content(const std::string &path, std::string &error) {
     if (path.empty() || path[0] != '/') {
         error = "the secrets file \"" + path + "\" must be given as an absolute path";

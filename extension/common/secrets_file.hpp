@@ -24,6 +24,10 @@ constexpr const char kSecretsFileSetting[] = "kafka_sync.secrets_file";
 bool read_secrets_file(const std::string &path, std::vector<std::pair<std::string, std::string>> &out,
                        std::string &error);
 
+// text with every one of secrets replaced by "****" (the producer's and the
+// sidecar's messages from librdkafka).
+std::string mask_secrets(std::string text, const std::vector<std::string> &secrets);
+
 // The file's content as read now, to tell whether it changed; empty with
 // error set when it cannot be read.
 std::string secrets_file_content(const std::string &path, std::string &error);

@@ -80,16 +80,6 @@ bool is_secret_config_key(const std::string &key) {
     return false;
 }
 
-std::string mask_secrets(std::string text, const std::vector<std::string> &secrets) {
-    for (const std::string &secret : secrets) {
-        if (secret.empty())
-            continue;
-        for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3))
-            text.replace(at, secret.size(), "***");
-    }
-    return text;
-}
-
 bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, std::string &error) {
     char errstr[512];
     if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)

@@ -24,8 +24,6 @@ struct NodeKafkaSettings {
     std::vector<std::string> secret_values; // to mask in librdkafka's messages: the file's and secret keys' values
 };
 
-// text with every one of secrets replaced by "***".
-std::string mask_secrets(std::string text, const std::vector<std::string> &secrets);
 
 // True for properties whose values must never be shown (passwords, keys...).
 bool is_secret_config_key(const std::string &key);

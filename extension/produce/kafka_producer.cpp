@@ -1,6 +1,8 @@
 // KafkaProducer (see kafka_producer.hpp).
 #include "produce/kafka_producer.hpp"
 
+#include "common/secrets_file.hpp"
+
 #include <charconv>
 #include <chrono>
 #include <cinttypes>

@@ -416,20 +416,7 @@ class KafkaCluster:
     # -- topics --------------------------------------------------------------
 
     def create_topic(self, name, partitions=1, exist_ok=True, config=None, timeout=30.0):
-        from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import NewTopic
-        futures = self.admin().create_topics(
-            [NewTopic(name, num_partitions=int(partitions),
-                      replication_factor=self.replication_factor, config=dict(config or {}))],
-            request_timeout=timeout)
-        try:
-            futures[name].result(timeout=timeout)
-        except KafkaException as e:
-            err = e.args[0] if e.args else None
-            if not (exist_ok and isinstance(err, KafkaError)
-                    and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise
-        wait_for_leaders(self.admin(), name, timeout)
+        create_topic(self.admin(), name, partitions, self.replication_factor, exist_ok, config, timeout)
 
     def alter_topic(self, name, config, timeout=30.0):
         alter_topic_config(self.admin(), name, config, timeout)
@@ -463,6 +450,24 @@ class KafkaCluster:
 
     def __exit__(self, exc_type, *rest):
         self.stop(keep=exc_type is not None)
+
+
+def create_topic(admin, name, partitions, replication_factor, exist_ok=True, config=None, timeout=30.0):
+    """Create a topic and wait until every partition has a leader; an
+    existing one is fine when exist_ok."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=int(partitions), replication_factor=replication_factor,
+                  config=dict(config or {}))],
+        request_timeout=timeout)
+    try:
+        futures[name].result(timeout=timeout)
+    except KafkaException as e:
+        err = e.args[0] if e.args else None
+        if not (exist_ok and isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise
+    wait_for_leaders(admin, name, timeout)
 
 
 def alter_topic_config(admin, name, config, timeout=30.0):

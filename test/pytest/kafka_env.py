@@ -27,13 +27,13 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MOCK_BINARY = REPO_ROOT / "test" / "kafka_mock" / "kafka_sync_mock_kafka"
 
 sys.path.insert(0, str(REPO_ROOT / "test" / "kafka_broker"))
-from kafka_broker import KafkaCluster, alter_topic_config, wait_for_leaders  # noqa: E402
+from kafka_broker import KafkaCluster, alter_topic_config, create_topic  # noqa: E402
 
 
 class KafkaCommandError(RuntimeError):
@@ -200,19 +200,7 @@ class ExternalKafka:
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
 
     def create_topic(self, name, partitions=1, exist_ok=True, config=None, timeout=30.0):
-        futures = self._admin.create_topics(
-            [NewTopic(name, num_partitions=int(partitions),
-                      replication_factor=self.replication_factor,
-                      config=dict(config or {}))],
-            request_timeout=timeout)
-        try:
-            futures[name].result(timeout=timeout)
-        except KafkaException as e:
-            err = e.args[0] if e.args else None
-            if not (exist_ok and isinstance(err, KafkaError)
-                    and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise
-        wait_for_leaders(self._admin, name, timeout)
+        create_topic(self._admin, name, partitions, self.replication_factor, exist_ok, config, timeout)
 
     def alter_topic(self, name, config, timeout=30.0):
         alter_topic_config(self._admin, name, config, timeout)
