@@ -26,6 +26,8 @@ CREATE FUNCTION kafka_sync._check_publication(publication name) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'kafka_sync_check_publication';
 CREATE FUNCTION kafka_sync._node_created() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_node_created';
+CREATE FUNCTION kafka_sync._create_node_slot(slot_name name) RETURNS pg_lsn
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_create_node_slot';
 CREATE FUNCTION kafka_sync._stop_node_worker(for_drop boolean) RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_stop_node_worker';
 CREATE FUNCTION kafka_sync._worker_status(
@@ -129,8 +131,14 @@ BEGIN
                   HINT = format('Another node of this server uses the name %s, or a dropped node left it: '
                                 'SELECT pg_drop_replication_slot(%L) if it is unused.', node_name, slot);
     END IF;
+    -- the slot first, consistent before this returns (and dropped again if this transaction aborts)
+    PERFORM kafka_sync._create_node_slot(slot);
     INSERT INTO kafka_sync.node (node_name, brokers, publication, topic_prefix, kafka_config, snapshot, slot_name)
     VALUES (node_name, brokers, publication, topic_prefix, kafka_config, snapshot, slot);
+    -- the initial snapshot: a resnapshot, which the worker publishes before anything it decodes
+    IF snapshot THEN
+        INSERT INTO kafka_sync.resnapshot_request (node_name, requested_at) VALUES (node_name, clock_timestamp());
+    END IF;
     PERFORM kafka_sync._track_deletes();
     PERFORM kafka_sync._node_created();
     RETURN topic_prefix || '.' || node_name;
@@ -189,6 +197,7 @@ REVOKE ALL ON FUNCTION kafka_sync.drop_node() FROM PUBLIC;
 CREATE TABLE kafka_sync.resnapshot_request (
     node_name    text PRIMARY KEY REFERENCES kafka_sync.node ON DELETE CASCADE,
     requested_at timestamptz NOT NULL,
+    started_at   timestamptz,   -- a worker began publishing it
     completed_at timestamptz,   -- NULL: pending
     snapshot_lsn pg_lsn,        -- kafka_sync.lsn header of the last completed snapshot
     records      bigint         -- its number of records
@@ -208,7 +217,7 @@ BEGIN
     SELECT r.requested_at INTO earlier FROM kafka_sync.resnapshot_request r WHERE r.completed_at IS NULL;
     INSERT INTO kafka_sync.resnapshot_request AS r (node_name, requested_at)
     VALUES (n.node_name, clock_timestamp())
-    ON CONFLICT (node_name) DO UPDATE SET requested_at = excluded.requested_at, completed_at = NULL;
+    ON CONFLICT (node_name) DO UPDATE SET requested_at = excluded.requested_at, started_at = NULL, completed_at = NULL;
     PERFORM kafka_sync._wake_producer();
     IF earlier IS NOT NULL THEN
         RAISE NOTICE 'a snapshot requested at % is not fully published yet', earlier
@@ -235,6 +244,7 @@ REVOKE ALL ON FUNCTION kafka_sync._check_kafka_config(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._check_publication(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._node_created() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._stop_node_worker(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._create_node_slot(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._worker_status() FROM PUBLIC;
 
 -- Status of this database's node. Never shows kafka_config.

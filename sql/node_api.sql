@@ -25,6 +25,24 @@ SET output_plugin_libraries = 'pgoutput';
 SELECT kafka_sync.create_node('chat1', 'localhost:1');
 RESET output_plugin_libraries;
 
+-- create_node() makes its replication slot before it returns: not after a
+-- write in the same transaction, and a rollback leaves no slot behind
+BEGIN;
+CREATE TABLE written_first (id int);
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false);
+ROLLBACK;
+BEGIN;
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false) AS rolled_back;
+SELECT slot_name, plugin FROM pg_replication_slots;
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+SELECT kafka_sync.create_node('chat1', 'localhost:1', snapshot => false) AS rolled_back;
+ROLLBACK TO SAVEPOINT s;
+SELECT count(*) AS slots_after_savepoint_rollback FROM pg_replication_slots;
+COMMIT;
+SELECT count(*) AS slots_after_rollback FROM pg_replication_slots;
+
 -- a node; its broker is unreachable here, which the worker reports and retries
 SELECT kafka_sync.create_node('chat1', 'localhost:1',
     kafka_config => '{"sasl.password": "hunter2", "linger.ms": 1, "kafka_sync.schemas": false}',

@@ -29,6 +29,9 @@ extern "C" {
 #include <type_traits>
 #include <utility>
 
+/* LSN_FORMAT_ARGS of PostgreSQL 15 does not compile as C++. */
+#define KS_LSN_ARGS(lsn) (uint32)((lsn) >> 32), (uint32)(lsn)
+
 namespace kafka_sync {
 
 // A PostgreSQL ERROR caught by pg_call, travelling as a C++ exception.

@@ -47,9 +47,6 @@ extern "C" {
 #include <stdexcept>
 #include <string>
 
-/* LSN_FORMAT_ARGS of PostgreSQL 15 does not compile as C++. */
-#define KS_LSN_ARGS(lsn) (uint32)((lsn) >> 32), (uint32)(lsn)
-
 int kafka_sync_poll_interval_ms = 10;
 int kafka_sync_retained_wal_warning_mb = 10240;
 
@@ -75,8 +72,6 @@ struct NodeConfig {
     char *publication;
     char *topic_prefix;
     char *slot_name;
-    bool snapshot;
-    bool snapshot_done;
 };
 
 } // namespace
@@ -152,7 +147,7 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg, bool probe_only) {
     if (OidIsValid(nsp) && OidIsValid(get_relname_relid("node", nsp))) {
         SPI_connect();
         /* a paused node is, for the worker, no node: it exits quietly */
-        int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name, snapshot, snapshot_done "
+        int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name "
                              "FROM kafka_sync.node WHERE enabled",
                              true, 1);
         if (probe_only) {
@@ -165,8 +160,6 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg, bool probe_only) {
             cfg->publication = copy_text(SPI_tuptable, 3);
             cfg->topic_prefix = copy_text(SPI_tuptable, 4);
             cfg->slot_name = copy_text(SPI_tuptable, 5);
-            cfg->snapshot = strcmp(copy_text(SPI_tuptable, 6), "t") == 0;
-            cfg->snapshot_done = strcmp(copy_text(SPI_tuptable, 7), "t") == 0;
             rc = SPI_execute("SELECT key, value FROM kafka_sync.node, jsonb_each_text(kafka_config) WHERE enabled ORDER BY key", true, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "could not read kafka_config of node %s", cfg->node_name);
@@ -440,59 +433,6 @@ XLogReaderRoutine *local_wal_reader() {
     return &routine;
 }
 
-void mark_snapshot_done(NodeWorker *w) {
-    SetCurrentStatementStartTimestamp();
-    StartTransactionCommand();
-    PushActiveSnapshot(GetTransactionSnapshot());
-    SPI_connect();
-    if (SPI_execute("UPDATE kafka_sync.node SET snapshot_done = true", false, 0) != SPI_OK_UPDATE)
-        elog(ERROR, "could not record the end of the initial snapshot of node %s", w->cfg.node_name);
-    SPI_finish();
-    PopActiveSnapshot();
-    CommitTransactionCommand();
-    w->cfg.snapshot_done = true;
-}
-
-/*
- * Creates the node's slot, and with snapshot => true publishes the rows that
- * exist at the slot's consistent point, read under exactly that snapshot: the
- * stream then starts where the snapshot ends, with no gap and no overlap.
- * The slot stays ephemeral until the snapshot is acknowledged, so a crash in
- * between drops it and the next start begins again from scratch.
- */
-void create_slot(NodeWorker *w) {
-    ereport(LOG, (errmsg("kafka_sync node %s: creating replication slot %s", w->cfg.node_name, w->cfg.slot_name)));
-    SetCurrentStatementStartTimestamp();
-    StartTransactionCommand();
-    /* SnapBuildInitialSnapshot needs a repeatable-read transaction with no snapshot yet */
-    XactIsoLevel = XACT_REPEATABLE_READ;
-    CheckLogicalDecodingRequirements();
-    ReplicationSlotCreate(w->cfg.slot_name, true, RS_EPHEMERAL, false);
-    LogicalDecodingContext *ctx = CreateInitDecodingContext("kafka_sync", plugin_options(w), true, InvalidXLogRecPtr,
-                                                            local_wal_reader(), nullptr, nullptr, nullptr);
-    DecodingContextFindStartpoint(ctx);
-    XLogRecPtr consistent = MyReplicationSlot->data.confirmed_flush;
-    if (w->cfg.snapshot) {
-        InvalidateCatalogSnapshot();
-        Snapshot snap = SnapBuildInitialSnapshot(ctx->snapshot_builder);
-        RestoreTransactionSnapshot(snap, MyProc);
-    }
-    FreeDecodingContext(ctx);
-    if (w->cfg.snapshot) {
-        set_state(w, NODE_STATE_SNAPSHOT, nullptr);
-        publish_table_snapshot(w, consistent, consistent, "initial snapshot");
-        node_worker_wait_for_acks(w);
-    }
-    ReplicationSlotPersist();
-    ReplicationSlotRelease();
-    CommitTransactionCommand();
-    if (w->cfg.snapshot)
-        mark_snapshot_done(w);
-    w->confirmed = consistent;
-    ereport(LOG, (errmsg("kafka_sync node %s: slot %s consistent at %X/%X%s", w->cfg.node_name, w->cfg.slot_name,
-                         KS_LSN_ARGS(consistent), w->cfg.snapshot ? ", initial snapshot published" : "")));
-}
-
 /*
  * A configuration reload re-reads the node's secrets file: a changed one
  * takes a new producer, so the worker exits and the launcher starts it again
@@ -569,7 +509,7 @@ void check_stop_requested(NodeWorker *w) {
  * directly after another waits until some WAL record was read past the
  * first, so their headers stay below the next commit.
  */
-void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto) {
+void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto, bool at_start = false) {
     if (w->resnapshot_seq != 0) {
         bool acknowledged = kafka_sync::ks_guard([&]() { return w->inflight->completed(w->resnapshot_seq); });
         if (!acknowledged)
@@ -583,16 +523,29 @@ void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto) {
         set_state(w, NODE_STATE_STREAMING, nullptr);
     }
     const uint64 x = w->last_header_lsn != 0 ? w->last_header_lsn : w->confirmed;
-    if (read_upto < w->startup_flush || read_upto < x)
-        return;
-    TimestampTz now = GetCurrentTimestamp();
-    if (!w->resnapshot_wake && !TimestampDifferenceExceeds(w->resnapshot_checked, now, kResnapshotPollMs))
-        return;
-    w->resnapshot_wake = false;
-    w->resnapshot_checked = now;
-    TimestampTz requested_at = resnapshot_requested();
+    bool first_initial = false;
+    if (at_start) {
+        /*
+         * Before anything is decoded: only the node's initial snapshot that
+         * no earlier run began, so nothing is above the slot's position yet
+         * and it goes first (every commit after create_node() follows it).
+         */
+        TimestampTz requested_at = resnapshot_requested(&first_initial);
+        if (requested_at == 0 || !first_initial)
+            return;
+    } else {
+        if (read_upto < w->startup_flush || read_upto < x)
+            return;
+        TimestampTz now = GetCurrentTimestamp();
+        if (!w->resnapshot_wake && !TimestampDifferenceExceeds(w->resnapshot_checked, now, kResnapshotPollMs))
+            return;
+        w->resnapshot_wake = false;
+        w->resnapshot_checked = now;
+    }
+    TimestampTz requested_at = resnapshot_requested(&first_initial);
     if (requested_at == 0)
         return;
+    resnapshot_mark_started(requested_at);
 
     const uint64 header_lsn = x + 1;
     const uint64 confirm_lsn = Max(w->last_ring_lsn, w->confirmed);
@@ -653,6 +606,7 @@ void stream(NodeWorker *w) {
     set_state(w, NODE_STATE_STREAMING, nullptr);
     ereport(LOG, (errmsg("kafka_sync node %s: streaming to topic %s.%s from %X/%X", w->cfg.node_name,
                          w->cfg.topic_prefix, w->cfg.node_name, KS_LSN_ARGS(w->confirmed))));
+    serve_resnapshot(w, ctx->reader->EndRecPtr, true);
 
     for (;;) {
         CHECK_FOR_INTERRUPTS();
@@ -805,15 +759,18 @@ void run_node_worker(Oid dboid) {
 
     ensure_topic(w);
 
-    ReplicationSlot *existing = SearchNamedReplicationSlot(w->cfg.slot_name, true);
-    if (existing && w->cfg.snapshot && !w->cfg.snapshot_done) {
-        /* an earlier start died after persisting the slot, before recording the snapshot */
-        ereport(LOG, (errmsg("kafka_sync node %s: initial snapshot incomplete, starting over", w->cfg.node_name)));
-        ReplicationSlotDrop(w->cfg.slot_name, true);
-        existing = nullptr;
-    }
-    if (!existing)
-        create_slot(w);
+    /*
+     * create_node() made the slot; the initial snapshot is a resnapshot
+     * request that the stream serves first. A slot that is gone cannot be
+     * made again here: the changes since it went would be lost unseen.
+     */
+    if (!SearchNamedReplicationSlot(w->cfg.slot_name, true))
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+                        errmsg("replication slot \"%s\" of kafka_sync node %s does not exist", w->cfg.slot_name,
+                               w->cfg.node_name),
+                        errdetail("Changes committed since it was dropped were not published and cannot be any more."),
+                        errhint("Re-create the node: SELECT kafka_sync.drop_node(); then kafka_sync.create_node(...) "
+                                "with snapshot => true, and resynchronise its subscribers from that snapshot.")));
     stream(w);
 }
 

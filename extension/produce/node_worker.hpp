@@ -61,8 +61,13 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
  * resnapshot.cpp, the worker's side of kafka_sync.resnapshot(). Each runs
  * its own transaction(s), between decoded transactions.
  */
-/* The pending request's requested_at; 0 when there is none. */
-TimestampTz resnapshot_requested(void);
+/*
+ * The pending request's requested_at; 0 when there is none. first_initial:
+ * it is the node's initial snapshot and no run has begun publishing it.
+ */
+TimestampTz resnapshot_requested(bool *first_initial);
+/* Recorded before the first record of a snapshot is produced. */
+void resnapshot_mark_started(TimestampTz requested_at);
 /*
  * Waits until the transactions in xids (handed to the producer, committed)
  * are visible, then publishes the snapshot under a fresh repeatable-read

@@ -122,10 +122,14 @@ Datum kafka_sync_wake_producer(PG_FUNCTION_ARGS) {
 }
 }
 
-TimestampTz resnapshot_requested(void) {
+TimestampTz resnapshot_requested(bool *first_initial) {
     TimestampTz requested_at = 0;
+    *first_initial = false;
     begin_worker_transaction();
-    int rc = SPI_execute("SELECT requested_at FROM kafka_sync.resnapshot_request WHERE completed_at IS NULL", true, 1);
+    int rc = SPI_execute("SELECT r.requested_at, r.started_at IS NULL AND n.snapshot AND NOT n.snapshot_done "
+                         "FROM kafka_sync.resnapshot_request r JOIN kafka_sync.node n USING (node_name) "
+                         "WHERE r.completed_at IS NULL",
+                         true, 1);
     if (rc != SPI_OK_SELECT)
         elog(ERROR, "could not read kafka_sync.resnapshot_request");
     if (SPI_processed == 1) {
@@ -133,9 +137,22 @@ TimestampTz resnapshot_requested(void) {
         Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
         if (!isnull)
             requested_at = DatumGetTimestampTz(d);
+        d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+        *first_initial = !isnull && DatumGetBool(d);
     }
     end_worker_transaction();
     return requested_at;
+}
+
+void resnapshot_mark_started(TimestampTz requested_at) {
+    Oid types[1] = {TIMESTAMPTZOID};
+    Datum values[1] = {TimestampTzGetDatum(requested_at)};
+    begin_worker_transaction();
+    int rc = SPI_execute_with_args("UPDATE kafka_sync.resnapshot_request SET started_at = now() WHERE requested_at = $1",
+                                   1, types, values, nullptr, false, 0);
+    if (rc != SPI_OK_UPDATE)
+        elog(ERROR, "could not record the start of a resnapshot");
+    end_worker_transaction();
 }
 
 uint64 publish_resnapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr confirm_lsn, const TransactionId *xids,
@@ -170,5 +187,9 @@ void resnapshot_mark_done(TimestampTz requested_at, XLogRecPtr header_lsn, uint6
                                    3, types, values, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE)
         elog(ERROR, "could not record the end of a resnapshot");
+    /* the first one is the node's initial snapshot */
+    if (SPI_execute("UPDATE kafka_sync.node SET snapshot_done = true WHERE snapshot AND NOT snapshot_done", false, 0) !=
+        SPI_OK_UPDATE)
+        elog(ERROR, "could not record the end of the initial snapshot");
     end_worker_transaction();
 }

@@ -540,7 +540,12 @@ def test_restart_in_the_middle_of_producing_a_transaction_sends_it_again_whole(
 # -- 6. initial snapshot -----------------------------------------------------------------------
 
 
-def test_snapshot_then_stream_has_no_gap_and_no_overlap(node_factory):
+def test_snapshot_then_stream_has_no_gap_and_every_later_commit_streams(node_factory):
+    """create_node() returns once its slot is consistent at C; the initial
+    snapshot is read when the worker starts, at T >= C, and published under
+    lsn header C+1. A transaction that committed between C and T is in the
+    snapshot and also streams after it, as its own transaction: nothing is
+    missing, and nothing committed after create_node() is only a snapshot row."""
     node = node_factory()
     node.sql("INSERT INTO user_table SELECT 's' || lpad(g::text, 8, '0'), 'snap ' || g, 'online' "
              "FROM generate_series(1, 5000) g")
@@ -551,6 +556,7 @@ def test_snapshot_then_stream_has_no_gap_and_no_overlap(node_factory):
     try:
         wait_until(lambda: len(writer.committed()) >= 20, 10, "writer warm-up")
         node.create(snapshot=True)
+        created = set(writer.committed_keys())
         node.wait_state("streaming", timeout=60, log_since=log_start)
         n = len(writer.committed())
         wait_until(lambda: len(writer.committed()) >= n + 100, 20, "writer after the snapshot")
@@ -563,8 +569,6 @@ def test_snapshot_then_stream_has_no_gap_and_no_overlap(node_factory):
     table.discard("zz_marker")
 
     keys = [r.key["user_id"] for r in records]
-    dupes = sorted(k for k, n in Counter(keys).items() if n > 1)
-    assert not dupes, f"rows published twice (overlap): {dupes[:20]}"
     assert set(keys) == table, (
         f"topic and table differ: missing {sorted(table - set(keys))[:20]}, "
         f"extra {sorted(set(keys) - table)[:20]}")
@@ -574,21 +578,52 @@ def test_snapshot_then_stream_has_no_gap_and_no_overlap(node_factory):
     assert ops == ["r"] * n_r + ["c"] * (len(ops) - n_r), "snapshot records must come before streamed ones"
     assert n_r >= 5000, f"only {n_r} snapshot records"
     snap, stream = records[:n_r], records[n_r:]
-    assert len(stream) > 0, "the concurrent writer's rows after the snapshot are missing"
+    snap_keys = [r.key["user_id"] for r in snap]
+    stream_keys = [r.key["user_id"] for r in stream]
+    assert len(set(snap_keys)) == len(snap_keys), "a row twice in the snapshot"
+    assert len(set(stream_keys)) == len(stream_keys), "a row streamed twice"
     assert split_transactions(snap) == [snap], "snapshot records must form one pseudo-transaction"
     check_transaction_framing(snap)
     assert all(r.source["snapshot"] == "true" for r in snap)
     assert all(r.source["snapshot"] == "false" for r in stream)
     snap_lsn = snap[0].lsn
     assert all(r.lsn > snap_lsn for r in stream), "a streamed change precedes the snapshot point"
-    m = re.search(rf"kafka_sync node {node.name}: slot \S+ consistent at ([0-9A-F]+/[0-9A-F]+)",
+    m = re.search(rf"kafka_sync: replication slot {node.slot} consistent at ([0-9A-F]+/[0-9A-F]+)",
                   node.pg.log_text(log_start))
-    assert m, "the worker did not log its consistent point"
-    assert parse_lsn(m.group(1)) == snap_lsn, (
-        f"snapshot lsn header {snap[0].headers['kafka_sync.lsn']} != consistent point {m.group(1)}")
-    # Rows of the concurrent writer are split between both parts.
-    assert any(k.startswith("c") for k in keys[:n_r]), "no concurrent row in the snapshot (test too slow?)"
-    print(f"snapshot: {n_r} r records, {len(stream)} c records")
+    assert m, "create_node did not log its consistent point"
+    assert parse_lsn(m.group(1)) + 1 == snap_lsn, (
+        f"snapshot lsn header {snap[0].headers['kafka_sync.lsn']} != consistent point {m.group(1)} + 1")
+    # Every row the writer committed after create_node() returned streams as its own transaction.
+    later = set(writer.committed_keys()) - created
+    assert later <= set(stream_keys), f"commits after create_node() not streamed: {sorted(later - set(stream_keys))[:20]}"
+    # Rows of the concurrent writer from before create_node() are in the snapshot.
+    assert any(k.startswith("c") for k in snap_keys), "no concurrent row in the snapshot (test too slow?)"
+    print(f"snapshot: {n_r} r records, {len(stream)} c records, "
+          f"{len(set(snap_keys) & set(stream_keys))} in both")
+
+
+def test_commits_right_after_create_node_stream_as_their_own_transactions(node_factory):
+    """create_node() returns only once its slot is consistent: twenty
+    single-row inserts and a delete committed right after it returns each
+    come out as a transaction of their own (op c / d), after the snapshot
+    (which, read when the worker starts, may hold some of them as well)."""
+    node = node_factory()
+    node.sql("INSERT INTO user_table VALUES ('before', 'x', 'online')")
+    log_start = node.pg.log_position()
+    node.create(snapshot=True)
+    for i in range(20):
+        node.sql("INSERT INTO user_table VALUES (%s, 'x', 'online')", (f"after{i:02d}",))
+    node.sql("DELETE FROM user_table WHERE user_id = 'before'")
+    insert_marker(node)
+    records = read_until_marker(node, timeout=60, log_since=log_start)[:-1]
+    txns = split_transactions(records)
+    assert {r.op for r in txns[0]} == {"r"}, f"the snapshot: {describe(txns[0])}"
+    streamed = txns[1:]
+    for t in streamed:
+        check_transaction_framing(t)
+    got = [(t[0].op, t[0].key["user_id"]) for t in streamed if len(t) == 1]
+    want = [("c", f"after{i:02d}") for i in range(20)] + [("d", "before")]
+    assert got == want and len(streamed) == len(want), f"streamed after create_node: {describe(records)}"
 
 
 # -- 7. drop_node ----------------------------------------------------------------------------
