@@ -311,9 +311,26 @@ CREATE TABLE kafka_sync.subscription (
     high_water         bigint,
     consumer_error     text,
     last_contact       timestamptz,
+    -- after a gap in the peer's topic: resynchronising from the peer's snapshot
+    -- whose kafka_sync.lsn header is resync_lsn, first record at resync_from
+    resync_lsn         pg_lsn,
+    resync_from        bigint,
+    resync_note        text,        -- what was lost, for subscription_status
+    last_resync_at     timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 REVOKE ALL ON kafka_sync.subscription FROM PUBLIC;
+
+-- The keys of the rows in the snapshot a subscription resynchronises from
+-- (encoded as kafka_sync.tombstones keys): at the snapshot's end, rows the
+-- peer wrote last whose key is not here are deleted, then these go.
+CREATE TABLE kafka_sync.resync_keys (
+    sub_name text NOT NULL REFERENCES kafka_sync.subscription ON DELETE CASCADE,
+    relid    oid NOT NULL,
+    key      bytea NOT NULL,
+    PRIMARY KEY (sub_name, relid, key)
+);
+REVOKE ALL ON kafka_sync.resync_keys FROM PUBLIC;
 
 -- Records that could not be applied, kept as they arrived.
 CREATE TABLE kafka_sync.dead_letters (
@@ -696,6 +713,47 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
 $$;
 
+-- Called by the sidecar: the records of the peer's topic from gap_offset on
+-- are gone, and the peer's snapshot at snapshot_offset (lsn header
+-- snapshot_lsn, the first complete one after the gap) brings this database
+-- back to the peer's rows. Applying resumes there; at the snapshot's end the
+-- rows the peer wrote last that are not in it are deleted.
+CREATE FUNCTION kafka_sync._begin_resync(sub_name text, gap_offset bigint, snapshot_offset bigint,
+                                         snapshot_lsn pg_lsn) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s kafka_sync.subscription;
+    progress pg_lsn;
+BEGIN
+    SELECT * INTO s FROM kafka_sync.subscription x WHERE x.sub_name = _begin_resync.sub_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription "%" does not exist', sub_name USING ERRCODE = 'undefined_object';
+    END IF;
+    progress := pg_replication_origin_progress(s.origin_name, true);
+    IF progress IS NOT NULL AND snapshot_lsn <= progress THEN
+        RAISE EXCEPTION 'the snapshot of node "%" at offset % (lsn %) is not newer than what this database applied (%)',
+                        s.peer_node, snapshot_offset, snapshot_lsn, progress
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Run SELECT kafka_sync.resnapshot() on node %s for a new one.', s.peer_node);
+    END IF;
+    DELETE FROM kafka_sync.resync_keys k WHERE k.sub_name = s.sub_name;
+    UPDATE kafka_sync.subscription x
+       SET resync_lsn = snapshot_lsn, resync_from = snapshot_offset, next_offset = snapshot_offset,
+           consumer_error = NULL,
+           resync_note = format('records of topic %s from offset %s to %s are no longer in Kafka; '
+                                'resynchronising from the snapshot of node %s at offset %s',
+                                s.topic_prefix || '.' || s.peer_node, gap_offset, snapshot_offset - 1,
+                                s.peer_node, snapshot_offset)
+     WHERE x.sub_name = s.sub_name;
+    RAISE LOG 'kafka_sync subscription %: records from offset % to % of topic %.% are no longer in Kafka; resynchronising from the snapshot of node % at offset % (lsn %)',
+              s.sub_name, gap_offset, snapshot_offset - 1, s.topic_prefix, s.peer_node, s.peer_node,
+              snapshot_offset, snapshot_lsn;
+END $$;
+
+-- The encoded key of a row of relid (as kafka_sync.tombstones keeps it); NULL without one.
+CREATE FUNCTION kafka_sync._row_key(relid oid, row_value record) RETURNS bytea
+    LANGUAGE c STRICT STABLE AS 'MODULE_PATHNAME', 'kafka_sync_row_key';
+
 CREATE FUNCTION kafka_sync.apply_chunk(
     sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[], careful boolean,
     OUT applied bigint, OUT skipped bigint, OUT conflicts bigint, OUT dead_letters bigint,
@@ -742,6 +800,8 @@ REVOKE ALL ON FUNCTION kafka_sync.sidecar_subscriptions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.report_progress(text, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._begin_resync(text, bigint, bigint, pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._row_key(oid, record) FROM PUBLIC;
 
 -- Status of the subscriptions, as last reported by the sidecar. Never shows kafka_config.
 CREATE VIEW kafka_sync.subscription_status AS
@@ -757,12 +817,13 @@ SELECT s.sub_name AS name,
                               WHERE a.datname = pg_catalog.current_database()
                                 -- as PostgreSQL keeps it: at most 63 bytes
                                 AND a.application_name = left('kafka_sync_sidecar ' || s.sub_name, 63)) THEN 'no_sidecar'
+            WHEN s.resync_lsn IS NOT NULL AND s.consumer_error IS NULL THEN 'resyncing'
             WHEN s.consumer_error LIKE 'topic % does not exist%' THEN 'waiting_for_topic'
             WHEN s.consumer_error LIKE 'Kafka is unreachable%'
               OR s.consumer_error LIKE 'no connection to the leader%' THEN 'kafka_unavailable'
             WHEN s.consumer_error IS NOT NULL THEN 'error'
             ELSE 'running' END AS state,
-       coalesce(s.last_error, s.consumer_error) AS last_error,
+       coalesce(s.last_error, s.consumer_error, CASE WHEN s.resync_lsn IS NOT NULL THEN s.resync_note END) AS last_error,
        s.next_offset - 1 AS applied_offset,
        s.high_water,
        greatest(s.high_water - coalesce(s.next_offset, 0), 0) AS lag,
@@ -777,7 +838,8 @@ SELECT s.sub_name AS name,
        s.conflict_resolution,
        s.on_error,
        (SELECT count(*) FROM kafka_sync.dead_letters d WHERE d.sub_name = s.sub_name) AS dead_letters,
-       s.last_contact
+       s.last_contact,
+       s.last_resync_at
   FROM kafka_sync.subscription s;
 REVOKE ALL ON kafka_sync.subscription_status FROM PUBLIC;
 GRANT SELECT ON kafka_sync.subscription_status TO pg_monitor;

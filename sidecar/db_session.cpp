@@ -305,4 +305,18 @@ DbStatus DbSession::report_progress(const std::string &sub, std::optional<int64_
     return st;
 }
 
+DbStatus DbSession::begin_resync(const std::string &sub, int64_t gap_offset, int64_t snapshot_offset,
+                                 uint64_t snapshot_lsn) {
+    if (DbStatus u = usable(); !u.ok())
+        return u;
+    const std::string gap = std::to_string(gap_offset), at = std::to_string(snapshot_offset);
+    const std::string lsn = format_lsn(snapshot_lsn);
+    const char *params[4] = {sub.c_str(), gap.c_str(), at.c_str(), lsn.c_str()};
+    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync._begin_resync($1::text, $2::int8, $3::int8, $4::pg_lsn)",
+                                 4, nullptr, params, nullptr, nullptr, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    PQclear(res);
+    return st;
+}
+
 } // namespace kafka_sync_sidecar

@@ -224,6 +224,19 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
     return std::nullopt;
 }
 
+bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error) {
+    if (!rk_) {
+        error = "no consumer";
+        return false;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, 5000);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        error = std::string("cannot read the offsets of ") + topic_ + ": " + rd_kafka_err2str(err);
+        return false;
+    }
+    return true;
+}
+
 std::string KafkaConsumer::problem() const {
     if (!offset_problem_.empty())
         return offset_problem_;

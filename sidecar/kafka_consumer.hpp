@@ -38,6 +38,10 @@ class KafkaConsumer {
 
     // The partition's high watermark as last seen (never blocks).
     std::optional<int64_t> high_water() const;
+    // Asks the leader for the partition's first and next offsets (a round trip).
+    bool query_watermarks(int64_t &low, int64_t &high, std::string &error);
+    // The offset the partition was last assigned at (-1: none yet, or a logical one).
+    int64_t assigned_offset() const { return assigned_offset_; }
 
     // What is wrong on the Kafka side now ("" when fine): brokers unreachable,
     // topic missing, stored offset out of range ...

@@ -23,6 +23,7 @@ constexpr auto kLogInterval = std::chrono::seconds(10);
 // producer gone) is rolled back, so that it holds no locks meanwhile.
 constexpr auto kStallTimeout = std::chrono::seconds(30);
 constexpr auto kOffsetRetry = std::chrono::seconds(10);
+constexpr auto kGapCheck = std::chrono::seconds(1);
 
 } // namespace
 
@@ -136,6 +137,8 @@ bool SubscriptionRunner::position() {
     logged_start_ = offset;
     assembler_.reset();
     txn_open_ = false;
+    seeking_snapshot_ = false;
+    gap_problem_.clear();
     positioned_ = true;
     position_ = offset >= 0 ? offset : -1;
     committed_next_ = rows[0].next_offset ? *rows[0].next_offset : -1;
@@ -146,7 +149,7 @@ bool SubscriptionRunner::position() {
 void SubscriptionRunner::iterate() {
     const auto now = Clock::now();
     if (now - last_report_ >= kReportInterval) {
-        note_kafka_state(consumer_.problem()); // logged even while a transaction is open
+        note_kafka_state(problem()); // logged even while a transaction is open
         if (!txn_open_) {
             if (!await_apply())
                 return;
@@ -162,10 +165,12 @@ void SubscriptionRunner::iterate() {
             rollback_stalled();
         return;
     }
-    // The stored offset was out of range: try again now and then (someone
-    // may have moved next_offset, or the topic may have been re-created).
-    if (!txn_open_ && consumer_.offset_out_of_range() && now - last_assign_ > kOffsetRetry) {
-        if (await_apply())
+    // The stored offset is out of range: when Kafka no longer has those
+    // records, look for a snapshot of the peer after them; otherwise (the
+    // topic is being re-created, say) try again now and then.
+    if (!txn_open_ && consumer_.offset_out_of_range() &&
+        now - last_assign_ > (seeking_snapshot_ ? kOffsetRetry : kGapCheck)) {
+        if (await_apply() && !start_seeking_snapshot())
             positioned_ = false;
         return;
     }
@@ -174,7 +179,10 @@ void SubscriptionRunner::iterate() {
         last_record_ = now;
         received_++;
         position_ = record.offset + 1;
-        assembler_.add(std::move(record));
+        if (seeking_snapshot_)
+            seeking_record(record);
+        else
+            assembler_.add(std::move(record));
     } else {
         // nothing immediately available: the server's result first, then commit what is complete
         if (!await_apply())
@@ -182,6 +190,56 @@ void SubscriptionRunner::iterate() {
         assembler_.idle();
     }
     execute_steps();
+}
+
+bool SubscriptionRunner::start_seeking_snapshot() {
+    int64_t low = 0, high = 0;
+    std::string error;
+    const int64_t assigned = consumer_.assigned_offset();
+    if (assigned < 0 || !consumer_.query_watermarks(low, high, error))
+        return false;
+    if (assigned >= low && assigned <= high)
+        return false; // in range now: position() assigns it again
+    // seeking already, and retention deleted the records being read: on from the new first one
+    const int64_t gap = seeking_snapshot_ ? gap_offset_ : assigned;
+    gap_offset_ = gap;
+    gap_problem_ = "records of " + config_.topic + " from offset " + std::to_string(gap) +
+                   " on, not applied here yet, are no longer in Kafka (deleted by retention or compaction, or the "
+                   "topic was re-created): the peer's changes in them are missing from this database; waiting for a "
+                   "snapshot of node " + config_.peer + " in the topic to resynchronise from: run SELECT "
+                   "kafka_sync.resnapshot() on node " + config_.peer;
+    if (!consumer_.assign(low, error)) {
+        LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
+        return false;
+    }
+    LOG_WARNING("subscription %s: %s (reading on from offset %" PRId64 ")", name_.c_str(), gap_problem_.c_str(), low);
+    seeking_snapshot_ = true;
+    assembler_.reset();
+    last_assign_ = Clock::now();
+    return true;
+}
+
+void SubscriptionRunner::seeking_record(const Record &record) {
+    if (!record.snapshot || record.seq != 1 || !record.has_lsn)
+        return; // not applied: the snapshot that follows holds what it changed
+    DbStatus st = db_.begin_resync(name_, gap_offset_, record.offset, record.lsn);
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message); // position() finds the gap again
+        seeking_snapshot_ = false;
+        return;
+    }
+    if (!st.ok()) {
+        LOG_WARNING("subscription %s: cannot resynchronise from the snapshot at offset %" PRId64 ": %s",
+                    name_.c_str(), record.offset, st.message.c_str());
+        return; // a later snapshot may do
+    }
+    LOG_WARNING("subscription %s: records from offset %" PRId64 " to %" PRId64 " of %s are lost; resynchronising "
+                "from the snapshot of node %s at offset %" PRId64 " (lsn %s)",
+                name_.c_str(), gap_offset_, record.offset - 1, config_.topic.c_str(), config_.peer.c_str(),
+                record.offset, format_lsn(record.lsn).c_str());
+    seeking_snapshot_ = false;
+    gap_problem_.clear();
+    positioned_ = false; // position() reads next_offset: the snapshot's first record
 }
 
 bool SubscriptionRunner::await_apply() {
@@ -425,6 +483,7 @@ void SubscriptionRunner::db_lost(const std::string &message) {
     db_down_ = true;
     db_.close();
     positioned_ = false;
+    seeking_snapshot_ = false;
     txn_open_ = false;
     in_flight_.active = false; // went with the session
     in_flight_.records.clear();
@@ -436,7 +495,7 @@ void SubscriptionRunner::report_progress() {
     std::optional<int64_t> hw = consumer_.high_water();
     if (hw)
         high_water_ = *hw;
-    const std::string kafka = consumer_.problem();
+    const std::string kafka = problem();
     note_kafka_state(kafka);
     DbStatus st = db_.report_progress(name_, hw, kafka.empty() ? apply_problem_ : kafka);
     if (st.kind == DbStatus::Kind::Lost)

@@ -80,6 +80,15 @@ class SubscriptionRunner {
     int retry_backoff_ms_ = 1000;
     std::string kafka_problem_; // as last logged ("" = fine)
     std::string apply_problem_; // an SQL error that keeps a careful apply failing
+    // Records the subscription had not applied are gone from the topic: it
+    // reads on from the first offset Kafka has, applying nothing, until the
+    // first record of a peer's snapshot, and resynchronises from there.
+    bool seeking_snapshot_ = false;
+    int64_t gap_offset_ = -1;
+    std::string gap_problem_; // reported as the Kafka problem meanwhile
+    bool start_seeking_snapshot();
+    void seeking_record(const Record &record);
+    std::string problem() const { return seeking_snapshot_ ? gap_problem_ : consumer_.problem(); }
 
     // The open local transaction.
     bool txn_open_ = false;

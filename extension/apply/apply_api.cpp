@@ -9,6 +9,7 @@
 // duplicates and sidecar restarts change nothing.
 #include "apply/conflicts.hpp"
 #include "apply/record_decoder.hpp"
+#include "apply/resync.hpp"
 #include "apply/table_apply.hpp"
 
 #include "boundary/pg_boundary.hpp"
@@ -51,6 +52,7 @@ struct Subscription {
     char *local_node;   /* NULL when this database is not a node */
     int64 skip_offset;  /* resumed past this failed record; -1: none */
     ConflictStrategy strategy;
+    XLogRecPtr resync_lsn; /* resynchronising from the peer's snapshot with this lsn header; 0: not */
 };
 
 /* One record of the chunk, and what applying it found. */
@@ -121,7 +123,7 @@ Subscription *load_subscription(const char *name) {
          */
         plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
                     "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
-                    "s.conflict_resolution "
+                    "s.conflict_resolution, coalesce(s.resync_lsn, '0/0') "
                     "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
                     1, types);
     }
@@ -143,6 +145,8 @@ Subscription *load_subscription(const char *name) {
     sub->local_node = text_col(0, 6);
     sub->skip_offset = strtoll(text_col(0, 7), nullptr, 10);
     sub->strategy = conflict_strategy_from_name(text_col(0, 8));
+    bool isnull;
+    sub->resync_lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull));
     return sub;
 }
 
@@ -331,6 +335,14 @@ void apply_decoded(ApplyContext *ctx) {
         remote.version.ts = unix_ms_to_timestamptz(headers->commit_ts_ms);
     }
     Oid relid = apply_target_relid(rec->schema, rec->table);
+    /* a copy the worker published again (it restarted half-way) has a higher lsn header */
+    const bool resync_row = rec->op == 'r' && ctx->sub->resync_lsn != InvalidXLogRecPtr && headers->has_lsn &&
+                            headers->lsn >= ctx->sub->resync_lsn;
+    if (resync_row) {
+        bytea *key = apply_row_key(relid, rec);
+        if (key)
+            resync_note_key(ctx->sub->name, relid, key);
+    }
     if (rec->op == 't') {
         apply_flush_inserts(&ctx->counters);
         MemoryContext old = MemoryContextSwitchTo(ctx->call_context);
@@ -351,6 +363,12 @@ void apply_decoded(ApplyContext *ctx) {
         ctx->origin_ts_ms = snapshot_row_time(rec);
         if (!headers->has_txn_end)
             return;
+        if (resync_row) {
+            apply_flush_inserts(&ctx->counters);
+            apply_close_writer();
+            ctx->counters.applied += resync_finish(ctx->sub->name, ctx->sub->peer, headers->lsn);
+            ctx->sub->resync_lsn = InvalidXLogRecPtr;
+        }
     } else {
         ctx->origin_ts_ms = headers->has_commit_ts ? headers->commit_ts_ms : 0;
     }

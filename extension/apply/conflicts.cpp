@@ -234,6 +234,30 @@ bytea *encode_key(int nkeys, const Oid *types, const Datum *values) {
     return result;
 }
 
+bytea *row_key(Relation rel, HeapTuple tuple) {
+    /* the same key columns, in the same order, as the apply side (table_apply.cpp) */
+    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+    if (bms_is_empty(keys))
+        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    const int nkeys = bms_num_members(keys);
+    if (nkeys == 0)
+        return nullptr;
+    Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * nkeys));
+    Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * nkeys));
+    TupleDesc desc = RelationGetDescr(rel);
+    int k = 0, member = -1;
+    while ((member = bms_next_member(keys, member)) >= 0) {
+        AttrNumber attnum = member + FirstLowInvalidHeapAttributeNumber;
+        bool isnull;
+        values[k] = heap_getattr(tuple, attnum, desc, &isnull);
+        types[k] = TupleDescAttr(desc, attnum - 1)->atttypid;
+        if (isnull)
+            return nullptr; /* not a key after all */
+        k++;
+    }
+    return encode_key(nkeys, types, values);
+}
+
 RowVersion find_tombstone(Oid relid, bytea *key, const char *local_node, bool *found) {
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
@@ -338,27 +362,9 @@ Datum kafka_sync_record_tombstone(PG_FUNCTION_ARGS) {
         ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
                         errmsg("kafka_sync._record_tombstone() must be an AFTER DELETE FOR EACH ROW trigger")));
     Relation rel = trigdata->tg_relation;
-    /* the same key columns, in the same order, as the apply side (table_apply.cpp) */
-    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
-    if (bms_is_empty(keys))
-        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-    const int nkeys = bms_num_members(keys);
-    if (nkeys == 0)
+    bytea *key = row_key(rel, trigdata->tg_trigtuple);
+    if (!key)
         return PointerGetDatum(nullptr);
-    Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * nkeys));
-    Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * nkeys));
-    TupleDesc desc = RelationGetDescr(rel);
-    int k = 0, member = -1;
-    while ((member = bms_next_member(keys, member)) >= 0) {
-        AttrNumber attnum = member + FirstLowInvalidHeapAttributeNumber;
-        bool isnull;
-        values[k] = heap_getattr(trigdata->tg_trigtuple, attnum, desc, &isnull);
-        types[k] = TupleDescAttr(desc, attnum - 1)->atttypid;
-        if (isnull)
-            return PointerGetDatum(nullptr); /* not a key after all */
-        k++;
-    }
-    bytea *key = encode_key(nkeys, types, values);
     SPI_connect();
     write_tombstone(RelationGetRelid(rel), key);
     SPI_finish();

@@ -66,6 +66,9 @@ void log_conflict(const ConflictRecord &c);
 /* Key columns in their binary send form, the key of kafka_sync.tombstones. */
 bytea *encode_key(int nkeys, const Oid *types, const Datum *values);
 
+/* The encoded key (as encode_key) of a row of rel; NULL when rel has no key or the row a null in it. */
+bytea *row_key(Relation rel, HeapTuple tuple);
+
 /* The tombstone of (relid, key): *found false when none. */
 RowVersion find_tombstone(Oid relid, bytea *key, const char *local_node, bool *found);
 

@@ -1107,6 +1107,14 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
     counters->applied++;
 }
 
+bytea *apply_row_key(Oid relid, const kafka_sync::DecodedRecord *rec) {
+    TargetInfo *t = target_for(relid);
+    if (t->nkeys == 0 || !rec->has_after)
+        return nullptr;
+    List *key = key_params(t, row_params(t, rec->after), false);
+    return key == NIL ? nullptr : key_bytes(t, key);
+}
+
 void apply_truncate(List *relids) {
     apply_close_writer();
     StringInfoData sql;

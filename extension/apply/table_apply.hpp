@@ -55,6 +55,8 @@ bool lock_still_held(LocalTransactionId stamp);
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);
 
+/* The encoded key (conflicts.hpp, encode_key) of the record's row image; NULL when relid has no key. */
+bytea *apply_row_key(Oid relid, const kafka_sync::DecodedRecord *rec);
 /* Applies a c/u/d/r change to relid, resolving conflicts; raises ERROR when it cannot. */
 void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
                       ApplyCounters *counters);

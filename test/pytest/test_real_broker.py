@@ -341,18 +341,23 @@ def test_partition_leader_killed_in_a_3_broker_cluster_loses_nothing_and_applies
     assert leaders["after"][0] != leaders["before"][0], leaders
 
 
-def test_retention_deleting_unread_records_stops_the_subscription_at_the_gap_and_never_skips_it(
+def test_retention_gap_stops_the_subscription_and_one_resnapshot_on_the_peer_brings_it_back_identical(
         broker_factory, ledger_pairs):
-    """chat1's subscription is paused while chat2 writes; chat2's topic keeps
-    records for one second, so the records chat1 has not applied are
-    deleted. The subscriber must not jump over the gap (that would lose
-    rows silently): it applies nothing past it, and subscription_status
-    shows state error with a last_error that says records are gone."""
+    """chat1's subscription is paused while chat2 inserts, updates and
+    deletes; chat2's topic keeps records for one second, so records chat1 has
+    not applied are deleted. The subscriber must not jump over the gap (that
+    would lose rows silently): it applies nothing past it, and
+    subscription_status shows state error with a last_error that says records
+    are gone and names the recovery. The recovery is one command on the peer,
+    kafka_sync.resnapshot(): chat1 resynchronises from that snapshot (rows the
+    peer deleted meanwhile go too) while both nodes keep writing, and the two
+    ledgers end identical."""
     kafka = broker_factory()
     pair = ledger_pairs(kafka)
     chat1, chat2 = pair
-    chat2.sql("INSERT INTO ledger SELECT 'chat2', g, 0, 'before' FROM generate_series(1, 100) g")
-    wait_until(lambda: rows_of(chat1, "chat2")[0] == 100, 60, "the first 100 rows on chat1",
+    old = "chat2_old"  # rows chat2 writes by hand; the writers below use their node's name
+    chat2.sql("INSERT INTO ledger SELECT %s, g, 0, 'before' FROM generate_series(1, 100) g", (old,))
+    wait_until(lambda: rows_of(chat1, old)[0] == 100, 60, "the first 100 rows on chat1",
                diagnostics=chat1.diagnostics)
     chat1.sql("SELECT kafka_sync.pause_subscription('from_chat2')")
     applied = chat1.subscription("chat2")[2]
@@ -360,13 +365,17 @@ def test_retention_deleting_unread_records_stops_the_subscription_at_the_gap_and
     # their last record
     kafka.alter_topic(chat2.topic, {"retention.ms": 1000, "segment.bytes": 1048576, "segment.ms": 500,
                                     "file.delete.delay.ms": 0})
+    chat2.sql("DELETE FROM ledger WHERE writer = %s AND seq <= 10", (old,))
+    chat2.sql("UPDATE ledger SET amount = 7, note = 'updated' WHERE writer = %s AND seq BETWEEN 11 AND 20", (old,))
     for lo in range(101, 20001, 1000):
-        chat2.sql("INSERT INTO ledger SELECT 'chat2', g, 0, 'gone' FROM generate_series(%s, %s) g",
-                  (lo, lo + 999))
+        chat2.sql("INSERT INTO ledger SELECT %s, g, 0, 'gone' FROM generate_series(%s, %s) g",
+                  (old, lo, lo + 999))
     wait_until(lambda: watermarks(kafka.bootstrap, chat2.topic)[0] > applied + 1, 60,
                f"retention deleting {chat2.topic} past offset {applied + 1}",
                diagnostics=lambda: f"watermarks {watermarks(kafka.bootstrap, chat2.topic)}")
     low, high = watermarks(kafka.bootstrap, chat2.topic)
+    kafka.alter_topic(chat2.topic, {"retention.ms": -1})  # what comes now stays
+
     chat1.sql("SELECT kafka_sync.resume_subscription('from_chat2')")
     wait_until(lambda: "no longer in Kafka" in (chat1.subscription("chat2")[1] or ""), 60,
                "the subscription reporting the gap", diagnostics=chat1.diagnostics)
@@ -374,9 +383,45 @@ def test_retention_deleting_unread_records_stops_the_subscription_at_the_gap_and
     state, last_error, applied_after, *_ = chat1.subscription("chat2")
     assert applied_after == applied, f"the subscription moved past the gap: {applied} -> {applied_after}"
     assert state == "error" and "no longer in Kafka" in last_error, (state, last_error)
-    assert rows_of(chat1, "chat2")[0] == 100, "rows after the gap were applied"
-    print(f"\nretention gap: applied through offset {applied}, topic now {low}..{high}; "
+    assert "kafka_sync.resnapshot() on node chat2" in last_error, last_error
+    assert rows_of(chat1, old) == (100, 0), "rows after the gap were applied"
+    print(f"\nretention gap: applied through offset {applied}, topic then {low}..{high}; "
           f"subscription_status state={state!r}, last_error={last_error!r}")
+
+    # Both nodes keep writing; the one recovery command runs on the peer.
+    writers = [LedgerWriter(m, seed=i) for i, m in enumerate(pair)]
+    for w in writers:
+        w.start()
+    try:
+        time.sleep(2)
+        chat2.sql("SELECT kafka_sync.resnapshot()")
+        t0 = time.monotonic()
+        seen = set()
+
+        def resynchronised():
+            sub = chat1.subscription("chat2")
+            seen.add(sub[0])
+            return chat1.sql("SELECT last_resync_at IS NOT NULL FROM kafka_sync.subscription_status "
+                             "WHERE peer = 'chat2'")[0][0] and sub[0] == "running"
+        wait_until(resynchronised, 120, "chat1 resynchronised from chat2's snapshot",
+                   diagnostics=lambda: f"{chat1.subscription('chat2')}\n{chat1.diagnostics()}")
+        resync_seconds = time.monotonic() - t0
+        time.sleep(2)
+    finally:
+        for w in writers:
+            w.stop()
+    wait_converged_on_writers(pair, writers)
+    assert rows_of(chat1, old) == rows_of(chat2, old) == (20090, 70)
+    digests = [m.digest(["ledger"]) for m in pair]
+
+    def same():
+        digests[:] = [m.digest(["ledger"]) for m in pair]
+        return digests[0] == digests[1]
+    wait_until(same, 60, "identical ledgers on both nodes",
+               diagnostics=lambda: f"{digests}\n" + "\n".join(m.diagnostics() for m in pair))
+    assert chat1.sql("SELECT count(*) FROM kafka_sync.resync_keys")[0][0] == 0
+    print(f"resynchronised {resync_seconds:.1f} s after resnapshot(); states seen {sorted(seen)}; "
+          f"ledger {digests[0]['ledger'][0]} rows on each node")
 
 
 # -- full size, no pacing -------------------------------------------------------------------------
