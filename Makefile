@@ -46,15 +46,16 @@ SIDECAR     = sidecar/kafka_sync_sidecar
 MOCK_KAFKA  = test/kafka_mock/kafka_sync_mock_kafka
 UNIT_TESTS  = test/unit/unit_tests
 
-# extension/common/secrets_file.cpp is pure C++, shared by both sides
-SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp
+# extension/common/secrets_file.cpp and kafka_properties.cpp are pure C++, shared by both sides
+SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp extension/common/kafka_properties.cpp
 UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension/common/secrets_file.cpp \
+               extension/common/kafka_properties.cpp \
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
                extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests
 
-$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp
+$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
 	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -Iextension -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
 
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
@@ -66,7 +67,8 @@ $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/
 # The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
 test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
                          sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp \
-                         extension/common/secrets_file.cpp $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp
+                         extension/common/secrets_file.cpp extension/common/kafka_properties.cpp \
+                         $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson -lpthread
 
 install: install-sidecar

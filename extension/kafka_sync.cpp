@@ -60,6 +60,13 @@ void _PG_init(void) {
     conflict_define_settings();
     /* so does the refusal to drop the extension under a running node */
     drop_guard_install();
+    DefineCustomStringVariable("kafka_sync.allowed_kafka_properties",
+                               "Risky librdkafka properties that kafka_config and secrets files may set.",
+                               "A comma-separated list of names among plugin.library.paths, ssl.engine.location, "
+                               "ssl.engine.id, ssl.providers, sasl.kerberos.kinit.cmd and "
+                               "internal.termination.signal (they load code, run commands or change signal "
+                               "handling); empty: none.",
+                               &kafka_sync_allowed_kafka_properties, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     /*
      * Loaded later (e.g. as an output plugin by pg_logical_slot_get_changes,
      * or by CREATE EXTENSION): the plugin and SQL functions work, the

@@ -15,6 +15,18 @@ SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"acks
 SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"security.protocol": "carrier_pigeon"}');
 SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"sasl.password": {"nested": true}}');
 SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"kafka_sync.topic_partitions": 0}');
+-- properties that load code or run commands: refused before librdkafka sees them,
+-- unless the server's operator allows them by name
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"plugin.library.paths": "/tmp/not_there"}');
+SELECT kafka_sync.create_node('chat1', 'localhost:9092', kafka_config => '{"sasl.kerberos.kinit.cmd": "touch /tmp/ks_pwned"}');
+SELECT kafka_sync._check_kafka_config('{"internal.termination.signal": "15"}');
+ALTER SYSTEM SET kafka_sync.allowed_kafka_properties = 'ssl.providers, internal.termination.signal';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SELECT kafka_sync._check_kafka_config('{"internal.termination.signal": "15"}') AS allowed_by_the_operator;
+ALTER SYSTEM RESET kafka_sync.allowed_kafka_properties;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
 CREATE TABLE filtered (id int PRIMARY KEY);
 CREATE PUBLICATION with_filter FOR TABLE filtered WHERE (id > 10);
 SELECT kafka_sync.create_node('chat1', 'localhost:9092', publication => 'with_filter');

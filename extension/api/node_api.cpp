@@ -5,6 +5,7 @@
 #include "decode/relation_info.hpp"
 #include "produce/kafka_config.hpp"
 #include "produce/launcher.hpp"
+#include "produce/node_worker.hpp"
 
 #include "boundary/pg_boundary.hpp"
 
@@ -143,7 +144,8 @@ Datum kafka_sync_validate_kafka_config(PG_FUNCTION_ARGS) {
             pairs.emplace_back(k[i], v[i]);
         kafka_sync::NodeKafkaSettings settings;
         std::string e, h;
-        bool valid = kafka_sync::parse_node_kafka_config(pairs, settings, e, h);
+        bool valid = kafka_sync::parse_node_kafka_config(
+            pairs, settings, e, h, kafka_sync_allowed_kafka_properties ? kafka_sync_allowed_kafka_properties : "");
         strlcpy(error, e.c_str(), sizeof(error));
         strlcpy(hint, h.c_str(), sizeof(hint));
         return valid;

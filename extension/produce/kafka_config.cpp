@@ -1,6 +1,7 @@
 // Validation of a node's kafka_config (see kafka_config.hpp).
 #include "produce/kafka_config.hpp"
 
+#include "common/kafka_properties.hpp"
 #include "common/secrets_file.hpp"
 
 #include <librdkafka/rdkafka.h>
@@ -93,7 +94,13 @@ namespace {
 // One librdkafka property of kafka_config or of the secrets file (where;
 // every value of that file is a secret, never echoed).
 bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value,
-                            const char *where, bool secret_value, std::string &error, std::string &hint) {
+                            const char *where, bool secret_value, const std::string &allowed, std::string &error,
+                            std::string &hint) {
+    /* before librdkafka sees it: setting plugin.library.paths loads the plugin */
+    if (kafka_property_refused(key, allowed, error, hint)) {
+        error += std::string(" (in ") + where + ")";
+        return false;
+    }
     for (const char *fixed : kFixedProperties) {
         if (key == fixed) {
             error = "the Kafka property \"" + key + "\" cannot be set in " + where;
@@ -118,7 +125,8 @@ bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const
 
 } // namespace
 
-bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint) {
+bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint,
+                             const std::string &allowed) {
     out = NodeKafkaSettings();
     std::unique_ptr<rd_kafka_conf_t, void (*)(rd_kafka_conf_t *)> conf(rd_kafka_conf_new(), rd_kafka_conf_destroy);
     for (const auto &[key, value] : in) {
@@ -127,7 +135,7 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
                 return false;
             continue;
         }
-        if (!check_rdkafka_property(conf.get(), key, value, "kafka_config", false, error, hint))
+        if (!check_rdkafka_property(conf.get(), key, value, "kafka_config", false, allowed, error, hint))
             return false;
         out.rdkafka.emplace_back(key, value);
         if (is_secret_config_key(key) && value.size() >= 3)
@@ -148,7 +156,7 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
             hint = "kafka_sync settings belong in kafka_config; the secrets file holds librdkafka properties.";
             return false;
         }
-        if (!check_rdkafka_property(conf.get(), key, value, where.c_str(), true, error, hint))
+        if (!check_rdkafka_property(conf.get(), key, value, where.c_str(), true, allowed, error, hint))
             return false;
         out.rdkafka.emplace_back(key, value);
         if (!value.empty())

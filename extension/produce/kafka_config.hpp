@@ -35,7 +35,9 @@ bool set_kafka_property(rd_kafka_conf_t *conf, const std::string &key, const std
 
 // Validates and splits a node's kafka_config, with the properties of its
 // secrets file (common/secrets_file.hpp) read now and appended. On failure
-// returns false and sets error (safe to show) and hint.
-bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint);
+// returns false and sets error (safe to show) and hint. allowed: the risky
+// properties the server allows (common/kafka_properties.hpp).
+bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std::string &error, std::string &hint,
+                             const std::string &allowed = std::string());
 
 } // namespace kafka_sync

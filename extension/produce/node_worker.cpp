@@ -39,6 +39,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 }
@@ -49,6 +50,7 @@ extern "C" {
 
 int kafka_sync_poll_interval_ms = 10;
 int kafka_sync_retained_wal_warning_mb = 10240;
+char *kafka_sync_allowed_kafka_properties = nullptr;
 
 namespace {
 
@@ -680,6 +682,12 @@ void cleanup_worker(int, Datum) {
 
 void run_node_worker(Oid dboid) {
     BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+    /*
+     * The database's own search_path (ALTER DATABASE ... SET) is its owner's
+     * to choose: a function of theirs named like one this superuser process
+     * calls must never run instead.
+     */
+    SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
     pgstat_report_appname("kafka_sync producer");
 
     NodeConfig cfg;
@@ -742,7 +750,9 @@ void run_node_worker(Oid dboid) {
             if (k == kafka_sync::kSecretsFileSetting)
                 secrets_before = kafka_sync::secrets_file_content(v, error);
         error.clear();
-        if (!kafka_sync::parse_node_kafka_config(config, ps.kafka, error, hint))
+        if (!kafka_sync::parse_node_kafka_config(config, ps.kafka, error, hint,
+                                                 kafka_sync_allowed_kafka_properties ? kafka_sync_allowed_kafka_properties
+                                                                                     : ""))
             throw std::runtime_error("invalid kafka_config: " + error);
         ps.brokers = w->cfg.brokers;
         ps.node_name = w->cfg.node_name;

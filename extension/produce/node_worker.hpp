@@ -15,6 +15,9 @@ struct NodeWorker;
 /* kafka_sync.retained_wal_warning, in MB (0: off). */
 extern int kafka_sync_retained_wal_warning_mb;
 
+/* kafka_sync.allowed_kafka_properties (common/kafka_properties.hpp). */
+extern char *kafka_sync_allowed_kafka_properties;
+
 /* Opens a source transaction (commit order) whose records follow. */
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms);
 
