@@ -368,7 +368,22 @@ CREATE TABLE kafka_sync.conflicts (
 );
 CREATE INDEX ON kafka_sync.conflicts (detected_at);
 REVOKE ALL ON kafka_sync.conflicts FROM PUBLIC;
-GRANT SELECT ON kafka_sync.conflicts TO pg_monitor;
+
+-- kafka_sync.conflicts for monitoring: the row images and the key only to
+-- whoever may read the table they come from (pg_monitor alone would see
+-- columns it cannot SELECT).
+CREATE VIEW kafka_sync.conflict_log WITH (security_barrier) AS
+SELECT c.id, c.detected_at, c.sub_name, c.peer_node, c.table_name, c.kind, c.resolution,
+       c.local_commit_ts, c.local_origin, c.remote_commit_ts, c.remote_origin,
+       CASE WHEN r.readable THEN c.key END AS key,
+       CASE WHEN r.readable THEN c.local_row END AS local_row,
+       CASE WHEN r.readable THEN c.remote_row END AS remote_row
+  FROM kafka_sync.conflicts c
+  CROSS JOIN LATERAL (
+      SELECT coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(c.table_name), 'SELECT'), false)
+             AS readable) r;
+REVOKE ALL ON kafka_sync.conflict_log FROM PUBLIC;
+GRANT SELECT ON kafka_sync.conflict_log TO pg_monitor;
 
 -- Keys deleted here (locally or by apply): the version of a delete is the
 -- commit time and origin of the transaction that last wrote its row here

@@ -241,9 +241,30 @@ DROP FUNCTION count_fired();
 CREATE ROLE conflict_reader;
 SET ROLE conflict_reader;
 SELECT count(*) FROM kafka_sync.conflicts;
+SELECT count(*) FROM kafka_sync.conflict_log;
 SELECT kafka_sync.alter_subscription('from_chat2', conflict_resolution => 'error');
 RESET ROLE;
+-- monitoring sees every conflict, and the rows only of tables it may read
+CREATE TABLE secret_stuff (id int PRIMARY KEY, pin text);
+INSERT INTO kafka_sync.conflicts (sub_name, peer_node, table_name, key, kind, local_row, remote_row, resolution)
+VALUES ('from_chat2', 'chat2', 'public.items', '{"id": 1}', 'update_update', '{"id": 1}', '{"id": 1}', 'apply_remote'),
+       ('from_chat2', 'chat2', 'public.secret_stuff', '{"id": 1}', 'update_update', '{"id": 1, "pin": "1234"}',
+        '{"id": 1, "pin": "4321"}', 'apply_remote');
+GRANT pg_monitor TO conflict_reader;
+SET ROLE conflict_reader;
+SELECT count(*) FROM kafka_sync.conflicts;
+SELECT count(*) AS conflicts, count(local_row) + count(remote_row) + count(key) AS row_images_shown
+  FROM kafka_sync.conflict_log;
+RESET ROLE;
+GRANT SELECT ON items TO conflict_reader;
+SET ROLE conflict_reader;
+SELECT count(*) FILTER (WHERE table_name <> 'public.items' AND (key IS NOT NULL OR local_row IS NOT NULL)) AS others_shown,
+       count(key) FILTER (WHERE table_name = 'public.items') AS items_keys_shown
+  FROM kafka_sync.conflict_log;
+RESET ROLE;
+REVOKE SELECT ON items FROM conflict_reader;
 DROP ROLE conflict_reader;
+DROP TABLE secret_stuff;
 
 -- drop_node removes the triggers and the tombstones
 SELECT kafka_sync.drop_subscription('from_chat2');
