@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README: "make test"): unit tests, pg_regress
 # against a private temporary instance, then the pytest suite (multi-process,
-# end to end, on librdkafka's mock cluster or on KAFKA_BROKERS when set).
+# end to end, on Apache Kafka brokers it starts or on KAFKA_BROKERS when set),
+# then the README's getting-started walkthrough as a reader types it.
 #
 # PostgreSQL refuses to run as root: when started as root, servers run as the
 # unprivileged user $PGUSER_OS (default postgres).
@@ -35,3 +36,6 @@ fi
 
 echo "== pytest"
 /usr/bin/python3 -m pytest -p no:cacheprovider -q test/pytest "$@"
+
+echo "== README walkthrough"
+test/walkthrough/run_walkthrough.sh
