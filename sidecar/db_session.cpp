@@ -32,7 +32,125 @@ std::string text_column(PGresult *res, int row, int col) {
     return PQgetisnull(res, row, col) ? std::string() : std::string(PQgetvalue(res, row, col));
 }
 
+// The options libpq reads from dsn, or null for a plain database name or a
+// string it cannot parse (error then set, unmasked).
+PQconninfoOption *parse_dsn(const std::string &dsn, std::string &error) {
+    // libpq's test whether a dbname is a connection string to expand
+    const bool conninfo = dsn.find('=') != std::string::npos || dsn.compare(0, 13, "postgresql://") == 0 ||
+                          dsn.compare(0, 11, "postgres://") == 0;
+    if (!conninfo)
+        return nullptr;
+    char *errmsg = nullptr;
+    PQconninfoOption *options = PQconninfoParse(dsn.c_str(), &errmsg);
+    if (!options)
+        error = errmsg ? one_line(errmsg) : "out of memory";
+    PQfreemem(errmsg);
+    return options;
+}
+
+// libpq's own reading of the options given, secrets masked: the form shown
+// when the textual masking left a secret value in sight.
+std::string describe_options(const PQconninfoOption *options) {
+    std::string out;
+    for (const PQconninfoOption *o = options; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (!out.empty())
+            out += ' ';
+        out += o->keyword;
+        out += '=';
+        if (o->dispchar[0] == '*') {
+            out += "****";
+            continue;
+        }
+        std::string value = o->val;
+        bool plain = !value.empty() && value.find_first_of(" \t\n\r\f\v'\\") == std::string::npos;
+        if (plain) {
+            out += value;
+            continue;
+        }
+        out += '\'';
+        for (char c : value) {
+            if (c == '\'' || c == '\\')
+                out += '\\';
+            out += c;
+        }
+        out += '\'';
+    }
+    return out;
+}
+
 } // namespace
+
+const std::vector<std::string> &conninfo_secret_keywords() {
+    // built once (the first call is on the main thread, before any runner),
+    // never freed: no global object with a destructor
+    static const std::vector<std::string> *keywords = [] {
+        auto *out = new std::vector<std::string>;
+        char *errmsg = nullptr;
+        // "" parses to every option libpq knows, without the environment's defaults
+        if (PQconninfoOption *all = PQconninfoParse("", &errmsg)) {
+            for (const PQconninfoOption *o = all; o->keyword; o++)
+                if (o->dispchar[0] == '*')
+                    out->push_back(o->keyword);
+            PQconninfoFree(all);
+        }
+        PQfreemem(errmsg);
+        if (out->empty()) // out of memory: at least the two libpq 15 has
+            *out = {"password", "sslpassword"};
+        return out;
+    }();
+    return *keywords;
+}
+
+std::string mask_dsn(const std::string &dsn) {
+    std::string masked = mask_conninfo(dsn, conninfo_secret_keywords());
+    // Cross-check with libpq's own parse: should a secret value still be in
+    // sight (a grammar the scan does not know), libpq's reading is shown.
+    std::string error;
+    PQconninfoOption *options = parse_dsn(dsn, error);
+    if (!options)
+        return masked;
+    bool in_sight = false;
+    for (const PQconninfoOption *o = options; o->keyword; o++)
+        if (o->val && o->val[0] && o->dispchar[0] == '*' && masked.find(o->val) != std::string::npos)
+            in_sight = true;
+    if (in_sight)
+        masked = describe_options(options);
+    PQconninfoFree(options);
+    return masked;
+}
+
+std::string mask_dsn_message(const std::string &message, const std::string &dsn) {
+    std::string out = mask_conninfo_message(message, dsn, conninfo_secret_keywords());
+    std::string error;
+    if (PQconninfoOption *options = parse_dsn(dsn, error)) {
+        std::vector<std::string> secrets;
+        for (const PQconninfoOption *o = options; o->keyword; o++)
+            if (o->val && o->dispchar[0] == '*')
+                secrets.push_back(o->val);
+        PQconninfoFree(options);
+        out = mask_values(out, secrets);
+    }
+    return out;
+}
+
+bool check_dsn(const std::string &dsn, std::string &error, bool &has_secret) {
+    has_secret = false;
+    std::string parse_error;
+    PQconninfoOption *options = parse_dsn(dsn, parse_error);
+    if (!parse_error.empty()) {
+        error = mask_conninfo_message(parse_error, dsn, conninfo_secret_keywords());
+        return false;
+    }
+    if (options) {
+        for (const PQconninfoOption *o = options; o->keyword; o++)
+            if (o->val && o->val[0] && o->dispchar[0] == '*')
+                has_secret = true;
+        PQconninfoFree(options);
+    }
+    return true;
+}
 
 bool DbSession::connect(std::string &error) {
     close();
@@ -55,7 +173,8 @@ bool DbSession::connect(std::string &error) {
         return false;
     }
     if (PQstatus(conn) != CONNECTION_OK) {
-        error = one_line(PQerrorMessage(conn));
+        // libpq may quote a piece of the connection string it cannot use
+        error = mask_dsn_message(one_line(PQerrorMessage(conn)), dsn_);
         PQfinish(conn);
         return false;
     }

@@ -16,6 +16,21 @@
 
 namespace kafka_sync_sidecar {
 
+// The conninfo keywords libpq marks secret (dispchar "*": password,
+// sslpassword, and whatever a later libpq adds), read from libpq itself.
+const std::vector<std::string> &conninfo_secret_keywords();
+
+// The local database's connection string fit for a log line or a message:
+// every secret replaced by "****" (see mask_conninfo()).
+std::string mask_dsn(const std::string &dsn);
+
+// A message about dsn (libpq's: it may quote a piece of it) with dsn's secrets masked.
+std::string mask_dsn_message(const std::string &message, const std::string &dsn);
+
+// Whether libpq can parse dsn (a plain database name counts); error is libpq's
+// reason, masked. has_secret: it holds a value for a secret keyword.
+bool check_dsn(const std::string &dsn, std::string &error, bool &has_secret);
+
 struct DbStatus {
     enum class Kind {
         Ok,

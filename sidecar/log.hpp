@@ -26,10 +26,23 @@ void log_line(LogLevel level, const char *fmt, ...) __attribute__((format(printf
             ::kafka_sync_sidecar::log_line(::kafka_sync_sidecar::LogLevel::Debug, __VA_ARGS__);                        \
     } while (0)
 
-// A libpq connection string with every password replaced by "****": both the
-// keyword form (password=secret, password = 'a b') and the URI form
-// (postgresql://user:secret@host/db, ?password=secret).
-std::string mask_dsn(const std::string &dsn);
+// A libpq connection string with the value of every keyword in
+// secret_keywords replaced by "****" (the sidecar passes the keywords libpq
+// itself marks secret: password, sslpassword, ...; see conninfo_secret_keywords()).
+// Read as libpq reads it: key = value pairs, quoted or not, and URIs
+// (postgresql://user:secret@host/db?sslpassword=secret, keywords and values
+// percent-encoded). A string libpq takes as a plain database name (no "=",
+// not a URI) is returned as it is. From a syntax error on (a missing "=", an
+// unterminated quote) the rest of the string is masked: which part of it is
+// a password cannot be told any more.
+std::string mask_conninfo(const std::string &conninfo, const std::vector<std::string> &secret_keywords);
+
+// A message about conninfo with its secrets masked. libpq quotes the piece of
+// a connection string it stumbled on (missing "=" after "<piece>"), or a URI
+// whole; a quoted piece taken from inside a secret is masked whole, and every
+// secret value (as written and as decoded) wherever it appears.
+std::string mask_conninfo_message(const std::string &message, const std::string &conninfo,
+                                  const std::vector<std::string> &secret_keywords);
 
 // text with every occurrence of each secret replaced by "****" (for messages
 // of libraries that may quote a configuration value back).

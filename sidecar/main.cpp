@@ -35,6 +35,10 @@ int main(int argc, char **argv) {
     if (rc >= 0)
         return rc;
     set_log_level(options.log_level);
+    if (options.dsn_secret_in_argv)
+        LOG_WARNING("the connection string given with --dsn holds a password, which every local user can read (ps); "
+                    "use --dsn-file, $%s or a password file (~/.pgpass) instead",
+                    kDsnEnvironmentVariable);
     if (options.check)
         return run_check(options.dsn);
     // librdkafka decompresses every fetched batch into a fresh buffer and
@@ -46,7 +50,7 @@ int main(int argc, char **argv) {
 
     // The stop signals stay blocked in every thread (runner threads and
     // librdkafka's inherit the mask) and are taken only inside the
-    // supervisor's pselect: no race between checking the flag and sleeping.
+    // supervisor's ppoll: no race between checking the flag and sleeping.
     sigset_t stop_signals, wait_mask;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);
@@ -65,7 +69,8 @@ int main(int argc, char **argv) {
     sigaction(SIGHUP, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);
 
-    LOG_INFO("kafka_sync_sidecar %s starting for \"%s\"", kVersion, mask_dsn(options.dsn).c_str());
+    LOG_INFO("kafka_sync_sidecar %s starting for \"%s\" (from %s)", kVersion, mask_dsn(options.dsn).c_str(),
+             options.dsn_source.c_str());
     {
         Supervisor supervisor(options.dsn, wait_mask, g_stop_signal, g_reload_signal);
         supervisor.run();

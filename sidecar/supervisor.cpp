@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <set>
-#include <sys/select.h>
+#include <poll.h>
 
 namespace kafka_sync_sidecar {
 
@@ -181,24 +181,23 @@ void Supervisor::drain_notifications() {
 }
 
 // Sleeps until the timeout, a notification on the supervisor's connection or
-// a signal (the stop signals are unblocked only inside pselect).
+// a signal (the stop signals are unblocked only inside ppoll). poll, not
+// select: an fd_set cannot hold a descriptor >= FD_SETSIZE (1024), and the
+// connection made again after a database restart gets the lowest free one,
+// above those of the runners (a connection and librdkafka's sockets each).
 void Supervisor::wait(int ms) {
-    fd_set readable;
-    FD_ZERO(&readable);
-    int nfds = 0;
-    int sock = db_.connected() ? PQsocket(db_.conn()) : -1;
-    if (sock >= 0) {
-        FD_SET(sock, &readable);
-        nfds = sock + 1;
-    }
+    struct pollfd pfd = {};
+    pfd.fd = db_.connected() ? PQsocket(db_.conn()) : -1; // poll ignores a negative fd
+    pfd.events = POLLIN;
     struct timespec ts;
     ts.tv_sec = ms / 1000;
     ts.tv_nsec = static_cast<long>(ms % 1000) * 1000000L;
-    int rc = pselect(nfds, sock >= 0 ? &readable : nullptr, nullptr, nullptr, &ts, &wait_mask_);
-    if (rc > 0 && sock >= 0)
+    int rc = ppoll(&pfd, 1, &ts, &wait_mask_);
+    // POLLHUP/POLLERR too: PQconsumeInput then finds the connection gone
+    if (rc > 0 && pfd.fd >= 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
         drain_notifications();
     else if (rc < 0 && errno != EINTR)
-        LOG_DEBUG("pselect: errno %d", errno);
+        LOG_DEBUG("ppoll: errno %d", errno);
 }
 
 void Supervisor::stop_all() {

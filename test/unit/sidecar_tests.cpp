@@ -543,14 +543,80 @@ void statistics_tell_whether_the_partition_leader_is_connected() {
 
 // ---- logging ----
 
-void passwords_never_reach_the_log() {
-    CHECK_EQ(mask_dsn("host=db dbname=chat1 password=s3cret user=x"), "host=db dbname=chat1 password=**** user=x");
-    CHECK_EQ(mask_dsn("password = 'a b\\' c' host=db"), "password = **** host=db");
-    CHECK_EQ(mask_dsn("postgresql://ann:s3cret@db:5432/chat1"), "postgresql://ann:****@db:5432/chat1");
-    CHECK_EQ(mask_dsn("postgresql://db/chat1?user=ann&password=s3cret&sslmode=require"),
+// libpq 15's secret keywords (dispchar "*"); the sidecar reads them from
+// libpq, so a keyword a later libpq adds is masked too, like this one.
+const std::vector<std::string> kSecretKeywords = {"password", "sslpassword", "oauth_client_secret"};
+
+std::string masked(const std::string &dsn) {
+    return mask_conninfo(dsn, kSecretKeywords);
+}
+
+void every_libpq_secret_in_a_keyword_connection_string_is_masked() {
+    CHECK_EQ(masked("host=db dbname=chat1 password=s3cret user=x"), "host=db dbname=chat1 password=**** user=x");
+    CHECK_EQ(masked("host=db sslpassword=k3y sslkey=/k.pem"), "host=db sslpassword=**** sslkey=/k.pem");
+    CHECK_EQ(masked("oauth_client_secret=x1 password=p1 sslpassword=s1"),
+             "oauth_client_secret=**** password=**** sslpassword=****");
+    // quoted values with escapes, blanks around "=", tabs and newlines as separators
+    CHECK_EQ(masked("password = 'a b\\' c' host=db"), "password = **** host=db");
+    CHECK_EQ(masked("host=db\n\tpassword=\t'x y'\nsslpassword=z\\ z dbname=d"),
+             "host=db\n\tpassword=\t****\nsslpassword=**** dbname=d");
+    CHECK_EQ(masked("password=''"), "password=****");
+    CHECK_EQ(masked("password="), "password=****");
+    // a keyword is matched whole, as libpq matches it
+    CHECK_EQ(masked("dbname=passwords user=password"), "dbname=passwords user=password");
+    CHECK_EQ(masked("application_name=sslpassword passfile=/p"), "application_name=sslpassword passfile=/p");
+    CHECK_EQ(masked("host=db dbname=chat1"), "host=db dbname=chat1");
+    // what libpq takes as a database name is not a connection string
+    CHECK_EQ(masked("chat1"), "chat1");
+    CHECK_EQ(masked(""), "");
+}
+
+void every_libpq_secret_in_a_uri_is_masked() {
+    CHECK_EQ(masked("postgresql://ann:s3cret@db:5432/chat1"), "postgresql://ann:****@db:5432/chat1");
+    CHECK_EQ(masked("postgres://ann:s3cret@db/chat1"), "postgres://ann:****@db/chat1");
+    CHECK_EQ(masked("postgresql://ann@db/chat1"), "postgresql://ann@db/chat1");
+    CHECK_EQ(masked("postgresql://:s3cret@/chat1?host=/tmp"), "postgresql://:****@/chat1?host=/tmp");
+    // a "?" or ":" in the password ends nothing: libpq looks for the "@"
+    CHECK_EQ(masked("postgresql://ann:s3?c:ret@db/chat1"), "postgresql://ann:****@db/chat1");
+    CHECK_EQ(masked("postgresql://db/chat1?user=ann&password=s3cret&sslmode=require"),
              "postgresql://db/chat1?user=ann&password=****&sslmode=require");
-    CHECK_EQ(mask_dsn("host=db dbname=chat1"), "host=db dbname=chat1");
-    CHECK_EQ(mask_dsn("dbname=passwords"), "dbname=passwords");
+    CHECK_EQ(masked("postgresql://db/chat1?sslpassword=k3y&sslkey=/k.pem"),
+             "postgresql://db/chat1?sslpassword=****&sslkey=/k.pem");
+    // a percent-encoded keyword is still that keyword
+    CHECK_EQ(masked("postgresql://db/chat1?pass%77ord=s3cret"), "postgresql://db/chat1?pass%77ord=****");
+    CHECK_EQ(masked("postgresql://db/chat1?user=ann@example.com"), "postgresql://db/chat1?user=ann@example.com");
+    // an unencoded "/" in the password: libpq reads port and dbname from it, still not shown
+    CHECK_EQ(masked("postgresql://ann:pa/ss@db/chat1"), "postgresql://ann:****@db/chat1");
+}
+
+void a_connection_string_that_does_not_parse_shows_no_password() {
+    // an unquoted blank: libpq stops at "b" (missing "="); the rest is masked
+    CHECK_EQ(masked("host=db password=s3 cret dbname=chat1"), "host=db password=**** ****");
+    CHECK_EQ(masked("host=db password='a b dbname=chat1"), "host=db password=****");
+    CHECK_EQ(masked("postgresql://db/chat1?user=ann&s3cret&password=x"), "postgresql://db/chat1?user=ann&****");
+    // libpq's messages quote the piece it stumbled on, or the whole URI
+    CHECK_EQ(mask_conninfo_message("missing \"=\" after \"cret\" in connection info string",
+                                   "password=s3 cret dbname=x", kSecretKeywords),
+             "missing \"=\" after \"****\" in connection info string");
+    CHECK_EQ(mask_conninfo_message("invalid connection option \"pasword\"", "host=db pasword=x", kSecretKeywords),
+             "invalid connection option \"pasword\"");
+    CHECK_EQ(mask_conninfo_message("invalid percent-encoded token: \"s3%zz\"", "postgresql://ann:s3%zz@db/chat1",
+                                   kSecretKeywords),
+             "invalid percent-encoded token: \"****\"");
+    CHECK_EQ(mask_conninfo_message("unexpected character \"x\" at position 27 in URI (expected \":\" or \"/\"): "
+                                   "\"postgresql://ann:s3cret@[::1]x\"",
+                                   "postgresql://ann:s3cret@[::1]x", kSecretKeywords),
+             "unexpected character \"x\" at position 27 in URI (expected \":\" or \"/\"): "
+             "\"postgresql://ann:****@[::1]x\"");
+    // a decoded value, wherever it is
+    CHECK_EQ(mask_conninfo_message("cannot use 'a b' or a b here", "password='a b'", kSecretKeywords),
+             "cannot use **** or **** here");
+    CHECK_EQ(mask_conninfo_message("could not translate host name \"db\"", "host=db password=s3cret",
+                                   kSecretKeywords),
+             "could not translate host name \"db\"");
+}
+
+void passwords_never_reach_the_log() {
     CHECK_EQ(mask_values("Invalid value \"s3cret\" for sasl.password", {"s3cret"}),
              "Invalid value \"****\" for sasl.password");
     CHECK_EQ(one_line("server closed the connection\n\tThis probably means\n"),
@@ -590,6 +656,9 @@ int main() {
     consumer_properties_apply_kafka_config_but_keep_the_guarantees();
     start_offset_comes_from_the_database_first();
     statistics_tell_whether_the_partition_leader_is_connected();
+    every_libpq_secret_in_a_keyword_connection_string_is_masked();
+    every_libpq_secret_in_a_uri_is_masked();
+    a_connection_string_that_does_not_parse_shows_no_password();
     passwords_never_reach_the_log();
     if (failures) {
         fprintf(stderr, "%d of %d checks failed\n", failures, checks);
