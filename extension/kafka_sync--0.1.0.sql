@@ -311,6 +311,10 @@ CREATE TABLE kafka_sync.subscription (
     high_water         bigint,
     consumer_error     text,
     last_contact       timestamptz,
+    -- the tables the peer's records may write (NULL: those of this node's
+    -- publication), and whether its TRUNCATEs apply
+    tables             regclass[],
+    allow_truncate     boolean NOT NULL DEFAULT true,
     -- after a gap in the peer's topic: resynchronising from the peer's snapshot
     -- whose kafka_sync.lsn header is resync_lsn, first record at resync_from
     resync_lsn         pg_lsn,
@@ -488,6 +492,31 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()
 $$;
 
+-- The tables a subscription may write: named ones must be tables, not of
+-- kafka_sync; no list means this node's publication, so a database that is
+-- no node must name them.
+CREATE FUNCTION kafka_sync._check_sub_tables(tables regclass[], is_node boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad regclass;
+BEGIN
+    IF (tables IS NULL OR cardinality(tables) = 0) AND NOT is_node THEN
+        RAISE EXCEPTION 'this database is not a kafka_sync node: name the tables the subscription may write'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A subscription writes the tables of this node''s publication, or those it names.',
+                  HINT = 'For example tables => ARRAY[''public.user_table'']::regclass[].';
+    END IF;
+    SELECT t INTO bad FROM unnest(tables) t JOIN pg_class c ON c.oid = t
+     WHERE c.relkind NOT IN ('r', 'p') OR c.relnamespace IN ('kafka_sync'::regnamespace, 'pg_catalog'::regnamespace)
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION '% cannot be written by a subscription', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Only tables outside pg_catalog and kafka_sync can be.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION kafka_sync._check_sub_tables(regclass[], boolean) FROM PUBLIC;
+
 CREATE FUNCTION kafka_sync.create_subscription(
     sub_name     text,
     peer_node    text,
@@ -496,7 +525,9 @@ CREATE FUNCTION kafka_sync.create_subscription(
     start        text  DEFAULT 'earliest',
     on_error     text  DEFAULT 'pause',
     kafka_config jsonb DEFAULT '{}',
-    conflict_resolution text DEFAULT 'last_update_wins')
+    conflict_resolution text DEFAULT 'last_update_wins',
+    tables       regclass[] DEFAULT NULL,
+    allow_truncate boolean DEFAULT true)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -536,6 +567,10 @@ BEGIN
     END IF;
     PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
     PERFORM kafka_sync._check_kafka_config(kafka_config);
+    PERFORM kafka_sync._check_sub_tables(tables, local_node IS NOT NULL);
+    IF allow_truncate IS NULL THEN
+        RAISE EXCEPTION 'allow_truncate must not be null' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     -- Origins of databases dropped since (DROP DATABASE cannot drop them): each
     -- would hold one of the server's max_replication_slots replication states.
@@ -562,8 +597,9 @@ BEGIN
         PERFORM pg_replication_origin_create(origin);
     END IF;
     INSERT INTO kafka_sync.subscription (sub_name, peer_node, brokers, topic_prefix, start, on_error,
-                                         conflict_resolution, kafka_config, origin_name)
-    VALUES (sub_name, peer_node, brokers, topic_prefix, start, on_error, conflict_resolution, kafka_config, origin);
+                                         conflict_resolution, kafka_config, origin_name, tables, allow_truncate)
+    VALUES (sub_name, peer_node, brokers, topic_prefix, start, on_error, conflict_resolution, kafka_config, origin,
+            nullif(tables, '{}'), allow_truncate);
     PERFORM kafka_sync._notify_sidecar(sub_name);
     RETURN topic_prefix || '.' || peer_node;
 END $$;
@@ -666,7 +702,9 @@ END $$;
 CREATE FUNCTION kafka_sync.alter_subscription(
     sub_name            text,
     conflict_resolution text DEFAULT NULL,
-    on_error            text DEFAULT NULL)
+    on_error            text DEFAULT NULL,
+    tables              regclass[] DEFAULT NULL,  -- '{}': back to this node's publication
+    allow_truncate      boolean DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -678,9 +716,15 @@ BEGIN
     IF on_error IS NOT NULL THEN
         PERFORM kafka_sync._check_on_error(on_error);
     END IF;
+    IF tables IS NOT NULL THEN
+        PERFORM kafka_sync._check_sub_tables(tables, EXISTS (SELECT 1 FROM kafka_sync.node));
+    END IF;
     UPDATE kafka_sync.subscription x
        SET conflict_resolution = coalesce(alter_subscription.conflict_resolution, x.conflict_resolution),
-           on_error = coalesce(alter_subscription.on_error, x.on_error)
+           on_error = coalesce(alter_subscription.on_error, x.on_error),
+           tables = CASE WHEN alter_subscription.tables IS NULL THEN x.tables
+                         ELSE nullif(alter_subscription.tables, '{}') END,
+           allow_truncate = coalesce(alter_subscription.allow_truncate, x.allow_truncate)
      WHERE x.sub_name = s.sub_name;
     PERFORM kafka_sync._notify_sidecar(s.sub_name);
 END $$;
@@ -801,8 +845,9 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
      WHERE s.sub_name = report_progress.sub_name
 $$;
 
-REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION kafka_sync.alter_subscription(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb, text, regclass[], boolean)
+    FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.alter_subscription(text, text, text, regclass[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.create_mesh_subscriptions(text[], text, text, text, text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE kafka_sync.apply_transactions(text, int8[], bytea[], bytea[], bytea[], bigint, bigint, bigint)
     FROM PUBLIC;

@@ -224,6 +224,66 @@ SELECT tableoid::regclass AS part, * FROM part_t ORDER BY id;
 SELECT * FROM user_table WHERE user_id = 'p5';
 ALTER TABLE user_table DROP COLUMN joined;
 
+-- a subscription writes only its tables: by default those of this node's
+-- publication (FOR ALL TABLES here), or those it names; TRUNCATE only when allowed
+SELECT kafka_sync.alter_subscription('from_chat2', tables => ARRAY['user_table']::regclass[], allow_truncate => false);
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{40}', '{NULL}',
+    ARRAY[ev('c', 'balances', NULL, '{"account": 99, "amount": 1}')], ARRAY[hdrs('0/1100', 1)], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{40}', '{NULL}',
+    ARRAY[ev('t', 'user_table', NULL, NULL)], ARRAY[hdrs('0/1100', 1)], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset FROM kafka_sync.apply_chunk('from_chat2', '{40}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "named"}')], ARRAY[hdrs('0/1100', 1)], true);
+COMMIT;
+SELECT kafka_sync.alter_subscription('from_chat2', tables => ARRAY['kafka_sync.node']::regclass[]);
+SELECT kafka_sync.alter_subscription('from_chat2', tables => '{}', allow_truncate => true);
+SELECT tables, allow_truncate FROM kafka_sync.subscription;
+CREATE TABLE not_published (id int PRIMARY KEY);
+ALTER PUBLICATION kafka_sync RENAME TO kafka_sync_all;
+CREATE PUBLICATION kafka_sync FOR TABLE user_table;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{41}', '{NULL}',
+    ARRAY[ev('c', 'not_published', NULL, '{"id": 1}')], ARRAY[hdrs('0/1200', 1)], true);
+ROLLBACK;
+DROP PUBLICATION kafka_sync;
+ALTER PUBLICATION kafka_sync_all RENAME TO kafka_sync;
+DROP TABLE not_published;
+
+-- a peer topic's metadata is checked like its data: the origin must be the
+-- peer, times plausible, and the LSN may not leap past everything to come
+CREATE FUNCTION hdrs_at(lsn text, commit_ms text) RETURNS bytea LANGUAGE sql AS $$
+    SELECT int4send(14) || 'kafka_sync.lsn'::bytea || int4send(octet_length(lsn)) || convert_to(lsn, 'UTF8')
+        || int4send(17) || 'kafka_sync.origin'::bytea || int4send(5) || 'chat2'::bytea
+        || int4send(20) || 'kafka_sync.commit_ts'::bytea || int4send(octet_length(commit_ms)) || convert_to(commit_ms, 'UTF8')
+        || int4send(18) || 'kafka_sync.txn_end'::bytea || int4send(1) || '1'::bytea
+$$;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs('0/1300', 1, 'chat3')], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}', 'chat3')], ARRAY[hdrs('0/1300', 1)], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs_at('0/1300', '4102444800000')], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs_at('0/1300', '-922337203685477')], true);
+ROLLBACK;
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs('FFFFFFFF/FFFFFFFF', 1)], true);
+ROLLBACK;
+SELECT count(*) AS forged_rows FROM user_table WHERE user_id = 'forged';
+DROP FUNCTION hdrs_at;
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 

@@ -48,4 +48,12 @@ SELECT kafka_sync.drop_subscription('from_chat2');
 SELECT kafka_sync.drop_subscription('from_chat3');
 SELECT replace(roname, kafka_sync._origin_name(''), 'kafka_sync_<db>_') AS roname FROM pg_replication_origin ORDER BY roname;
 SELECT kafka_sync.drop_node();
+-- a database that is no node names the tables its subscriptions write
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1');
+CREATE TABLE only_this (id int PRIMARY KEY);
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['pg_class']::regclass[]);
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[]);
+SELECT sub_name, tables, allow_truncate FROM kafka_sync.subscription;
+SELECT kafka_sync.drop_subscription('from_chat2');
+DROP TABLE only_this;
 DROP PUBLICATION kafka_sync;

@@ -32,6 +32,14 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "catalog/dependency.h"
+#include "catalog/partition.h"
+#include "catalog/pg_publication.h"
+#include "commands/extension.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -53,6 +61,11 @@ struct Subscription {
     int64 skip_offset;  /* resumed past this failed record; -1: none */
     ConflictStrategy strategy;
     XLogRecPtr resync_lsn; /* resynchronising from the peer's snapshot with this lsn header; 0: not */
+    /* the tables it may write: these (sorted), or, when ntables < 0, those of the node's publication */
+    Oid *tables;
+    int ntables;
+    char *publication; /* the node's; NULL when this database is no node */
+    bool allow_truncate;
 };
 
 /* One record of the chunk, and what applying it found. */
@@ -81,6 +94,7 @@ struct ApplyContext {
     int64 max_lsn_commit_ms;
     int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
     RepOriginId row_origin; /* snapshot rows: the origin of their last writer, when known here */
+    Oid allowed_relid;      /* the table last found writable by this subscription, in this call */
     const ChunkRecord *current;
     /* the current record, once decoded (NULL: skipped) */
     kafka_sync::DecodedHeaders *headers;
@@ -123,7 +137,8 @@ Subscription *load_subscription(const char *name) {
          */
         plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
                     "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
-                    "s.conflict_resolution, coalesce(s.resync_lsn, '0/0') "
+                    "s.conflict_resolution, coalesce(s.resync_lsn, '0/0'), s.tables::oid[], s.allow_truncate, "
+                    "(SELECT n.publication FROM kafka_sync.node n) "
                     "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
                     1, types);
     }
@@ -147,6 +162,19 @@ Subscription *load_subscription(const char *name) {
     sub->strategy = conflict_strategy_from_name(text_col(0, 8));
     bool isnull;
     sub->resync_lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull));
+    Datum tables = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10, &isnull);
+    sub->ntables = -1;
+    if (!isnull) {
+        Datum *elems;
+        bool *nulls;
+        deconstruct_array(DatumGetArrayTypeP(tables), OIDOID, sizeof(Oid), true, TYPALIGN_INT, &elems, &nulls,
+                          &sub->ntables);
+        sub->tables = static_cast<Oid *>(palloc(sizeof(Oid) * Max(sub->ntables, 1)));
+        for (int i = 0; i < sub->ntables; i++)
+            sub->tables[i] = nulls[i] ? InvalidOid : DatumGetObjectId(elems[i]);
+    }
+    sub->allow_truncate = strcmp(text_col(0, 11), "t") == 0;
+    sub->publication = text_col(0, 12);
     return sub;
 }
 
@@ -189,7 +217,24 @@ void use_origin(const Subscription *sub) {
     }
     /* no origin set up now: if the setup below fails, the abort must not put one back */
     session_origin = InvalidRepOriginId;
-    replorigin_session_setup(id);
+    /*
+     * A session that has just ended (the sidecar reconnected, or drop and
+     * create went fast) releases the origin as it exits: wait for that a
+     * little (PostgreSQL 15 has no way to take it over).
+     */
+    const TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
+    for (;;) {
+        ErrorData *edata = kafka_sync::run_in_subtransaction(
+            [](void *arg) { replorigin_session_setup(*static_cast<RepOriginId *>(arg)); }, &id);
+        if (!edata)
+            break;
+        if (edata->sqlerrcode != ERRCODE_OBJECT_IN_USE || GetCurrentTimestamp() > deadline)
+            ReThrowError(edata);
+        FreeErrorData(edata);
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20, PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+        CHECK_FOR_INTERRUPTS();
+    }
     replorigin_session_origin = id;
     session_origin = id;
 }
@@ -232,6 +277,52 @@ int64 snapshot_row_time(const kafka_sync::DecodedRecord *rec) {
 void note_transaction_end(ApplyContext *ctx, const kafka_sync::DecodedHeaders *headers) {
     if (headers->has_lsn && headers->has_txn_end && headers->lsn > ctx->completed_lsn)
         ctx->completed_lsn = headers->lsn;
+}
+
+/* A time of a record (unix ms) that conflict resolution may compare: from 2000 to now + the allowed skew. */
+void check_record_time(const char *what, int64 ms) {
+    constexpr int64 kYear2000Ms = INT64CONST(946684800000);
+    const int64 now_ms = (GetCurrentTimestamp() / 1000) + kPostgresEpochUnixMs;
+    const int64 latest = now_ms + (int64)apply_max_clock_skew_s * 1000;
+    if (ms < kYear2000Ms || ms > latest)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("the record's %s (" INT64_FORMAT " ms since 1970) is not plausible", what, ms),
+                        errdetail("Record times must lie between 2000 and now plus kafka_sync.max_clock_skew (%d s): "
+                                  "a time in the future would win every conflict.",
+                                  apply_max_clock_skew_s),
+                        errhint("Check the clock of the peer's server, or raise kafka_sync.max_clock_skew.")));
+}
+
+/*
+ * A peer's topic is untrusted input: its metadata is checked like its data.
+ * A kafka_sync record names its origin, which must be the peer; its times
+ * must be plausible; its LSN may not leap past everything to come (every
+ * later genuine record would be skipped as applied before).
+ */
+void check_metadata(const ApplyContext *ctx, const kafka_sync::DecodedHeaders *headers,
+                    const kafka_sync::DecodedRecord *rec) {
+    const char *peer = ctx->sub->peer;
+    if (!headers->origin.empty()) {
+        if (headers->origin != peer || (rec->origin && strcmp(rec->origin, peer) != 0))
+            ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                            errmsg("a record of origin \"%s\" is on the topic of node %s",
+                                   headers->origin != peer ? headers->origin.c_str() : rec->origin, peer),
+                            errdetail("A node's topic carries only the changes made at that node.")));
+    }
+    if (headers->has_commit_ts)
+        check_record_time("commit time", headers->commit_ts_ms);
+    if (rec->op == 'r' && rec->has_row_ts)
+        check_record_time("row time (source.row_ts_ms)", rec->row_ts_ms);
+    if (headers->has_lsn && ctx->progress != InvalidXLogRecPtr && apply_max_lsn_jump_mb > 0 &&
+        headers->lsn > ctx->progress && headers->lsn - ctx->progress > (uint64)apply_max_lsn_jump_mb * 1024 * 1024)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("the record's LSN %X/%X is more than kafka_sync.max_lsn_jump (%d MB) past what "
+                               "subscription %s applied (%X/%X)",
+                               (uint32)(headers->lsn >> 32), (uint32)headers->lsn, apply_max_lsn_jump_mb,
+                               ctx->sub->name, (uint32)(ctx->progress >> 32), (uint32)ctx->progress),
+                        errdetail("Applied, it would make every later record of the peer look applied already."),
+                        errhint("If the peer really wrote that much WAL in between, raise kafka_sync.max_lsn_jump "
+                                "and resume the subscription.")));
 }
 
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
@@ -280,6 +371,7 @@ void decode_record(ApplyContext *ctx) {
                         errmsg("the record originated at this node (%s) and is not applied again",
                                ctx->sub->local_node)));
 
+    check_metadata(ctx, headers, rec);
     ctx->current_op = rec->op;
     ctx->rec = rec;
 }
@@ -299,6 +391,78 @@ void serialize_apply() {
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b61666b, 0x6170706c, 2);
     (void)LockAcquire(&tag, ExclusiveLock, false, false);
     held_in = lock_stamp();
+}
+
+bool listed_table(const Subscription *sub, Oid relid) {
+    for (int i = 0; i < sub->ntables; i++)
+        if (sub->tables[i] == relid)
+            return true;
+    return false;
+}
+
+/* Whether publication pub holds relid itself, as a member of its schema, or as one of all tables. */
+bool in_publication(const Publication *pub, Oid relid) {
+    if (pub->alltables)
+        return true;
+    return list_member_oid(GetRelationPublications(relid), pub->oid) ||
+           list_member_oid(GetSchemaPublications(get_rel_namespace(relid)), pub->oid);
+}
+
+/*
+ * The subscription may write relid: it names it (or a partitioned table it
+ * is a partition of), or, naming none, relid is in this node's publication
+ * (FOR ALL TABLES: except tables of extensions, which must be named).
+ * Raises ERROR otherwise: the record is a dead letter, or pauses the
+ * subscription, per on_error.
+ */
+void check_target_allowed(ApplyContext *ctx, Oid relid) {
+    if (relid == ctx->allowed_relid)
+        return;
+    const Subscription *sub = ctx->sub;
+    List *ancestors = get_rel_relispartition(relid) ? get_partition_ancestors(relid) : NIL;
+    bool allowed = false;
+    if (sub->ntables >= 0) {
+        allowed = listed_table(sub, relid);
+        ListCell *lc;
+        foreach (lc, ancestors)
+            allowed = allowed || listed_table(sub, lfirst_oid(lc));
+    } else if (sub->publication) {
+        Publication *pub = GetPublicationByName(sub->publication, true);
+        if (pub) {
+            allowed = in_publication(pub, relid);
+            ListCell *lc;
+            foreach (lc, ancestors)
+                allowed = allowed || in_publication(pub, lfirst_oid(lc));
+            if (allowed && pub->alltables && OidIsValid(getExtensionOfObject(RelationRelationId, relid)))
+                ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                                errmsg("subscription %s may not write table %s, a table of extension %s", sub->name,
+                                       current_table(ctx),
+                                       get_extension_name(getExtensionOfObject(RelationRelationId, relid))),
+                                errdetail("Publication %s is FOR ALL TABLES; an extension's tables are written only "
+                                          "when the subscription names them.",
+                                          sub->publication),
+                                errhint("Name the tables: kafka_sync.alter_subscription('%s', tables => ...).",
+                                        sub->name)));
+        }
+    }
+    if (!allowed) {
+        if (sub->ntables >= 0)
+            ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                            errmsg("subscription %s may not write table %s", sub->name, current_table(ctx)),
+                            errdetail("The table is not among those the subscription names."),
+                            errhint("Add it: kafka_sync.alter_subscription('%s', tables => ...).", sub->name)));
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("subscription %s may not write table %s", sub->name, current_table(ctx)),
+                        sub->publication
+                            ? errdetail("The table is not in publication %s of this node, the tables a subscription "
+                                        "writes unless it names others.",
+                                        sub->publication)
+                            : errdetail("This database is no kafka_sync node and the subscription names no tables."),
+                        errhint("Add the table to the publication, or name the tables the subscription writes: "
+                                "kafka_sync.alter_subscription('%s', tables => ...).",
+                                sub->name)));
+    }
+    ctx->allowed_relid = relid;
 }
 
 /* Applies the decoded ctx->rec; raises ERROR when it cannot. */
@@ -335,6 +499,12 @@ void apply_decoded(ApplyContext *ctx) {
         remote.version.ts = unix_ms_to_timestamptz(headers->commit_ts_ms);
     }
     Oid relid = apply_target_relid(rec->schema, rec->table);
+    check_target_allowed(ctx, relid);
+    if (rec->op == 't' && !ctx->sub->allow_truncate)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("subscription %s does not apply TRUNCATE (of %s)", ctx->sub->name, current_table(ctx)),
+                        errhint("Allow it with kafka_sync.alter_subscription('%s', allow_truncate => true).",
+                                ctx->sub->name)));
     /* a copy the worker published again (it restarted half-way) has a higher lsn header */
     const bool resync_row = rec->op == 'r' && ctx->sub->resync_lsn != InvalidXLogRecPtr && headers->has_lsn &&
                             headers->lsn >= ctx->sub->resync_lsn;

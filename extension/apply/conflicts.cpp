@@ -324,7 +324,22 @@ void prune_tombstones_if_due() {
         elog(ERROR, "kafka_sync could not prune kafka_sync.tombstones");
 }
 
+int apply_max_clock_skew_s = 300;
+int apply_max_lsn_jump_mb = 1024 * 1024;
+
 void conflict_define_settings() {
+    DefineCustomIntVariable("kafka_sync.max_clock_skew",
+                            "How far in the future a peer's record time may lie.",
+                            "A record whose commit time is later than now plus this is refused (a dead letter, or "
+                            "the subscription pauses): it would win every conflict.",
+                            &apply_max_clock_skew_s, 300, 0, 30 * 24 * 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr,
+                            nullptr, nullptr);
+    DefineCustomIntVariable("kafka_sync.max_lsn_jump",
+                            "How far past what a subscription applied a peer's next record LSN may lie (0: no limit).",
+                            "A record beyond it is refused: applied, it would make every later record of the peer "
+                            "look applied already.",
+                            &apply_max_lsn_jump_mb, 1024 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr,
+                            nullptr);
     DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
                             "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
                             "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",

@@ -78,6 +78,10 @@ bool tombstones_exist(Oid relid);
 /* Records (or renews) a tombstone written by the current transaction. */
 void write_tombstone(Oid relid, bytea *key);
 
+/* kafka_sync.max_clock_skew (s) and kafka_sync.max_lsn_jump (MB): what a peer's record metadata may claim. */
+extern int apply_max_clock_skew_s;
+extern int apply_max_lsn_jump_mb;
+
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */
 void prune_tombstones_if_due();
 

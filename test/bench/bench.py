@@ -318,7 +318,8 @@ class ApplyBench:
                 "kafka_config => %s)", (self.kafka.bootstrap, prefix, json.dumps(node_config or {})), dbname=db)
         wait_until(lambda: src.sql("SELECT state FROM kafka_sync.node_status", dbname=db)[0][0]
                    == "streaming", 60, "source node streaming", 0.1)
-        dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s)",
+        dst.sql("SELECT kafka_sync.create_subscription('from_src', 'src', %s, topic_prefix => %s, "
+                "tables => ARRAY['bench_t']::regclass[])",
                 (self.kafka.bootstrap, prefix), dbname=db)
         return Sidecar(dst.dsn(db), dst.dir / "sidecar.log").start()
 

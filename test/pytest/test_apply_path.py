@@ -324,8 +324,8 @@ def test_a_large_source_transaction_is_applied_whole_in_one_local_transaction_wi
         chat1.sql("CREATE EXTENSION kafka_sync")
         chat1.sql(USERS)
         kafka.create_topic(f"{prefix}.ghost")
-        chat1.sql("SELECT kafka_sync.create_subscription('from_ghost', 'ghost', %s, topic_prefix => %s)",
-                  (kafka.bootstrap, prefix))
+        chat1.sql("SELECT kafka_sync.create_subscription('from_ghost', 'ghost', %s, topic_prefix => %s, "
+                  "tables => ARRAY['user_table']::regclass[])", (kafka.bootstrap, prefix))
         chat1.sidecar.start()
         p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 20})
         for i in range(1, n + 1):

@@ -15,7 +15,9 @@ import time
 
 import pytest
 
-FAR_FUTURE_MS = 4102444800000  # 2100-01-01: the remote change is the newer one
+def future_ms():
+    """A minute from now: the remote change is the newer one, within kafka_sync.max_clock_skew."""
+    return int((time.time() + 60) * 1000)
 
 SETUP = """
 CREATE EXTENSION kafka_sync;
@@ -47,7 +49,11 @@ def db(pg_running):
         if stmt.strip():
             pg_running.sql(stmt, dbname=name)
     # the sidecar is not running: the subscription only has to be enabled
-    return pg_running, name
+    yield pg_running, name
+    # node 'here' has a replication slot of this server: drop it for the next test
+    for (sub,) in pg_running.sql("SELECT sub_name FROM kafka_sync.subscription", dbname=name):
+        pg_running.sql("SELECT kafka_sync.drop_subscription(%s)", (sub,), dbname=name)
+    pg_running.sql("SELECT kafka_sync.drop_node()", dbname=name)
 
 
 class RemoteApply(threading.Thread):
@@ -71,7 +77,7 @@ class RemoteApply(threading.Thread):
             cur.execute("SELECT applied, conflicts, failed_error FROM kafka_sync.apply_chunk(%s, "
                         "ARRAY[%s::int8], ARRAY[NULL::bytea], ARRAY[ev(%s, %s::jsonb, %s::jsonb, %s)], "
                         "ARRAY[hdrs(%s, %s, %s)], false)",
-                        ("from_" + peer, offset, op, before, after, peer, lsn, FAR_FUTURE_MS, peer))
+                        ("from_" + peer, offset, op, before, after, peer, lsn, future_ms(), peer))
             self.result = cur.fetchone()
             cur.execute("COMMIT")
         except Exception as e:  # noqa: BLE001 - reported by the test
@@ -179,7 +185,7 @@ def test_apply_sessions_of_a_database_take_turns_in_every_transaction(db):
     for offset, lsn, key in ((0, "0/100", 20), (1, "0/200", 21)):
         cur.execute("SELECT applied FROM kafka_sync.apply_chunk('from_peer', ARRAY[%s::int8], ARRAY[NULL::bytea], "
                     "ARRAY[ev('c', NULL, %s::jsonb)], ARRAY[hdrs(%s, %s)], false)",
-                    (offset, f'{{"id": {key}, "v": "first"}}', lsn, FAR_FUTURE_MS))
+                    (offset, f'{{"id": {key}, "v": "first"}}', lsn, future_ms()))
         assert cur.fetchone() == (1,)
         if offset == 0:
             first.commit()  # the second transaction must take the turn again

@@ -35,7 +35,9 @@ def origin_progress(node, peer):
 
 
 def subscribe(node, peer):
-    node.sql("SELECT kafka_sync.create_subscription('from_peer', %s, %s, topic_prefix => %s)",
+    # a database that is no node names the tables it takes
+    tables = "" if node.created else ", tables => ARRAY['user_table']::regclass[]"
+    node.sql(f"SELECT kafka_sync.create_subscription('from_peer', %s, %s, topic_prefix => %s{tables})",
              (peer.name, peer.kafka.bootstrap, peer.prefix))
 
 

@@ -83,7 +83,8 @@ def test_a_broker_password_given_by_file_is_in_no_sql_text_table_view_or_log_and
 
     # a subscriber in another database reads the topic with the same file
     sub = node_factory(kafka_cluster=kafka)
-    sub.sql("SELECT kafka_sync.create_subscription('from_n', %s, %s, topic_prefix => %s, kafka_config => %s)",
+    sub.sql("SELECT kafka_sync.create_subscription('from_n', %s, %s, topic_prefix => %s, kafka_config => %s, "
+            "tables => ARRAY['user_table']::regclass[])",
             (node.name, kafka.sasl_bootstrap, node.prefix, json.dumps(config)))
     log = tempfile.NamedTemporaryFile(prefix="sidecar_secrets_", suffix=".log", delete=False)
     log.close()
