@@ -764,11 +764,11 @@ END $$;
 -- For the sidecar: what to run, and from where.
 CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
-    OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint)
+    OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text)
 RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
-           s.kafka_config, s.next_offset
+           s.kafka_config, s.next_offset, current_setting('kafka_sync.allowed_kafka_properties', true)
       FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
 $$;
 

@@ -15,7 +15,8 @@ constexpr uint32_t kTextOid = 25;
 constexpr uint32_t kBoolOid = 16;
 
 const char *kSubscriptionsSql =
-    "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset "
+    "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset, "
+    "coalesce(allowed_kafka_properties, '') "
     "FROM kafka_sync.sidecar_subscriptions()";
 
 int64_t int_column(PGresult *res, int row, int col) {
@@ -297,6 +298,7 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
             s.kafka_config = text_column(res, i, 6);
             if (!PQgetisnull(res, i, 7))
                 s.next_offset = int_column(res, i, 7);
+            s.allowed_kafka_properties = text_column(res, i, 8);
             out.push_back(std::move(s));
         }
     }

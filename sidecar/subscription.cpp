@@ -2,6 +2,7 @@
 // subscription.hpp).
 #include "subscription.hpp"
 
+#include "common/kafka_properties.hpp"
 #include "common/secrets_file.hpp"
 
 #include <jansson.h>
@@ -130,6 +131,14 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
             return false;
         for (auto &[k, v] : secrets)
             out.push_back({k, v, true, true}); // every value of the file is a secret
+    }
+    // the same refusal as the extension's, before librdkafka sees them (plugin.library.paths loads code when set)
+    for (const ConsumerProperty &p : out) {
+        std::string hint;
+        if (p.from_kafka_config && kafka_sync::kafka_property_refused(p.name, sub.allowed_kafka_properties, error, hint)) {
+            error += ". " + hint;
+            return false;
+        }
     }
 
     out.push_back({"bootstrap.servers", sub.brokers});

@@ -23,6 +23,8 @@ struct SubscriptionConfig {
     std::string on_error;     // 'pause' or 'skip'
     std::string kafka_config; // JSON object; may hold secrets: never log it
     std::optional<int64_t> next_offset;
+    // The server's kafka_sync.allowed_kafka_properties (extension/common/kafka_properties.hpp).
+    std::string allowed_kafka_properties;
     // A hash of its secrets file's content as last read (note_secrets_file).
     size_t secrets_file_hash = 0;
 
@@ -31,7 +33,7 @@ struct SubscriptionConfig {
     bool same_settings(const SubscriptionConfig &other) const {
         return name == other.name && peer == other.peer && brokers == other.brokers && topic == other.topic &&
                start == other.start && on_error == other.on_error && kafka_config == other.kafka_config &&
-               secrets_file_hash == other.secrets_file_hash;
+               secrets_file_hash == other.secrets_file_hash && allowed_kafka_properties == other.allowed_kafka_properties;
     }
 };
 

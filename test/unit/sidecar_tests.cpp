@@ -493,6 +493,24 @@ void consumer_properties_apply_kafka_config_but_keep_the_guarantees() {
     CHECK(!consumer_properties(s, props, error));
 }
 
+void properties_that_load_code_or_run_commands_need_the_operators_allowance() {
+    SubscriptionConfig s;
+    s.name = "from_chat2";
+    s.brokers = "k1:9092";
+    std::vector<ConsumerProperty> props;
+    std::string error;
+    for (const char *key : {"plugin.library.paths", "sasl.kerberos.kinit.cmd", "ssl.engine.location", "ssl.providers",
+                            "internal.termination.signal", "ssl.engine.id"}) {
+        s.kafka_config = std::string(R"({")") + key + R"(": "x"})";
+        s.allowed_kafka_properties = "";
+        CHECK(!consumer_properties(s, props, error));
+        CHECK(error.find(key) != std::string::npos && error.find("allowed_kafka_properties") != std::string::npos);
+        s.allowed_kafka_properties = std::string("ssl.ca.location, ") + key;
+        CHECK(consumer_properties(s, props, error));
+        CHECK_EQ(property(props, key), "x");
+    }
+}
+
 void start_offset_comes_from_the_database_first() {
     SubscriptionConfig s;
     int64_t offset = 0;
@@ -654,6 +672,7 @@ int main() {
     int8_array_has_postgres_binary_layout();
     bytea_array_has_postgres_binary_layout();
     consumer_properties_apply_kafka_config_but_keep_the_guarantees();
+    properties_that_load_code_or_run_commands_need_the_operators_allowance();
     start_offset_comes_from_the_database_first();
     statistics_tell_whether_the_partition_leader_is_connected();
     every_libpq_secret_in_a_keyword_connection_string_is_masked();
