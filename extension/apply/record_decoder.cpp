@@ -5,9 +5,11 @@
 
 #include <jansson.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <string_view>
 #include <system_error>
@@ -17,22 +19,164 @@ namespace kafka_sync {
 namespace {
 
 constexpr size_t kMaxIdentifier = 63; // NAMEDATALEN - 1
+// How much of a record is read between two interrupt checks: a few
+// milliseconds' work at most, and no check at all for an ordinary record.
+constexpr size_t kInterruptCheckBytes = 64 * 1024;
 
+// Text as PostgreSQL accepts it (pg_verify_mbstr: pg_utf8_islegal, and no
+// NUL): each character in its shortest form, no surrogate (U+D800-DFFF),
+// nothing beyond U+10FFFF. PostgreSQL's input functions do not check the
+// encoding again: what passes here reaches a table as it is. jansson holds the
+// strings it parses to the same rule (and refuses \u0000); the plain reader's
+// strings and header values are raw bytes.
 bool valid_utf8(const char *s, size_t len) {
-    // jansson validates strings it parses; header values are raw bytes.
+    const auto *p = reinterpret_cast<const unsigned char *>(s);
     size_t i = 0;
     while (i < len) {
-        unsigned char c = static_cast<unsigned char>(s[i]);
-        size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-        if (n == 0 || i + n > len || c == 0)
+        const unsigned char c = p[i];
+        if (c < 0x80) {
+            if (c == 0)
+                return false;
+            i++;
+            continue;
+        }
+        // the length a lead byte announces, and the range of the byte after it
+        size_t n;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 3;
+            lo = c == 0xe0 ? 0xa0 : lo; // shorter forms are overlong
+            hi = c == 0xed ? 0x9f : hi; // ED A0-BF are surrogates
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 4;
+            lo = c == 0xf0 ? 0x90 : lo; // overlong
+            hi = c == 0xf4 ? 0x8f : hi; // F4 90 and above: beyond U+10FFFF
+        } else {
+            return false; // a continuation byte, C0/C1 (overlong ASCII), F5-FF (beyond U+10FFFF)
+        }
+        if (len - i < n || p[i + 1] < lo || p[i + 1] > hi)
             return false;
-        for (size_t k = 1; k < n; k++)
-            if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2)
+        for (size_t k = 2; k < n; k++)
+            if ((p[i + k] & 0xc0) != 0x80)
                 return false;
         i += n;
     }
     return true;
 }
+
+// What the interrupt check threw, carried out of the decoder's frames as
+// itself, past the catch-alls that turn anything else into a bad record.
+struct Interrupted {
+    std::exception_ptr cause;
+};
+
+// Runs the interrupt check once another kInterruptCheckBytes of the record
+// were read (so a small record never runs it).
+class InterruptPoller {
+  public:
+    explicit InterruptPoller(RecordDecoder::InterruptCheck check) : check_(check) {}
+    void read(size_t bytes) {
+        unchecked_ += bytes;
+        if (unchecked_ < kInterruptCheckBytes || !check_)
+            return;
+        unchecked_ = 0;
+        try {
+            check_();
+        } catch (...) {
+            throw Interrupted{std::current_exception()};
+        }
+    }
+
+  private:
+    RecordDecoder::InterruptCheck check_;
+    size_t unchecked_ = 0;
+};
+
+// The record's limits checked on its text in one pass that stops at the
+// first excess, before jansson builds a tree of it (which takes some 0.3 s
+// for 400,000 members); false with error set. Invalid JSON is jansson's to
+// report.
+bool within_json_limits(const char *data, size_t len, InterruptPoller &poller, std::string &error) {
+    size_t members[kMaxNestingDepth + 1]; // of each open object so far (an empty one counts one)
+    bool is_object[kMaxNestingDepth + 1];
+    size_t depth = 0;
+    size_t values = 1; // at least as many as there are: the root, one per container and comma
+    bool in_string = false;
+    size_t polled = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (i - polled >= kInterruptCheckBytes) {
+            poller.read(i - polled);
+            polled = i;
+        }
+        const char c = data[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+            continue;
+        }
+        if (c == '}' || c == ']') {
+            depth -= depth > 0;
+            continue;
+        }
+        if (c != '{' && c != '[' && c != ',')
+            continue;
+        if (++values > kMaxJsonValues) {
+            error = "the record value holds more than " + std::to_string(kMaxJsonValues) +
+                    " JSON values (members and array elements), the most kafka_sync decodes";
+            return false;
+        }
+        if (c == ',') {
+            if (depth > 0 && is_object[depth] && ++members[depth] > kMaxObjectMembers) {
+                error = "an object in the record value has more than " + std::to_string(kMaxObjectMembers) +
+                        " members, the most kafka_sync accepts (a PostgreSQL table has at most 1600 columns)";
+                return false;
+            }
+        } else if (++depth > kMaxNestingDepth) {
+            error = "the record value nests deeper than " + std::to_string(kMaxNestingDepth) +
+                    " levels, the most kafka_sync decodes (a change event is an envelope of flat rows)";
+            return false;
+        } else {
+            members[depth] = 1;
+            is_object[depth] = c == '{';
+        }
+    }
+    return true;
+}
+
+// The record as jansson reads it, through json_load_callback (byte for byte
+// what json_loadb reads, same errors), so that its parse can be interrupted
+// too: an interrupt ends the input early, jansson gives up, and the
+// interrupt is raised once jansson has returned (never thrown through it).
+struct JanssonInput {
+    JanssonInput(const char *d, size_t n, InterruptPoller &p) : data(d), len(n), poller(p) {}
+    const char *data;
+    size_t len;
+    InterruptPoller &poller;
+    size_t pos = 0;
+    std::exception_ptr interrupted;
+
+    static size_t read(void *buffer, size_t size, void *arg) {
+        auto *in = static_cast<JanssonInput *>(arg);
+        const size_t n = std::min(size, in->len - in->pos);
+        try {
+            in->poller.read(n);
+        } catch (const Interrupted &interrupted) {
+            in->interrupted = interrupted.cause;
+            return static_cast<size_t>(-1);
+        }
+        memcpy(buffer, in->data + in->pos, n);
+        in->pos += n;
+        return n;
+    }
+};
 
 std::string hex_of(const char *s, size_t len) {
     static const char digits[] = "0123456789abcdef";
@@ -60,7 +204,7 @@ const char *string_field(json_t *obj, const char *key) {
 // valid or not, makes it give up, and jansson decodes it instead.
 class PlainReader {
   public:
-    PlainReader(char *p, char *end) : p_(p), end_(end) {}
+    PlainReader(char *p, char *end, InterruptPoller &poller) : p_(p), end_(end), polled_(p), poller_(poller) {}
 
     enum class Kind { String, Integer, True, False, Null, Object, Other };
 
@@ -171,6 +315,11 @@ class PlainReader {
         return true;
     }
     void skip_word(Kind k) { p_ += k == Kind::False ? 5 : 4; }
+    // Counts what was read since the last call towards the interrupt check.
+    void poll() {
+        poller_.read(static_cast<size_t>(p_ - polled_));
+        polled_ = p_;
+    }
 
   private:
     template <size_t N>
@@ -191,26 +340,40 @@ class PlainReader {
     char *p_;
     char *end_;
     size_t last_length_ = 0;
+    char *polled_;
+    InterruptPoller &poller_;
 };
 
-bool is_duplicate(const std::vector<std::string_view> &seen, std::string_view key) {
-    for (std::string_view k : seen)
-        if (k == key)
-            return true;
-    return false;
-}
+// Duplicate member names make the plain reader give up (jansson reports
+// them). The first names of an object are searched name by name, the fastest
+// way for a row of a few columns; a wider object is checked once it ended, by
+// sorting: n log n, where searching each name was quadratic.
+constexpr size_t kNamesSearched = 32;
 
 // A member's name and its colon (r at the name's quote), added to keys;
-// false for a name seen before in the object (jansson reports those).
+// false for a duplicate among the first names, or beyond kMaxObjectMembers
+// (jansson reports that).
 bool read_member_name(PlainReader &r, std::vector<std::string_view> &keys, std::string_view &key) {
+    r.poll();
+    if (keys.size() == kMaxObjectMembers)
+        return false;
     const char *name = r.string();
-    if (!name)
+    if (!name || !r.eat(':'))
         return false;
     key = std::string_view(name, r.last_length());
-    if (is_duplicate(keys, key) || !r.eat(':'))
+    if (keys.size() < kNamesSearched && std::find(keys.begin(), keys.end(), key) != keys.end())
         return false;
     keys.push_back(key);
     return true;
+}
+
+// No name twice among an object's member names, once it ended (see
+// kNamesSearched). May leave keys sorted.
+bool distinct_names(std::vector<std::string_view> &keys) {
+    if (keys.size() <= kNamesSearched)
+        return true;
+    std::sort(keys.begin(), keys.end());
+    return std::adjacent_find(keys.begin(), keys.end()) == keys.end();
 }
 
 // A scalar value (r at it): its kind and its text (the string or integer
@@ -261,7 +424,7 @@ bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O ow
         if (!read_member_name(r, keys, key) || !read_scalar(r, own, kind, text) || !f(key, kind, text))
             return false;
     } while (r.eat(','));
-    return r.eat('}');
+    return r.eat('}') && distinct_names(keys);
 }
 
 bool plain_identifier(const char *s) { return s && *s && strlen(s) <= kMaxIdentifier; }
@@ -274,6 +437,7 @@ RecordDecoder::~RecordDecoder() {
 }
 
 bool RecordDecoder::read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error) {
+    InterruptPoller poller(interrupt_check_);
     const char *name;
     json_t *v;
     json_object_foreach(obj, name, v) {
@@ -297,6 +461,7 @@ bool RecordDecoder::read_row(json_t *obj, const char *which, std::vector<Decoded
             kept = text;
             free(text);
             out.push_back({name, kept.c_str()});
+            poller.read(kept.size()); // writing a large nested value out again takes time
         }
     }
     return true;
@@ -319,7 +484,8 @@ std::string &RecordDecoder::owned() {
 
 bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &out) {
     text_.assign(data, len);
-    PlainReader r(text_.data(), text_.data() + text_.size());
+    InterruptPoller poller(interrupt_check_);
+    PlainReader r(text_.data(), text_.data() + text_.size(), poller);
     if (!r.eat('{'))
         return false;
     std::vector<std::string_view> &keys = keys_;
@@ -386,7 +552,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
             if (!ok)
                 return false;
         } while (r.eat(','));
-        if (!r.eat('}'))
+        if (!r.eat('}') || !distinct_names(keys))
             return false;
     }
     if (!r.at_end())
@@ -407,82 +573,22 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
 }
 
 bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
-                                 bool plain_first) noexcept {
+                                 bool plain_first) {
     try {
         reset(out);
+        if (len > kMaxRecordValueBytes) {
+            error = "the record value is " + std::to_string(len) + " bytes, more than the " +
+                    std::to_string(kMaxRecordValueBytes >> 20) +
+                    " MB kafka_sync decodes (no row this large can be synced)";
+            return false;
+        }
         if (plain_first && decode_plain(data, len, out))
             return true;
         reset(out);
-        json_error_t jerr;
-        root_ = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-        if (!root_) {
-            error = std::string("the record value is not valid JSON: ") + jerr.text + " at byte " +
-                    std::to_string(jerr.position);
-            return false;
-        }
-        json_t *payload = root_;
-        if (json_is_object(root_) && json_object_get(root_, "payload") && json_object_get(root_, "schema"))
-            payload = json_object_get(root_, "payload");
-        if (!json_is_object(payload)) {
-            error = "the record value is not a change event (expected a JSON object)";
-            return false;
-        }
-        const char *op = string_field(payload, "op");
-        if (!op || strlen(op) != 1 || !strchr("cudrt", op[0])) {
-            error = "the record value has no valid \"op\" (one of c, u, d, r, t)";
-            return false;
-        }
-        out.op = op[0];
-        json_t *source = json_object_get(payload, "source");
-        if (!json_is_object(source)) {
-            error = "the record value has no \"source\" object";
-            return false;
-        }
-        out.schema = string_field(source, "schema");
-        out.table = string_field(source, "table");
-        if (!out.schema || !out.table || !*out.schema || !*out.table || strlen(out.schema) > kMaxIdentifier ||
-            strlen(out.table) > kMaxIdentifier) {
-            error = "the record's source has no valid \"schema\" and \"table\"";
-            return false;
-        }
-        out.origin = string_field(source, "origin");
-        if (!out.origin)
-            out.origin = string_field(source, "name");
-        // Snapshot rows carry their own version: when and where the row last changed.
-        json_t *row_ts = json_object_get(source, "row_ts_ms");
-        if (json_is_integer(row_ts)) {
-            out.has_row_ts = true;
-            out.row_ts_ms = json_integer_value(row_ts);
-        }
-        out.row_origin = string_field(source, "row_origin");
-        if (out.row_origin && (!*out.row_origin || strlen(out.row_origin) > kMaxIdentifier))
-            out.row_origin = nullptr;
-
-        json_t *before = json_object_get(payload, "before");
-        json_t *after = json_object_get(payload, "after");
-        if (before && !json_is_null(before) && !json_is_object(before)) {
-            error = "\"before\" is neither an object nor null";
-            return false;
-        }
-        if (after && !json_is_null(after) && !json_is_object(after)) {
-            error = "\"after\" is neither an object nor null";
-            return false;
-        }
-        out.has_before = json_is_object(before);
-        out.has_after = json_is_object(after);
-        if (out.has_before && !read_row(before, "before", out.before, error))
-            return false;
-        if (out.has_after && !read_row(after, "after", out.after, error))
-            return false;
-        if ((out.op == 'c' || out.op == 'r' || out.op == 'u') && !out.has_after) {
-            error = std::string("a \"") + out.op + "\" record needs an \"after\" row";
-            return false;
-        }
-        if (out.op == 'd' && !out.has_before) {
-            error = "a \"d\" record needs a \"before\" row";
-            return false;
-        }
-        return true;
+        return decode_tree(data, len, out, error);
+    } catch (const Interrupted &interrupted) {
+        reset(out);
+        std::rethrow_exception(interrupted.cause);
     } catch (const std::bad_alloc &) {
         error = "out of memory";
         return false;
@@ -490,6 +596,87 @@ bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &ou
         error = "could not decode the record";
         return false;
     }
+}
+
+// Any change event, through jansson's tree of it; the error of any record
+// that is none.
+bool RecordDecoder::decode_tree(const char *data, size_t len, DecodedRecord &out, std::string &error) {
+    InterruptPoller poller(interrupt_check_);
+    if (!within_json_limits(data, len, poller, error))
+        return false;
+    json_error_t jerr;
+    JanssonInput input(data, len, poller);
+    root_ = json_load_callback(JanssonInput::read, &input, JSON_REJECT_DUPLICATES, &jerr);
+    if (input.interrupted)
+        throw Interrupted{input.interrupted};
+    if (!root_) {
+        error = std::string("the record value is not valid JSON: ") + jerr.text + " at byte " +
+                std::to_string(jerr.position);
+        return false;
+    }
+    json_t *payload = root_;
+    if (json_is_object(root_) && json_object_get(root_, "payload") && json_object_get(root_, "schema"))
+        payload = json_object_get(root_, "payload");
+    if (!json_is_object(payload)) {
+        error = "the record value is not a change event (expected a JSON object)";
+        return false;
+    }
+    const char *op = string_field(payload, "op");
+    if (!op || strlen(op) != 1 || !strchr("cudrt", op[0])) {
+        error = "the record value has no valid \"op\" (one of c, u, d, r, t)";
+        return false;
+    }
+    out.op = op[0];
+    json_t *source = json_object_get(payload, "source");
+    if (!json_is_object(source)) {
+        error = "the record value has no \"source\" object";
+        return false;
+    }
+    out.schema = string_field(source, "schema");
+    out.table = string_field(source, "table");
+    if (!out.schema || !out.table || !*out.schema || !*out.table || strlen(out.schema) > kMaxIdentifier ||
+        strlen(out.table) > kMaxIdentifier) {
+        error = "the record's source has no valid \"schema\" and \"table\"";
+        return false;
+    }
+    out.origin = string_field(source, "origin");
+    if (!out.origin)
+        out.origin = string_field(source, "name");
+    // Snapshot rows carry their own version: when and where the row last changed.
+    json_t *row_ts = json_object_get(source, "row_ts_ms");
+    if (json_is_integer(row_ts)) {
+        out.has_row_ts = true;
+        out.row_ts_ms = json_integer_value(row_ts);
+    }
+    out.row_origin = string_field(source, "row_origin");
+    if (out.row_origin && (!*out.row_origin || strlen(out.row_origin) > kMaxIdentifier))
+        out.row_origin = nullptr;
+
+    json_t *before = json_object_get(payload, "before");
+    json_t *after = json_object_get(payload, "after");
+    if (before && !json_is_null(before) && !json_is_object(before)) {
+        error = "\"before\" is neither an object nor null";
+        return false;
+    }
+    if (after && !json_is_null(after) && !json_is_object(after)) {
+        error = "\"after\" is neither an object nor null";
+        return false;
+    }
+    out.has_before = json_is_object(before);
+    out.has_after = json_is_object(after);
+    if (out.has_before && !read_row(before, "before", out.before, error))
+        return false;
+    if (out.has_after && !read_row(after, "after", out.after, error))
+        return false;
+    if ((out.op == 'c' || out.op == 'r' || out.op == 'u') && !out.has_after) {
+        error = std::string("a \"") + out.op + "\" record needs an \"after\" row";
+        return false;
+    }
+    if (out.op == 'd' && !out.has_before) {
+        error = "a \"d\" record needs a \"before\" row";
+        return false;
+    }
+    return true;
 }
 
 // A decimal integer as the producer writes it: an optional '-' and 1 to 18 digits.

@@ -2,10 +2,11 @@
 // side. Pure C++ with jansson, no PostgreSQL headers, unit-tested.
 //
 // Input is whatever a peer topic holds, including hostile bytes: every
-// failure is a returned error message, never an exception escaping, never a
-// crash. The decoded strings point into the decoder's own storage, so the
-// decoder must outlive their use (the apply side ties its lifetime to a
-// PostgreSQL memory context).
+// failure is a returned error message, never an exception escaping (but a
+// cancel, see set_interrupt_check), never a crash; a record beyond the limits
+// below is refused at a cost linear in its size. The decoded strings point
+// into the decoder's own storage, so the decoder must outlive their use (the
+// apply side ties its lifetime to a PostgreSQL memory context).
 #pragma once
 
 #include <cstddef>
@@ -18,6 +19,27 @@
 typedef struct json_t json_t;
 
 namespace kafka_sync {
+
+// What a record value may be. Beyond these it is refused with a message that
+// names the limit (a dead letter, or a pause, per the subscription's on_error),
+// so a hostile peer topic costs at most a bounded, cancellable decode.
+//
+// Its size: twice the largest value the sidecar receives with its own
+// defaults (receive.message.max.bytes, 128 MB), so nothing that arrives is
+// refused, while the decoder's copy of a record stays bounded.
+constexpr size_t kMaxRecordValueBytes = size_t(256) << 20;
+// Members of any object of a record: a row has at most the 1600 columns of a
+// PostgreSQL table (MaxHeapAttributeNumber), and no other object of a change
+// event comes close (a foreign producer's nested JSON value is held to it too).
+constexpr size_t kMaxObjectMembers = 1600;
+// Nesting: a change event is an envelope of flat rows, three levels deep and
+// a few more with the Connect schema or a foreign producer's nested value.
+constexpr size_t kMaxNestingDepth = 64;
+// JSON values (members and array elements) in a record that jansson reads:
+// its tree costs some 60 bytes and 0.1 to 0.4 us a value. A million keeps
+// that to some 64 MB and 0.4 s (256 MB of "0," would be gigabytes and
+// seconds), far above a row of scalars.
+constexpr size_t kMaxJsonValues = size_t(1) << 20;
 
 struct DecodedColumn {
     const char *name;
@@ -79,14 +101,24 @@ class RecordDecoder {
     // decoder serves record after record: each call resets out and ends the
     // previous record's strings.
     // plain_first false: jansson alone (the tests compare both readers).
+    // Throws nothing but what the interrupt check throws.
     bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
-                      bool plain_first = true) noexcept;
+                      bool plain_first = true);
+
+    // Called while a record decodes, about every 64 KB of it (never for a
+    // small record), so that a long decode can be cancelled: the apply side
+    // runs CHECK_FOR_INTERRUPTS there (through pg_call). What it throws
+    // leaves decode_value as thrown, the record abandoned; a cancel never
+    // becomes a bad record.
+    using InterruptCheck = void (*)();
+    void set_interrupt_check(InterruptCheck check) { interrupt_check_ = check; }
 
   private:
     // The common case, a kafka_sync record of scalars, parsed in place
     // (no tree, no allocation per value); false for anything else, which jansson then decodes
     // (and reports the error of).
     bool decode_plain(const char *data, size_t len, DecodedRecord &out);
+    bool decode_tree(const char *data, size_t len, DecodedRecord &out, std::string &error);
     bool read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error);
     void reset(DecodedRecord &out);
     // A string for the text of a non-string JSON value, valid until the next record.
@@ -97,6 +129,7 @@ class RecordDecoder {
     std::vector<std::string_view> keys_; // the member names of the record's object, then of an inner one
     std::vector<std::string_view> inner_keys_;
     std::string text_;              // decode_plain's copy of the value, strings unescaped in place
+    InterruptCheck interrupt_check_ = nullptr;
 };
 
 // Headers as the sidecar passes them: repeated (u32 BE name length, name,

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -430,13 +431,17 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         R"({"op":"c","after":{"id":"1","id":"2"},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":01,"m":-0},"source":{"schema":"s","table":"t"}})",
         R"({"schema":{},"payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}}})",
+        // the edges of UTF-8 (U+0080, U+07FF, U+0800, U+D7FF, U+E000, U+FFFF, U+10000, U+10FFFF): one byte
+        // changed makes an overlong form, a surrogate or a code point beyond U+10FFFF
+        "{\"op\":\"c\",\"after\":{\"k\":\"\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf"
+        "\xf0\x90\x80\x80\xf4\x8f\xbf\xbf\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}",
     };
     uint32_t seed = 12345;
     auto rnd = [&]() {
         seed = seed * 1103515245u + 12345u;
         return (seed >> 16) & 0x7fff;
     };
-    const char noise[] = " \"{}:,0a\\-.tn\x80\xff";
+    const char noise[] = " \"{}:,0a\\-.tn\x80\xff\x8f\x90\x9f\xa0\xbf\xc0\xc1\xed\xf4\xf5\xf7";
     int plain_ok = 0;
     // the fast reader is reused from record to record, as the apply functions use it
     RecordDecoder fast;
@@ -488,6 +493,272 @@ void decoder_rejects_hostile_values_with_a_message() {
     std::string err;
     CHECK(dec.decode_value(debezium, strlen(debezium), rec, err));
     CHECK(rec.after.size() == 2 && std::string(rec.after[0].value) == "42" && std::string(rec.after[1].value) == "true");
+}
+
+std::string describe_bytes(const std::string &s) {
+    std::string out;
+    char buf[4];
+    for (unsigned char c : s) {
+        snprintf(buf, sizeof(buf), "%02x", c);
+        out += buf;
+    }
+    return out;
+}
+
+// PostgreSQL's own rule for UTF-8 text (pg_verify_mbstr: pg_utf_mblen and
+// pg_utf8_islegal of src/common/wchar.c, and no NUL), transcribed as the
+// reference the decoder must match.
+bool postgresql_accepts_utf8(const std::string &s) {
+    const auto *p = reinterpret_cast<const unsigned char *>(s.data());
+    size_t i = 0;
+    while (i < s.size()) {
+        const unsigned char c = p[i];
+        if (c == 0)
+            return false;
+        const size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 1;
+        if (i + n > s.size())
+            return false;
+        const unsigned char second = n > 1 ? p[i + 1] : 0;
+        for (size_t k = 2; k < n; k++)
+            if (p[i + k] < 0x80 || p[i + k] > 0xbf)
+                return false;
+        if (n > 1) {
+            const unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+            const unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+            if (second < lo || second > hi)
+                return false;
+        }
+        if ((c >= 0x80 && c < 0xc2) || c > 0xf4)
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+// What a hostile record may cost, in each reader: a bound on linear against
+// quadratic work (400,000 members took minutes), not a benchmark.
+constexpr double kHostileMaxMs = 100;
+
+// One hostile value through both readers (the fast one and jansson alone):
+// the same verdict and the same message from each, each decoded within max_ms.
+// inspect: sees the record, if accepted, while its strings live.
+bool both_readers_agree(const std::string &v, double max_ms, std::string &error,
+                        const std::function<void(const DecodedRecord &)> &inspect = nullptr) {
+    RecordDecoder fast, slow;
+    DecodedRecord a, b;
+    std::string ea, eb;
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool ok_a = fast.decode_value(v.data(), v.size(), a, ea);
+    const auto t1 = std::chrono::steady_clock::now();
+    const bool ok_b = slow.decode_value(v.data(), v.size(), b, eb, false);
+    const auto t2 = std::chrono::steady_clock::now();
+    const double ms_a = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    const double ms_b = std::chrono::duration<double, std::milli>(t2 - t1).count();
+    CHECK(ms_a < max_ms && ms_b < max_ms);
+    if (ms_a >= max_ms || ms_b >= max_ms)
+        fprintf(stderr, "  %zu-byte value: %.1f ms fast reader, %.1f ms jansson\n", v.size(), ms_a, ms_b);
+    CHECK(ok_a == ok_b);
+    CHECK(ok_a ? describe(a) == describe(b) : ea == eb);
+    if (inspect && ok_a)
+        inspect(a);
+    error = ok_a ? std::string() : ea;
+    return ok_a && ok_b;
+}
+
+std::string record_with_after(const std::string &after_members) {
+    return "{\"op\":\"c\",\"after\":{" + after_members + "},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}";
+}
+
+// The text a peer sends reaches a table only if PostgreSQL itself would
+// accept it: no overlong form, no surrogate, nothing above U+10FFFF, no NUL;
+// raw bytes and \u escapes alike, in values and in column names.
+void text_is_accepted_exactly_as_postgresql_accepts_it() {
+    std::vector<std::string> texts = {
+        "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xe0\x9f\xbf", "\xf0\x80\x80\x80", "\xf0\x8f\xbf\xbf", // overlong
+        "\xed\xa0\x80", "\xed\xbf\xbf", "\xed\xa0\x80\xed\xb0\x80",                                 // surrogates
+        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf7\xbf\xbf\xbf", "\xf8\x88\x80\x80\x80", "\xff",  // beyond U+10FFFF
+        "\xc2\x80", "\xed\x9f\xbf", "\xee\x80\x80", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", // valid
+        std::string("a\0b", 3),
+    };
+    const size_t named = texts.size();
+    // every two-byte sequence, and three- and four-byte ones around each boundary
+    const unsigned char follow[] = {0x00, 'a', 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff};
+    for (int c = 0x80; c <= 0xff; c++) {
+        for (int d = 0x80; d <= 0xff; d++)
+            texts.push_back({char(c), char(d)});
+        for (unsigned char d : follow)
+            for (unsigned char e : follow) {
+                texts.push_back({char(c), char(d), char(e)});
+                texts.push_back({char(c), char(d), char(0x80), char(e)});
+            }
+    }
+    int accepted = 0;
+    for (size_t i = 0; i < texts.size(); i++) {
+        // short strings and long ones (the reader's eight-bytes-at-a-time loop)
+        const std::string text = i % 2 ? texts[i] : "abcdefghij" + texts[i] + "klmnopqrstuvwxyz";
+        const bool legal = postgresql_accepts_utf8(text);
+        std::string err, value;
+        const bool ok = both_readers_agree(record_with_after("\"k\":\"" + text + "\""), kHostileMaxMs, err,
+                                           [&](const DecodedRecord &r) { value = r.after.at(0).value; });
+        CHECK(ok == legal);
+        if (ok != legal)
+            fprintf(stderr, "  text %s: decoder %s, PostgreSQL %s\n", describe_bytes(text).c_str(),
+                    ok ? "accepts" : "rejects", legal ? "accepts" : "rejects");
+        if (ok && legal) {
+            CHECK(value == text);
+            accepted++;
+        }
+        if (i < named) // also as a column name
+            CHECK(both_readers_agree(record_with_after("\"" + texts[i] + "\":\"v\""), kHostileMaxMs, err) ==
+                  postgresql_accepts_utf8(texts[i]));
+    }
+    CHECK(accepted > 1000);
+    // \u escapes: a surrogate pair is one character; a lone surrogate or \u0000 no text at all
+    const std::pair<const char *, const char *> escapes[] = {
+        {"\\u00e9", "\xc3\xa9"}, {"\\uffff", "\xef\xbf\xbf"}, {"\\ud800\\udc00", "\xf0\x90\x80\x80"},
+        {"\\uDBFF\\uDFFF", "\xf4\x8f\xbf\xbf"}, {"\\u0000", nullptr}, {"a\\u0000b", nullptr}, {"\\ud800", nullptr},
+        {"\\udc00", nullptr}, {"\\ud800x", nullptr}, {"\\ud800\\u0041", nullptr}, {"\\udc00\\ud800", nullptr},
+    };
+    for (const auto &[escaped, expected] : escapes) {
+        std::string err, value;
+        const std::string v = record_with_after(std::string("\"k\":\"") + escaped + "\"");
+        const bool ok =
+            both_readers_agree(v, kHostileMaxMs, err, [&](const DecodedRecord &r) { value = r.after.at(0).value; });
+        CHECK(ok == (expected != nullptr));
+        CHECK(!ok || value == expected);
+        CHECK(ok || !err.empty());
+    }
+    // headers: a value that is not PostgreSQL text is kept as its bytes' hex in the dead-letter JSON
+    for (const char *bad : {"\xed\xa0\x80", "\xc0\xaf", "\xf5\x80\x80\x80", "\xf4\x90\x80\x80"}) {
+        DecodedHeaders h;
+        std::string err;
+        const std::string bytes = header_bytes({{"note", bad}});
+        CHECK(decode_headers(bytes.data(), bytes.size(), h, err, true));
+        CHECK(h.as_json.find("\"note\":\"\\\\x") != std::string::npos);
+    }
+}
+
+std::string members(size_t n, const char *prefix, const char *value) {
+    std::string out;
+    out.reserve(n * 14);
+    for (size_t i = 0; i < n; i++)
+        out += (i ? ",\"" : "\"") + std::string(prefix) + std::to_string(i) + "\":" + value;
+    return out;
+}
+
+// A peer topic's worst: what would cost minutes of CPU under the apply lock
+// is rejected, by the fast reader and jansson alike, in time linear in its size.
+void hostile_records_are_rejected_alike_and_in_linear_time() {
+    constexpr double kMaxMs = kHostileMaxMs;
+    std::string err;
+    const std::string source = "\"source\":{\"schema\":\"s\",\"table\":\"t\"}";
+    // 400,000 columns (4 MB): far more than a table can have
+    CHECK(!both_readers_agree(record_with_after(members(400000, "c", "\"1\"")), kMaxMs, err));
+    CHECK(err.find("1600") != std::string::npos);
+    // ... in the envelope, in source, and with a duplicate at the very end
+    CHECK(!both_readers_agree("{\"op\":\"c\",\"after\":{\"id\":1}," + source + "," + members(400000, "x", "0") + "}",
+                              kMaxMs, err));
+    CHECK(!both_readers_agree("{\"op\":\"c\",\"after\":{\"id\":1},\"source\":{\"schema\":\"s\",\"table\":\"t\"," +
+                                  members(400000, "x", "0") + "}}",
+                              kMaxMs, err));
+    CHECK(!both_readers_agree(record_with_after(members(400000, "c", "\"1\"") + ",\"c0\":\"2\""), kMaxMs, err));
+    // a table's widest row is accepted; a duplicate at the end of it is not
+    size_t columns = 0;
+    CHECK(both_readers_agree(record_with_after(members(1600, "c", "\"1\"")), kMaxMs, err,
+                             [&](const DecodedRecord &r) { columns = r.after.size(); }));
+    CHECK(columns == 1600);
+    CHECK(!both_readers_agree(record_with_after(members(1599, "c", "\"1\"") + ",\"c0\":\"2\""), kMaxMs, err));
+    CHECK(err.find("duplicate") != std::string::npos);
+    CHECK(!both_readers_agree(record_with_after(members(1601, "c", "\"1\"")), kMaxMs, err));
+    CHECK(err.find("more than 1600 members") != std::string::npos);
+    // nesting: 64 levels are plenty (a record is an envelope of flat rows); 100,000 are refused
+    auto nested = [&](size_t levels) { // the value of column k, inside the record's two objects
+        return record_with_after("\"k\":" + std::string(levels - 2, '[') + std::string(levels - 2, ']'));
+    };
+    CHECK(both_readers_agree(nested(64), kMaxMs, err));
+    CHECK(!both_readers_agree(nested(65), kMaxMs, err));
+    CHECK(err.find("64") != std::string::npos);
+    CHECK(!both_readers_agree(nested(100000), kMaxMs, err));
+    CHECK(!both_readers_agree(record_with_after("\"k\":" + std::string(100000, '{')), kMaxMs, err));
+    // a tree of a million values is as large as jansson is asked to build
+    std::string many = "\"k\":[0";
+    for (size_t i = 0; i < kMaxJsonValues; i++)
+        many += ",0";
+    CHECK(!both_readers_agree(record_with_after(many + "]"), kMaxMs, err));
+    CHECK(err.find("more than 1048576 JSON values") != std::string::npos);
+    // a long text is no hostile record: a 4 MB value is accepted
+    CHECK(both_readers_agree(record_with_after("\"k\":\"" + std::string(4 << 20, 'x') + "\""), 10 * kMaxMs, err));
+    // the size of a record is bounded before anything is read or copied
+    const size_t too_large = (size_t(256) << 20) + 1;
+    std::string huge(too_large, ' ');
+    RecordDecoder dec;
+    DecodedRecord rec;
+    CHECK(!dec.decode_value(huge.data(), huge.size(), rec, err));
+    CHECK(err.find("268435457") != std::string::npos && err.find("256 MB") != std::string::npos);
+}
+
+// A decode under the apply lock can be cancelled: the interrupt check runs
+// while a large record decodes (not for a small one), and what it throws
+// leaves decode_value as thrown, never as a bad-record error.
+int interrupt_checks = 0;
+struct Cancelled {};
+
+void decoding_a_large_record_can_be_cancelled() {
+    RecordDecoder dec;
+    DecodedRecord rec;
+    std::string err;
+    dec.set_interrupt_check([] { interrupt_checks++; });
+    const std::string small = record_with_after("\"k\":\"v\"");
+    const std::string large = record_with_after("\"k\":\"" + std::string(4 << 20, 'x') + "\"");
+    // a nested value, which jansson writes out again
+    const std::string nested = record_with_after("\"k\":[\"" + std::string(1 << 20, 'x') + "\"]");
+    for (bool plain_first : {true, false}) {
+        interrupt_checks = 0;
+        CHECK(dec.decode_value(small.data(), small.size(), rec, err, plain_first) && interrupt_checks == 0);
+        CHECK(dec.decode_value(large.data(), large.size(), rec, err, plain_first) && interrupt_checks > 0);
+        interrupt_checks = 0;
+        CHECK(dec.decode_value(nested.data(), nested.size(), rec, err, plain_first) && interrupt_checks >= 2);
+    }
+    dec.set_interrupt_check([] { throw Cancelled(); });
+    for (const std::string *v : {&large, &nested}) {
+        for (bool plain_first : {true, false}) {
+            bool cancelled = false;
+            err.clear();
+            try {
+                dec.decode_value(v->data(), v->size(), rec, err, plain_first);
+            } catch (const Cancelled &) {
+                cancelled = true;
+            }
+            CHECK(cancelled && err.empty());
+        }
+    }
+    // wherever it is cancelled: reading the text, in jansson's parse, writing a nested value out again
+    dec.set_interrupt_check([] { interrupt_checks++; });
+    const std::string nested_300k = record_with_after("\"k\":[\"" + std::string(300 << 10, 'x') + "\"]");
+    interrupt_checks = 0;
+    CHECK(dec.decode_value(nested_300k.data(), nested_300k.size(), rec, err, false));
+    const int checks_in_decode = interrupt_checks;
+    CHECK(checks_in_decode >= 9); // one per 64 KB: 300 KB read twice (checked, parsed) and written out once
+    static int cancel_at;
+    dec.set_interrupt_check([] {
+        if (++interrupt_checks == cancel_at)
+            throw Cancelled();
+    });
+    for (cancel_at = 1; cancel_at <= checks_in_decode; cancel_at++) {
+        interrupt_checks = 0;
+        bool cancelled = false;
+        try {
+            dec.decode_value(nested_300k.data(), nested_300k.size(), rec, err, false);
+        } catch (const Cancelled &) {
+            cancelled = true;
+        }
+        CHECK(cancelled);
+        CHECK(dec.decode_value(small.data(), small.size(), rec, err) && rec.after.size() == 1);
+    }
+    // the decoder goes on with the next record
+    dec.set_interrupt_check(nullptr);
+    CHECK(dec.decode_value(large.data(), large.size(), rec, err) && rec.after.size() == 1 &&
+          strlen(rec.after[0].value) == 4u << 20);
 }
 
 void headers_decode_lsn_and_survive_garbage() {
@@ -599,6 +870,10 @@ int main() {
         {"decoder reads what the encoder writes", decoder_reads_what_the_encoder_writes},
         {"decoder rejects hostile values with a message", decoder_rejects_hostile_values_with_a_message},
         {"plain reader agrees with jansson or gives up", plain_reader_agrees_with_jansson_or_gives_up},
+        {"text is accepted exactly as PostgreSQL accepts it", text_is_accepted_exactly_as_postgresql_accepts_it},
+        {"hostile records are rejected alike and in linear time",
+         hostile_records_are_rejected_alike_and_in_linear_time},
+        {"decoding a large record can be cancelled", decoding_a_large_record_can_be_cancelled},
         {"headers decode the LSN and survive garbage", headers_decode_lsn_and_survive_garbage},
         {"secrets file adds its properties and never shows a value",
          secrets_file_adds_its_properties_and_never_shows_a_value},
