@@ -365,7 +365,10 @@ void decode_record(ApplyContext *ctx) {
         return ok;
     });
     if (!value_ok)
-        ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION), errmsg("%s", errbuf)));
+        ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION), errmsg("%s", errbuf),
+                        errhint("The record is kept in kafka_sync.dead_letters; "
+                                "kafka_sync.resume_subscription('%s', skip_failed => true) passes over it.",
+                                ctx->sub->name)));
     if (ctx->sub->local_node && rec->origin && strcmp(rec->origin, ctx->sub->local_node) == 0)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
                         errmsg("the record originated at this node (%s) and is not applied again",
@@ -703,6 +706,8 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
     ctx->record_context = AllocSetContextCreate(call_context, "kafka_sync apply record", ALLOCSET_DEFAULT_SIZES);
     ctx->call_context = call_context;
     ctx->decoder = new_in_context<kafka_sync::RecordDecoder>(call_context);
+    /* a huge record can be cancelled while it is decoded */
+    ctx->decoder->set_interrupt_check([] { kafka_sync::pg_call([] { CHECK_FOR_INTERRUPTS(); }); });
     ctx->decoded = new_in_context<kafka_sync::DecodedRecord>(call_context);
     ctx->decoded_headers = new_in_context<kafka_sync::DecodedHeaders>(call_context);
     apply_begin_call(!careful);
