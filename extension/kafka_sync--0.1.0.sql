@@ -27,7 +27,7 @@ CREATE FUNCTION kafka_sync._check_publication(publication name) RETURNS void
 CREATE FUNCTION kafka_sync._node_created() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_node_created';
 CREATE FUNCTION kafka_sync._create_node_slot(slot_name name) RETURNS pg_lsn
-    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_create_node_slot';
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'kafka_sync_create_node_slot';
 CREATE FUNCTION kafka_sync._stop_node_worker(for_drop boolean) RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_stop_node_worker';
 CREATE FUNCTION kafka_sync._worker_status(
@@ -217,7 +217,9 @@ BEGIN
     SELECT r.requested_at INTO earlier FROM kafka_sync.resnapshot_request r WHERE r.completed_at IS NULL;
     INSERT INTO kafka_sync.resnapshot_request AS r (node_name, requested_at)
     VALUES (n.node_name, clock_timestamp())
-    ON CONFLICT (node_name) DO UPDATE SET requested_at = excluded.requested_at, started_at = NULL, completed_at = NULL;
+    ON CONFLICT (node_name) DO UPDATE SET requested_at = excluded.requested_at, completed_at = NULL,
+        -- an initial snapshot a worker has begun is never served ahead of the stream again
+        started_at = CASE WHEN n.snapshot_done OR NOT n.snapshot THEN NULL ELSE r.started_at END;
     PERFORM kafka_sync._wake_producer();
     IF earlier IS NOT NULL THEN
         RAISE NOTICE 'a snapshot requested at % is not fully published yet', earlier
@@ -320,6 +322,7 @@ CREATE TABLE kafka_sync.subscription (
     resync_lsn         pg_lsn,
     resync_from        bigint,
     resync_note        text,        -- what was lost, for subscription_status
+    resync_incomplete  boolean NOT NULL DEFAULT false, -- a record of it was not applied: delete nothing
     last_resync_at     timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
@@ -513,6 +516,18 @@ BEGIN
         RAISE EXCEPTION '% cannot be written by a subscription', bad
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Only tables outside pg_catalog and kafka_sync can be.';
+    END IF;
+    -- a role the management functions were granted to names only tables it may write itself
+    SELECT t INTO bad FROM unnest(tables) t
+     WHERE NOT pg_catalog.has_table_privilege(session_user, t, 'INSERT, UPDATE, DELETE')
+        OR (EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = t
+                                                AND d.deptype = 'e')
+            AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user))
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'role "%" may not name % for a subscription', session_user, bad
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A subscription may write only tables its creator may write (an extension''s tables: only a superuser''s).';
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION kafka_sync._check_sub_tables(regclass[], boolean) FROM PUBLIC;
@@ -798,7 +813,7 @@ BEGIN
     DELETE FROM kafka_sync.resync_keys k WHERE k.sub_name = s.sub_name;
     UPDATE kafka_sync.subscription x
        SET resync_lsn = snapshot_lsn, resync_from = snapshot_offset, next_offset = snapshot_offset,
-           consumer_error = NULL,
+           consumer_error = NULL, resync_incomplete = false,
            resync_note = format('records of topic %s from offset %s to %s are no longer in Kafka; '
                                 'resynchronising from the snapshot of node %s at offset %s',
                                 s.topic_prefix || '.' || s.peer_node, gap_offset, snapshot_offset - 1,

@@ -141,6 +141,10 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
         }
     }
 
+    // librdkafka's default kinit command pastes sasl.kerberos.principal and
+    // keytab into a shell command line: off unless the operator allows kinit
+    if (!kafka_sync::kinit_allowed(sub.allowed_kafka_properties))
+        out.push_back({kafka_sync::kNoKinitProperty, "0"});
     out.push_back({"bootstrap.servers", sub.brokers});
     out.push_back({"enable.auto.commit", "false"});
     out.push_back({"enable.auto.offset.store", "false"});

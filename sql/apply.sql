@@ -284,6 +284,63 @@ ROLLBACK;
 SELECT count(*) AS forged_rows FROM user_table WHERE user_id = 'forged';
 DROP FUNCTION hdrs_at;
 
+-- a peer's change runs as the owner of the table it writes: the table's
+-- triggers, defaults and domain checks get the owner's rights, never the
+-- sidecar's (here a superuser), and cannot change the session's settings
+CREATE ROLE owner_alice;
+CREATE DOMAIN alice_text AS text CHECK (VALUE <> 'forbidden');
+CREATE TABLE owned (id int PRIMARY KEY, v alice_text, made_by text DEFAULT current_user);
+CREATE TABLE owned_log (op text, who text, outcome text);
+GRANT INSERT ON owned_log TO owner_alice;
+CREATE FUNCTION owned_trig() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        EXECUTE 'ALTER ROLE owner_alice SUPERUSER';
+        INSERT INTO public.owned_log VALUES (TG_OP, current_user, 'became superuser');
+    EXCEPTION WHEN OTHERS THEN
+        INSERT INTO public.owned_log VALUES (TG_OP, current_user, SQLERRM);
+    END;
+    PERFORM set_config('work_mem', '1MB', false);
+    RETURN NEW;
+END $$;
+ALTER TABLE owned OWNER TO owner_alice;
+ALTER FUNCTION owned_trig() OWNER TO owner_alice;
+CREATE TRIGGER owned_trig BEFORE INSERT OR UPDATE ON owned FOR EACH ROW EXECUTE FUNCTION owned_trig();
+ALTER TABLE owned ENABLE ALWAYS TRIGGER owned_trig;
+SHOW work_mem;
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{43,44}', '{NULL,NULL}',
+    ARRAY[ev('c', 'owned', NULL, '{"id": 1, "v": "x"}'), ev('u', 'owned', NULL, '{"id": 1, "v": "y"}')],
+    ARRAY[hdrs('0/1400'), hdrs('0/1400', 2)], false);
+COMMIT;
+SELECT * FROM owned;
+SELECT * FROM owned_log;
+SELECT rolsuper FROM pg_roles WHERE rolname = 'owner_alice';
+SHOW work_mem;
+-- the table's statement triggers make it go through SQL: the same there
+CREATE FUNCTION owned_stmt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.owned_log VALUES ('statement ' || TG_OP, current_user, NULL);
+    RETURN NULL;
+END $$;
+ALTER FUNCTION owned_stmt() OWNER TO owner_alice;
+CREATE TRIGGER owned_stmt AFTER INSERT ON owned FOR EACH STATEMENT EXECUTE FUNCTION owned_stmt();
+ALTER TABLE owned ENABLE ALWAYS TRIGGER owned_stmt;
+BEGIN;
+SELECT applied FROM kafka_sync.apply_chunk('from_chat2', '{45}', '{NULL}',
+    ARRAY[ev('c', 'owned', NULL, '{"id": 2, "v": "z"}')], ARRAY[hdrs('0/1500', 1)], false);
+COMMIT;
+BEGIN;
+SELECT applied, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{46}', '{NULL}',
+    ARRAY[ev('c', 'owned', NULL, '{"id": 3, "v": "forbidden"}')], ARRAY[hdrs('0/1600', 1)], true);
+ROLLBACK;
+SELECT * FROM owned ORDER BY id;
+SELECT * FROM owned_log;
+DROP TABLE owned, owned_log;
+DROP FUNCTION owned_trig, owned_stmt;
+DROP DOMAIN alice_text;
+DROP ROLE owner_alice;
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 

@@ -55,5 +55,21 @@ SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tabl
 SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[]);
 SELECT sub_name, tables, allow_truncate FROM kafka_sync.subscription;
 SELECT kafka_sync.drop_subscription('from_chat2');
+-- a role granted create_subscription names only tables it may write itself
+CREATE ROLE sub_operator;
+GRANT EXECUTE ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb, text, regclass[], boolean)
+    TO sub_operator;
+SET SESSION AUTHORIZATION sub_operator;
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[]);
+RESET SESSION AUTHORIZATION;
+GRANT INSERT, UPDATE, DELETE ON only_this TO sub_operator;
+SET SESSION AUTHORIZATION sub_operator;
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[]);
+RESET SESSION AUTHORIZATION;
+SELECT kafka_sync.drop_subscription('from_chat2');
+REVOKE ALL ON only_this FROM sub_operator;
+REVOKE ALL ON FUNCTION kafka_sync.create_subscription(text, text, text, text, text, text, jsonb, text, regclass[], boolean)
+    FROM sub_operator;
+DROP ROLE sub_operator;
 DROP TABLE only_this;
 DROP PUBLICATION kafka_sync;

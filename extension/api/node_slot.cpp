@@ -19,6 +19,7 @@ extern "C" {
 #include "miscadmin.h"
 #include "replication/logical.h"
 #include "replication/slot.h"
+#include "storage/lwlock.h"
 #include "utils/elog.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
@@ -40,12 +41,19 @@ void drop_created_slot() {
     created_slot[0] = '\0';
     created_in = InvalidSubTransactionId;
     MemoryContext cxt = CurrentMemoryContext;
+    /* another slot still acquired by this backend (a slot function that failed): PostgresMain would release it */
+    if (MyReplicationSlot != nullptr)
+        ReplicationSlotRelease();
     PG_TRY();
     {
         ReplicationSlotDrop(name, true);
     }
     PG_CATCH();
     {
+        /* the transaction's abort released its locks before this ran: these are the drop's own */
+        LWLockReleaseAll();
+        if (MyReplicationSlot != nullptr)
+            ReplicationSlotRelease();
         MemoryContextSwitchTo(cxt);
         ErrorData *edata = CopyErrorData();
         FlushErrorState();

@@ -302,13 +302,13 @@ void check_record_time(const char *what, int64 ms) {
 void check_metadata(const ApplyContext *ctx, const kafka_sync::DecodedHeaders *headers,
                     const kafka_sync::DecodedRecord *rec) {
     const char *peer = ctx->sub->peer;
-    if (!headers->origin.empty()) {
-        if (headers->origin != peer || (rec->origin && strcmp(rec->origin, peer) != 0))
-            ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-                            errmsg("a record of origin \"%s\" is on the topic of node %s",
-                                   headers->origin != peer ? headers->origin.c_str() : rec->origin, peer),
-                            errdetail("A node's topic carries only the changes made at that node.")));
-    }
+    if ((!headers->origin.empty() && headers->origin != peer) || (rec->origin && strcmp(rec->origin, peer) != 0))
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("a record of origin \"%s\" is on the topic of node %s",
+                               !headers->origin.empty() && headers->origin != peer ? headers->origin.c_str()
+                                                                                   : rec->origin,
+                               peer),
+                        errdetail("A node's topic carries only the changes made at that node.")));
     if (headers->has_commit_ts)
         check_record_time("commit time", headers->commit_ts_ms);
     if (rec->op == 'r' && rec->has_row_ts)
@@ -808,6 +808,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         ctx.current = &r;
         if (r.offset == ctx.sub->skip_offset) {
             /* already in dead_letters; its transaction's other records still apply */
+            if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
+                resync_mark_incomplete(ctx.sub->name);
             ctx.counters.skipped++;
             next_offset = Max(next_offset, r.offset + 1);
             ctx.current = nullptr;
@@ -838,6 +840,9 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
                     log_constraint_conflict(&ctx, message, "dead_letter");
                 ctx.current = nullptr;
                 insert_dead_letter(ctx.sub, &r, message);
+                /* its key may not be noted: the resync must not delete rows for want of it */
+                if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
+                    resync_mark_incomplete(ctx.sub->name);
                 dead++;
             }
         }

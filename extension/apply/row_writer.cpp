@@ -1,5 +1,6 @@
 // One row of a table, read and written through the executor (see row_writer.hpp).
 #include "apply/row_writer.hpp"
+#include "apply/run_as_owner.hpp"
 
 extern "C" {
 #include "access/genam.h"
@@ -118,6 +119,11 @@ void row_writer_close(RowWriter *w) {
     pfree(w);
 }
 
+/* Where the table's own code runs (defaults, constraints, BEFORE triggers, AFTER triggers at the change's end). */
+static void as_owner_begin(RowWriter *w, OwnerContext *ctx) {
+    switch_to_owner(w->rel->rd_rel->relowner, RelationGetRelationName(w->rel), ctx);
+}
+
 void row_writer_begin_change(RowWriter *w) {
     PushActiveSnapshot(GetTransactionSnapshot());
     /* what BEFORE UPDATE/DELETE triggers lock the row with: the rows earlier changes wrote must be visible */
@@ -127,7 +133,10 @@ void row_writer_begin_change(RowWriter *w) {
 }
 
 void row_writer_end_change(RowWriter *w) {
+    OwnerContext owner;
+    as_owner_begin(w, &owner);
     AfterTriggerEndQuery(w->estate);
+    restore_user(&owner);
     /* the found row's buffer pin is not kept from one change to the next */
     ExecClearTuple(w->local);
     PopActiveSnapshot();
@@ -254,7 +263,10 @@ bool row_writer_find(RowWriter *w, const Datum *values, const bool *isnull, Tran
 
 void row_writer_insert(RowWriter *w, const Datum *values, const bool *isnull) {
     store(w->next, values, isnull);
+    OwnerContext owner;
+    as_owner_begin(w, &owner);
     ExecSimpleRelationInsert(w->rri, w->estate, w->next);
+    restore_user(&owner);
     w->found = false;
 }
 
@@ -271,7 +283,10 @@ void row_writer_update(RowWriter *w, const Datum *values, const bool *isnull, co
     }
     ExecStoreVirtualTuple(next);
     EvalPlanQualSetSlot(&w->epq, next);
+    OwnerContext owner;
+    as_owner_begin(w, &owner);
     ExecSimpleRelationUpdate(w->rri, w->estate, &w->epq, w->local, next);
+    restore_user(&owner);
     w->found = false;
 }
 
@@ -279,6 +294,9 @@ void row_writer_delete(RowWriter *w) {
     if (!w->found)
         elog(ERROR, "kafka_sync: delete of a row that was not looked up");
     EvalPlanQualSetSlot(&w->epq, w->local);
+    OwnerContext owner;
+    as_owner_begin(w, &owner);
     ExecSimpleRelationDelete(w->rri, w->estate, &w->epq, w->local);
+    restore_user(&owner);
     w->found = false;
 }

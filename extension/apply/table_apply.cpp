@@ -1,6 +1,7 @@
 // Applying one decoded change to a local table (see table_apply.hpp).
 #include "apply/table_apply.hpp"
 #include "apply/row_writer.hpp"
+#include "apply/run_as_owner.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -46,6 +47,7 @@ struct TargetInfo {
     /* written through the executor (row_writer.hpp), as checked for this role; else through SPI */
     bool direct;
     Oid direct_checked_for;
+    Oid owner; /* changes run as this role (run_as_owner.hpp) */
     Oid key_index;
     int nwritable; /* columns neither dropped nor generated */
     LocalTransactionId locked_in; /* lock_stamp() of its RowExclusiveLock */
@@ -180,7 +182,14 @@ void build_target(TargetInfo *t) {
         t->key_attnums[k++] = member + FirstLowInvalidHeapAttributeNumber;
     MemoryContextSwitchTo(old);
     t->key_index = row_writer_key_index(rel);
-    t->direct = row_writer_usable(rel) && (t->nkeys == 0 || OidIsValid(t->key_index));
+    t->owner = rel->rd_rel->relowner;
+    {
+        /* whether the executor path may write it is decided for the role that writes: the owner */
+        OwnerContext owner;
+        switch_to_owner(t->owner, t->qualified_name, &owner);
+        t->direct = row_writer_usable(rel) && (t->nkeys == 0 || OidIsValid(t->key_index));
+        restore_user(&owner);
+    }
     t->direct_checked_for = GetUserId();
     table_close(rel, NoLock); /* keep the lock until the end of the transaction */
     t->valid = true;
@@ -219,10 +228,15 @@ constexpr AttrNumber kWriterParam = 0;
 Datum param_datum(TargetInfo *t, ColumnParam *p) {
     if (!p->converted) {
         const int a = p->attnum - 1;
-        p->datum = p->attnum == kWriterParam
-                       ? (p->value ? CStringGetTextDatum(p->value) : (Datum)0)
-                       : InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a],
-                                           t->typmods[a]);
+        if (p->attnum == kWriterParam) {
+            p->datum = p->value ? CStringGetTextDatum(p->value) : (Datum)0;
+        } else {
+            /* a domain's checks are the owner's code too */
+            OwnerContext owner;
+            switch_to_owner(t->owner, t->qualified_name, &owner);
+            p->datum = InputFunctionCall(&t->in_funcs[a], const_cast<char *>(p->value), t->ioparams[a], t->typmods[a]);
+            restore_user(&owner);
+        }
         p->converted = true;
     }
     return p->datum;
@@ -288,6 +302,11 @@ List *key_params(TargetInfo *t, List *row, bool required) {
                             errmsg("the record lacks key column %s of table %s",
                                    t->quoted_names[t->key_attnums[i] - 1], t->qualified_name)));
         }
+        /* a key is never null: a record that says so is refused, whatever looks the key up */
+        if (!found->value)
+            ereport(ERROR, (errcode(ERRCODE_NOT_NULL_VIOLATION),
+                            errmsg("key column %s of table %s is null in the record",
+                                   t->quoted_names[t->key_attnums[i] - 1], t->qualified_name)));
         keys = lappend(keys, found);
     }
     return keys;
@@ -351,6 +370,9 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
         return types;
     }, &temporary);
 
+    /* the statement, and its values' input functions, run as the table's owner */
+    OwnerContext owner;
+    switch_to_owner(t->owner, t->qualified_name, &owner);
     Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * Max(nparams, 1)));
     char *nulls = static_cast<char *>(palloc(Max(nparams, 1)));
     int i = 0;
@@ -362,6 +384,7 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
         i++;
     }
     int rc = SPI_execute_plan(plan, values, nulls, false, 0);
+    restore_user(&owner);
     if (rc < 0)
         elog(ERROR, "kafka_sync could not apply a change to %s: %s", t->qualified_name, SPI_result_code_string(rc));
     uint64 processed = SPI_processed;
@@ -908,6 +931,9 @@ void apply_flush_inserts(ApplyCounters *counters) {
     /* one array per column: the plan's parameters are typed as the column's array type */
     List *cols = NIL;
     Datum *arrays = static_cast<Datum *>(palloc(sizeof(Datum) * ncols));
+    /* the values' input functions and the statement run as the table's owner */
+    OwnerContext owner;
+    switch_to_owner(t->owner, t->qualified_name, &owner);
     for (int c = 0; c < ncols; c++) {
         const int a = batch->attnums[c] - 1;
         auto *p = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
@@ -943,6 +969,7 @@ void apply_flush_inserts(ApplyCounters *counters) {
         return types;
     }, &temporary);
     int rc = SPI_execute_plan(plan, arrays, nullptr, false, 0);
+    restore_user(&owner);
     if (rc < 0)
         elog(ERROR, "kafka_sync could not apply inserts to %s: %s", t->qualified_name, SPI_result_code_string(rc));
     /* the rows not inserted: their key exists here, a conflict (or the same peer's row) each */
@@ -1121,11 +1148,21 @@ void apply_truncate(List *relids) {
     initStringInfo(&sql);
     appendStringInfoString(&sql, "TRUNCATE ");
     ListCell *lc;
+    Oid owner_id = InvalidOid;
     foreach (lc, relids) {
         TargetInfo *t = target_for(lfirst_oid(lc));
         appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "", t->qualified_name);
+        if (OidIsValid(owner_id) && owner_id != t->owner)
+            ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                            errmsg("a TRUNCATE of tables of different owners cannot be applied (%s)", sql.data),
+                            errdetail("A peer's changes run as the owner of the tables they write."),
+                            errhint("Give the tables truncated together one owner.")));
+        owner_id = t->owner;
     }
+    OwnerContext owner;
+    switch_to_owner(owner_id, sql.data, &owner);
     int rc = SPI_execute(sql.data, false, 0);
+    restore_user(&owner);
     if (rc != SPI_OK_UTILITY)
         elog(ERROR, "kafka_sync could not apply \"%s\": %s", sql.data, SPI_result_code_string(rc));
 }

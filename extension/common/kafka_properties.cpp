@@ -37,6 +37,10 @@ bool listed(const std::string &key, const std::string &list) {
 
 } // namespace
 
+const char *const kNoKinitProperty = "sasl.kerberos.min.time.before.relogin";
+
+bool kinit_allowed(const std::string &allowed) { return listed("sasl.kerberos.kinit.cmd", allowed); }
+
 const char *risky_kafka_properties() {
     return "plugin.library.paths, ssl.engine.location, ssl.engine.id, ssl.providers, sasl.kerberos.kinit.cmd, "
            "internal.termination.signal";

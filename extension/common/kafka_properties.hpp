@@ -18,4 +18,11 @@ const char *risky_kafka_properties();
 bool kafka_property_refused(const std::string &key, const std::string &allowed, std::string &error,
                             std::string &hint);
 
+// librdkafka runs its default kinit command, into which it pastes
+// sasl.kerberos.principal and sasl.kerberos.keytab, through the shell. Unless
+// the operator allows sasl.kerberos.kinit.cmd, kafka_sync sets this property
+// last, which turns kinit off altogether (a ticket cache must then be there).
+extern const char *const kNoKinitProperty; // "sasl.kerberos.min.time.before.relogin"
+bool kinit_allowed(const std::string &allowed);
+
 } // namespace kafka_sync

@@ -141,8 +141,11 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
         if (is_secret_config_key(key) && value.size() >= 3)
             out.secret_values.push_back(value);
     }
-    if (out.secrets_file.empty())
+    if (out.secrets_file.empty()) {
+        if (!kinit_allowed(allowed))
+            out.rdkafka.emplace_back(kNoKinitProperty, "0"); /* last: no shell command from principal/keytab */
         return true;
+    }
     ConfigPairs secrets;
     if (!read_secrets_file(out.secrets_file, secrets, error)) {
         hint = "The file must be readable by the operating system user of the PostgreSQL server (and of the sidecar "
@@ -162,6 +165,8 @@ bool parse_node_kafka_config(const ConfigPairs &in, NodeKafkaSettings &out, std:
         if (!value.empty())
             out.secret_values.push_back(value);
     }
+    if (!kinit_allowed(allowed))
+        out.rdkafka.emplace_back(kNoKinitProperty, "0");
     return true;
 }
 

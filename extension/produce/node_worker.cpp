@@ -688,6 +688,12 @@ void run_node_worker(Oid dboid) {
      * calls must never run instead.
      */
     SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+    /* and the text form of values in the records is the one every node reads alike */
+    SetConfigOption("DateStyle", "ISO", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("IntervalStyle", "postgres", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("extra_float_digits", "3", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("bytea_output", "hex", PGC_SUSET, PGC_S_OVERRIDE);
+    SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
     pgstat_report_appname("kafka_sync producer");
 
     NodeConfig cfg;

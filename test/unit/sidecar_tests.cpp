@@ -509,6 +509,14 @@ void properties_that_load_code_or_run_commands_need_the_operators_allowance() {
         CHECK(consumer_properties(s, props, error));
         CHECK_EQ(property(props, key), "x");
     }
+    // kinit pastes sasl.kerberos.principal into a shell command: off unless allowed
+    s.kafka_config = R"({"sasl.kerberos.principal": "x;touch /tmp/p", "sasl.kerberos.min.time.before.relogin": 1})";
+    s.allowed_kafka_properties = "";
+    CHECK(consumer_properties(s, props, error));
+    CHECK_EQ(property(props, "sasl.kerberos.min.time.before.relogin"), "0");
+    s.allowed_kafka_properties = "sasl.kerberos.kinit.cmd";
+    CHECK(consumer_properties(s, props, error));
+    CHECK_EQ(property(props, "sasl.kerberos.min.time.before.relogin"), "1");
 }
 
 void start_offset_comes_from_the_database_first() {

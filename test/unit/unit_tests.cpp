@@ -335,7 +335,16 @@ void kafka_config_accepts_librdkafka_properties_and_own_settings() {
                                   s, err, hint));
     CHECK(s.tombstones);
     CHECK(s.topic_partitions == 3);
-    CHECK(s.rdkafka.size() == 2);
+    CHECK(s.rdkafka.size() == 3);
+    // librdkafka's kinit (a shell command with the principal and keytab pasted in) is off, last
+    CHECK(s.rdkafka.back().first == "sasl.kerberos.min.time.before.relogin" && s.rdkafka.back().second == "0");
+    CHECK(parse_node_kafka_config({{"sasl.kerberos.principal", "x;touch /tmp/p"},
+                                   {"sasl.kerberos.min.time.before.relogin", "60000"}},
+                                  s, err, hint));
+    CHECK(s.rdkafka.back().first == "sasl.kerberos.min.time.before.relogin" && s.rdkafka.back().second == "0");
+    CHECK(parse_node_kafka_config({{"sasl.kerberos.principal", "kafka/host"}}, s, err, hint,
+                                  "sasl.kerberos.kinit.cmd"));
+    CHECK(s.rdkafka.size() == 1);
 }
 
 void kafka_config_rejects_typos_and_fixed_properties_without_leaking_secrets() {
@@ -805,8 +814,8 @@ void secrets_file_adds_its_properties_and_never_shows_a_value() {
     std::string err, hint;
     CHECK(parse_node_kafka_config({{"linger.ms", "5"}, {"kafka_sync.secrets_file", path}}, s, err, hint));
     CHECK(s.secrets_file == path);
-    CHECK(s.rdkafka.size() == 3);
-    CHECK(s.rdkafka.size() == 3 && s.rdkafka[1] == std::make_pair(std::string("sasl.password"), std::string("p@ss=word")));
+    CHECK(s.rdkafka.size() == 4); // + kinit off, last
+    CHECK(s.rdkafka.size() == 4 && s.rdkafka[1] == std::make_pair(std::string("sasl.password"), std::string("p@ss=word")));
 
     // a property librdkafka refuses: named, its value not shown
     FILE *f = fopen(path, "w");

@@ -1,0 +1,49 @@
+// See run_as_owner.hpp. An error between the two calls needs no cleanup: the
+// (sub)transaction's abort restores the user and the settings.
+#include "apply/run_as_owner.hpp"
+
+extern "C" {
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+}
+
+void switch_to_owner(Oid owner, const char *table, OwnerContext *ctx) {
+    GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+    ctx->save_nestlevel = -1;
+    if (owner == ctx->save_userid)
+        return;
+    if (!is_member_of_role(ctx->save_userid, owner))
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("role \"%s\" cannot apply changes to %s as its owner \"%s\"",
+                               GetUserNameFromId(ctx->save_userid, false), table, GetUserNameFromId(owner, false)),
+                        errdetail("A peer's changes run as the owner of the table they write."),
+                        errhint("Connect the sidecar as a superuser, or GRANT \"%s\" TO \"%s\".",
+                                GetUserNameFromId(owner, false), GetUserNameFromId(ctx->save_userid, false))));
+    if (is_member_of_role(owner, ctx->save_userid)) {
+        /* each may become the other: nothing to protect */
+        SetUserIdAndSecContext(owner, ctx->save_sec_context);
+        return;
+    }
+    SetUserIdAndSecContext(owner, ctx->save_sec_context | SECURITY_RESTRICTED_OPERATION);
+    ctx->save_nestlevel = NewGUCNestLevel();
+}
+
+void restore_user(const OwnerContext *ctx) {
+    if (ctx->save_nestlevel >= 0)
+        AtEOXact_GUC(false, ctx->save_nestlevel);
+    SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}
+
+Oid table_owner(Oid relid) {
+    HeapTuple tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+    if (!HeapTupleIsValid(tp))
+        elog(ERROR, "cache lookup failed for relation %u", relid);
+    Oid owner = ((Form_pg_class)GETSTRUCT(tp))->relowner;
+    ReleaseSysCache(tp);
+    return owner;
+}
