@@ -282,6 +282,12 @@ SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_ch
     ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs('FFFFFFFF/FFFFFFFF', 1)], true);
 ROLLBACK;
 SELECT count(*) AS forged_rows FROM user_table WHERE user_id = 'forged';
+-- a null key value is refused, whatever the record (it once reached a key's send function)
+BEGIN;
+SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42,43}', '{NULL,NULL}',
+    ARRAY[ev('d', 'user_table', '{"user_id": null}', NULL), ev('r', 'user_table', NULL, '{"user_id": null}')],
+    ARRAY[hdrs('0/1300'), hdrs('0/1300', 2)], true);
+ROLLBACK;
 DROP FUNCTION hdrs_at;
 
 -- a peer's change runs as the owner of the table it writes: the table's
