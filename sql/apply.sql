@@ -128,6 +128,14 @@ COMMIT;
 SELECT kafka_offset, error FROM kafka_sync.dead_letters ORDER BY kafka_offset;
 SELECT * FROM user_table WHERE user_id IN ('x', 'u21');
 SELECT * FROM progress;
+-- dead letters are bounded (kafka_sync.dead_letter_max_rows): the newest stay
+SET kafka_sync.dead_letter_max_rows = 3;
+BEGIN;
+SELECT dead_letters FROM kafka_sync.apply_chunk('from_chat2', '{22,23}', '{NULL,NULL}',
+    ARRAY['\x00'::bytea, '\x01'::bytea], ARRAY[NULL, NULL]::bytea[], true);
+SELECT count(*) AS kept, min(kafka_offset) AS oldest_kept FROM kafka_sync.dead_letters;
+ROLLBACK;
+RESET kafka_sync.dead_letter_max_rows;
 
 -- the apply side refuses a record that originated at this node
 UPDATE kafka_sync.subscription SET on_error = 'pause';

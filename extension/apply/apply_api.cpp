@@ -597,6 +597,25 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
     values[7] = CStringGetTextDatum(error);
     if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "kafka_sync could not store a dead letter");
+    /*
+     * Bounded, as kafka_sync.conflicts: a peer that sends only bad records
+     * must not fill the disk. The oldest go first, in batches of a tenth of
+     * the limit; each record is still in Kafka at its offset.
+     */
+    static SPIPlanPtr prune_plan = nullptr;
+    static int64 since_prune = 0;
+    if (apply_dead_letter_max_rows > 0 && ++since_prune >= Max(1, apply_dead_letter_max_rows / 10)) {
+        since_prune = 0;
+        if (!prune_plan) {
+            Oid prune_types[1] = {INT8OID};
+            prune_plan = keep_plan("DELETE FROM kafka_sync.dead_letters WHERE id <= "
+                                   "(SELECT max(id) FROM kafka_sync.dead_letters) - $1",
+                                   1, prune_types);
+        }
+        Datum limit = Int64GetDatum(apply_dead_letter_max_rows);
+        if (SPI_execute_plan(prune_plan, &limit, nullptr, false, 0) != SPI_OK_DELETE)
+            elog(ERROR, "kafka_sync could not prune kafka_sync.dead_letters");
+    }
 }
 
 char *describe_error(ErrorData *edata) {

@@ -325,9 +325,15 @@ void prune_tombstones_if_due() {
 }
 
 int apply_max_clock_skew_s = 300;
+int apply_dead_letter_max_rows = 100000;
 int apply_max_lsn_jump_mb = 1024 * 1024;
 
 void conflict_define_settings() {
+    DefineCustomIntVariable("kafka_sync.dead_letter_max_rows",
+                            "Number of the newest rows kept in kafka_sync.dead_letters (0: no limit).",
+                            "Older dead letters are deleted as new ones are stored; each record is still in Kafka "
+                            "at its offset while the topic keeps it.",
+                            &apply_dead_letter_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.max_clock_skew",
                             "How far in the future a peer's record time may lie.",
                             "A record whose commit time is later than now plus this is refused (a dead letter, or "

@@ -80,6 +80,8 @@ void write_tombstone(Oid relid, bytea *key);
 
 /* kafka_sync.max_clock_skew (s) and kafka_sync.max_lsn_jump (MB): what a peer's record metadata may claim. */
 extern int apply_max_clock_skew_s;
+/* kafka_sync.dead_letter_max_rows: the newest dead letters kept (0: all). */
+extern int apply_dead_letter_max_rows;
 extern int apply_max_lsn_jump_mb;
 
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */
