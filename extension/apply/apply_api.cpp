@@ -31,6 +31,8 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/guc.h"
+#include "storage/proc.h"
 #include "utils/pg_lsn.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -386,13 +388,35 @@ void decode_record(ApplyContext *ctx) {
  * uncommitted row or tombstone and resolve differently than the other nodes.
  * Local writers need no such lock: row locks and tombstones order them.
  */
+void apply_lock_wait_context(void *) {
+    errcontext("waiting for the apply lock of this database, which another subscription's apply session holds (a "
+               "long source transaction, or one a peer never ends); kafka_sync.apply_lock_timeout bounds the wait");
+}
+
 void serialize_apply() {
     static LocalTransactionId held_in = InvalidLocalTransactionId;
     if (lock_still_held(held_in))
         return;
     LOCKTAG tag;
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b61666b, 0x6170706c, 2);
-    (void)LockAcquire(&tag, ExclusiveLock, false, false);
+    if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL) {
+        /*
+         * Bounded: a peer whose transaction never ends must not stop every
+         * other peer's apply unseen. The wait ends in an error the sidecar
+         * reports and retries (lock_not_available).
+         */
+        const int nest = NewGUCNestLevel();
+        if (apply_lock_timeout_ms > 0 && (LockTimeout == 0 || LockTimeout > apply_lock_timeout_ms)) {
+            char value[32];
+            snprintf(value, sizeof(value), "%d", apply_lock_timeout_ms);
+            (void)set_config_option("lock_timeout", value, PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+        }
+        ErrorContextCallback context = {error_context_stack, apply_lock_wait_context, nullptr};
+        error_context_stack = &context;
+        (void)LockAcquire(&tag, ExclusiveLock, false, false);
+        error_context_stack = context.previous;
+        AtEOXact_GUC(true, nest);
+    }
     held_in = lock_stamp();
 }
 

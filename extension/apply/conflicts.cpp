@@ -326,9 +326,16 @@ void prune_tombstones_if_due() {
 
 int apply_max_clock_skew_s = 300;
 int apply_dead_letter_max_rows = 100000;
+int apply_lock_timeout_ms = 300000;
 int apply_max_lsn_jump_mb = 1024 * 1024;
 
 void conflict_define_settings() {
+    DefineCustomIntVariable("kafka_sync.apply_lock_timeout",
+                            "How long an apply waits for the database's apply lock (0: for ever).",
+                            "Another subscription's apply session holds it for the length of one local transaction; "
+                            "past this the apply fails with lock_not_available and the sidecar tries again.",
+                            &apply_lock_timeout_ms, 300000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr,
+                            nullptr);
     DefineCustomIntVariable("kafka_sync.dead_letter_max_rows",
                             "Number of the newest rows kept in kafka_sync.dead_letters (0: no limit).",
                             "Older dead letters are deleted as new ones are stored; each record is still in Kafka "

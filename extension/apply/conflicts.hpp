@@ -82,6 +82,8 @@ void write_tombstone(Oid relid, bytea *key);
 extern int apply_max_clock_skew_s;
 /* kafka_sync.dead_letter_max_rows: the newest dead letters kept (0: all). */
 extern int apply_dead_letter_max_rows;
+/* kafka_sync.apply_lock_timeout (ms): how long an apply waits for the database's apply lock (0: for ever). */
+extern int apply_lock_timeout_ms;
 extern int apply_max_lsn_jump_mb;
 
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */

@@ -13,6 +13,8 @@ records and headers as bytea), on one cluster, no Kafka needed.
 import threading
 import time
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
 def future_ms():
@@ -204,3 +206,32 @@ def test_apply_sessions_of_a_database_take_turns_in_every_transaction(db):
     assert other.error is None, other.error
     assert other.result == (1, 0, None)
     assert [r[0] for r in cluster.sql("SELECT id FROM t ORDER BY id", dbname=name)] == [20, 21, 22]
+
+
+def test_an_apply_waits_for_the_apply_lock_only_as_long_as_kafka_sync_apply_lock_timeout(db):
+    """A peer whose transaction never ends keeps its session's apply lock: another peer's apply
+    must not wait for it unseen. Past kafka_sync.apply_lock_timeout it fails with
+    lock_not_available, naming the apply lock (the sidecar reports it and tries again)."""
+    cluster, name = db
+    holder = cluster.connect(name, autocommit=False)
+    try:
+        cur = holder.cursor()
+        cur.execute("SELECT applied FROM kafka_sync.apply_chunk('from_peer', ARRAY[0::int8], ARRAY[NULL::bytea], "
+                    "ARRAY[ev('c', NULL, '{\"id\": 30, \"v\": \"open\"}'::jsonb)], ARRAY[hdrs('0/100', %s)], false)",
+                    (future_ms(),))
+        waiter = cluster.connect(name, autocommit=False)
+        try:
+            wcur = waiter.cursor()
+            wcur.execute("SET kafka_sync.apply_lock_timeout = '1s'")
+            t0 = time.monotonic()
+            with pytest.raises(psycopg2.errors.LockNotAvailable) as err:
+                wcur.execute("SELECT applied FROM kafka_sync.apply_chunk('from_peer2', ARRAY[0::int8], "
+                             "ARRAY[NULL::bytea], ARRAY[ev('c', NULL, '{\"id\": 31, \"v\": \"w\"}'::jsonb, 'peer2')], "
+                             "ARRAY[hdrs('0/100', %s, 'peer2')], false)", (future_ms(),))
+            waited = time.monotonic() - t0
+            assert 0.9 < waited < 10, waited
+            assert "apply lock" in str(err.value), str(err.value)
+        finally:
+            waiter.close()
+    finally:
+        holder.close()
