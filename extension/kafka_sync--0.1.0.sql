@@ -323,6 +323,8 @@ CREATE TABLE kafka_sync.subscription (
     resync_from        bigint,
     resync_note        text,        -- what was lost, for subscription_status
     resync_incomplete  boolean NOT NULL DEFAULT false, -- a record of it was not applied: delete nothing
+    -- the peer's kafka_sync.incarnation last seen: LSNs compare only within one
+    peer_incarnation   text,
     last_resync_at     timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now()
 );

@@ -290,6 +290,27 @@ SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_ch
     ARRAY[ev('c', 'user_table', NULL, '{"user_id": "forged"}')], ARRAY[hdrs('FFFFFFFF/FFFFFFFF', 1)], true);
 ROLLBACK;
 SELECT count(*) AS forged_rows FROM user_table WHERE user_id = 'forged';
+-- a peer's new incarnation (restored, failed over, dropped and created again)
+-- starts its LSNs over: nothing of it is skipped as applied before
+CREATE FUNCTION hdrs_inc(lsn text, inc text) RETURNS bytea LANGUAGE sql AS $$
+    SELECT hdrs(lsn, 1) || int4send(22) || 'kafka_sync.incarnation'::bytea || int4send(octet_length(inc))
+        || convert_to(inc, 'UTF8')
+$$;
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{50}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "inc1"}')], ARRAY[hdrs_inc('0/5000', '7/1/100')], false);
+COMMIT;
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{51}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "inc_dup"}')], ARRAY[hdrs_inc('0/4000', '7/1/100')], false);
+COMMIT;
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{52}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "inc2"}')], ARRAY[hdrs_inc('0/100', '7/2/100')], false);
+COMMIT;
+SELECT user_id FROM user_table WHERE user_id LIKE 'inc%' ORDER BY 1;
+SELECT peer_incarnation FROM kafka_sync.subscription;
+DROP FUNCTION hdrs_inc;
 -- a null key value is refused, whatever the record (it once reached a key's send function)
 BEGIN;
 SELECT applied, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{42,43}', '{NULL,NULL}',

@@ -33,6 +33,8 @@ extern "C" {
 #include "utils/memutils.h"
 #include "utils/guc.h"
 #include "storage/proc.h"
+#include "catalog/pg_replication_origin.h"
+#include "storage/lmgr.h"
 #include "utils/pg_lsn.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -68,6 +70,7 @@ struct Subscription {
     int ntables;
     char *publication; /* the node's; NULL when this database is no node */
     bool allow_truncate;
+    char *incarnation; /* the peer's last seen kafka_sync.incarnation; NULL: none yet */
 };
 
 /* One record of the chunk, and what applying it found. */
@@ -140,7 +143,7 @@ Subscription *load_subscription(const char *name) {
         plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
                     "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
                     "s.conflict_resolution, coalesce(s.resync_lsn, '0/0'), s.tables::oid[], s.allow_truncate, "
-                    "(SELECT n.publication FROM kafka_sync.node n) "
+                    "(SELECT n.publication FROM kafka_sync.node n), s.peer_incarnation "
                     "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
                     1, types);
     }
@@ -177,6 +180,7 @@ Subscription *load_subscription(const char *name) {
     }
     sub->allow_truncate = strcmp(text_col(0, 11), "t") == 0;
     sub->publication = text_col(0, 12);
+    sub->incarnation = text_col(0, 13);
     return sub;
 }
 
@@ -327,6 +331,40 @@ void check_metadata(const ApplyContext *ctx, const kafka_sync::DecodedHeaders *h
                                 "and resume the subscription.")));
 }
 
+/*
+ * The peer's records carry its incarnation (system, timeline, node
+ * creation). A new one (the peer was restored from a backup, failed over,
+ * or dropped and created again) writes at LSNs that may lie below what was
+ * applied from the old one: the origin's progress starts over, so that
+ * nothing of the new one is skipped as applied before.
+ */
+void note_incarnation(ApplyContext *ctx, const std::string &incarnation) {
+    Subscription *sub = ctx->sub;
+    if (sub->incarnation) {
+        ereport(WARNING, (errmsg("kafka_sync subscription %s: node %s has a new incarnation (%s, was %s)", sub->name,
+                                 sub->peer, incarnation.c_str(), sub->incarnation),
+                          errdetail("It was restored, failed over, or dropped and created again: its LSNs start "
+                                    "over, and so does the subscription's progress (its replication origin).")));
+        replorigin_session_reset();
+        replorigin_session_origin = InvalidRepOriginId;
+        session_origin = InvalidRepOriginId;
+        LockRelationOid(ReplicationOriginRelationId, RowExclusiveLock);
+        replorigin_advance(replorigin_by_name(sub->origin_name, false), InvalidXLogRecPtr, InvalidXLogRecPtr, true,
+                           true);
+        use_origin(sub);
+        ctx->progress = InvalidXLogRecPtr;
+        ctx->completed_lsn = InvalidXLogRecPtr;
+        ctx->max_lsn = InvalidXLogRecPtr;
+        ctx->max_lsn_commit_ms = 0;
+    }
+    Oid types[2] = {TEXTOID, TEXTOID};
+    Datum args[2] = {CStringGetTextDatum(sub->name), CStringGetTextDatum(incarnation.c_str())};
+    if (SPI_execute_with_args("UPDATE kafka_sync.subscription SET peer_incarnation = $2 WHERE sub_name = $1", 2, types,
+                              args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "kafka_sync could not record the incarnation of node %s", sub->peer);
+    sub->incarnation = MemoryContextStrdup(ctx->call_context, incarnation.c_str());
+}
+
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
 void decode_record(ApplyContext *ctx) {
     const ChunkRecord *r = ctx->current;
@@ -343,6 +381,8 @@ void decode_record(ApplyContext *ctx) {
     ctx->headers = headers;
     if (!headers_ok)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
+    if (!headers->incarnation.empty() && (!ctx->sub->incarnation || headers->incarnation != ctx->sub->incarnation))
+        note_incarnation(ctx, headers->incarnation);
     if (headers->has_lsn && (headers->lsn <= ctx->progress || headers->lsn <= ctx->completed_lsn)) {
         ctx->counters.skipped++; /* applied before: a duplicate in the topic */
         return;

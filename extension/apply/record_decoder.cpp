@@ -757,6 +757,8 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
                 out.has_commit_ts = parse_int64(value, out.commit_ts_ms);
             else if (name == "kafka_sync.origin")
                 out.origin.assign(value.data(), value.size());
+            else if (name == "kafka_sync.incarnation" && value.size() <= 128)
+                out.incarnation.assign(value.data(), value.size());
             else if (name == "kafka_sync.txn_end")
                 out.has_txn_end = true;
         }

@@ -78,6 +78,7 @@ struct DecodedHeaders {
     int64_t commit_ts_ms = 0;
     bool has_txn_end = false; // the last record of its source transaction
     std::string origin;       // empty when absent
+    std::string incarnation;  // kafka_sync.incarnation: the peer's system, timeline and node creation; empty: absent
     std::string as_json;      // every header, for dead letters
 
     void reset() {
@@ -85,6 +86,7 @@ struct DecodedHeaders {
         lsn = 0;
         commit_ts_ms = 0;
         origin.clear();
+        incarnation.clear();
         as_json.clear();
     }
 };

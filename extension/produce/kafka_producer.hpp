@@ -21,6 +21,9 @@ struct ProducerSettings {
     std::string brokers;
     std::string topic;
     std::string node_name;
+    // kafka_sync.incarnation of every record: "<system identifier>/<timeline>/<node created>"; a
+    // subscriber compares LSNs only within one (a restored or re-created node starts lower)
+    std::string incarnation;
     NodeKafkaSettings kafka;
 };
 

@@ -74,6 +74,7 @@ struct NodeConfig {
     char *publication;
     char *topic_prefix;
     char *slot_name;
+    char *created; /* the node's created_at, in microseconds since 1970: one per create_node */
 };
 
 } // namespace
@@ -149,7 +150,8 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg, bool probe_only) {
     if (OidIsValid(nsp) && OidIsValid(get_relname_relid("node", nsp))) {
         SPI_connect();
         /* a paused node is, for the worker, no node: it exits quietly */
-        int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name "
+        int rc = SPI_execute("SELECT node_name, brokers, publication, topic_prefix, slot_name, "
+                             "(extract(epoch FROM created_at) * 1000000)::bigint "
                              "FROM kafka_sync.node WHERE enabled",
                              true, 1);
         if (probe_only) {
@@ -162,6 +164,7 @@ bool load_node_config(NodeConfig *cfg, List **pairs_pg, bool probe_only) {
             cfg->publication = copy_text(SPI_tuptable, 3);
             cfg->topic_prefix = copy_text(SPI_tuptable, 4);
             cfg->slot_name = copy_text(SPI_tuptable, 5);
+            cfg->created = copy_text(SPI_tuptable, 6);
             rc = SPI_execute("SELECT key, value FROM kafka_sync.node, jsonb_each_text(kafka_config) WHERE enabled ORDER BY key", true, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "could not read kafka_config of node %s", cfg->node_name);
@@ -736,6 +739,9 @@ void run_node_worker(Oid dboid) {
     w->cfg = cfg;
     set_state(w, NODE_STATE_STARTING, nullptr);
 
+    /* this node's incarnation: a restored copy runs on a new timeline, a re-created node has a new created_at */
+    const uint64 sysid = GetSystemIdentifier();
+    const TimeLineID tli = GetWALInsertionTimeLine();
     /* librdkafka objects; deleted by cleanup_worker at exit */
     kafka_sync::ks_guard([&]() {
         kafka_sync::ConfigPairs config;
@@ -762,6 +768,7 @@ void run_node_worker(Oid dboid) {
             throw std::runtime_error("invalid kafka_config: " + error);
         ps.brokers = w->cfg.brokers;
         ps.node_name = w->cfg.node_name;
+        ps.incarnation = std::to_string(sysid) + "/" + std::to_string(tli) + "/" + w->cfg.created;
         ps.topic = std::string(w->cfg.topic_prefix) + "." + w->cfg.node_name;
         w->schemas = ps.kafka.schemas;
         w->tombstones = ps.kafka.tombstones;

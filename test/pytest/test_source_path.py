@@ -823,3 +823,26 @@ def test_large_transaction_streams_complete_with_bounded_worker_memory(node_fact
         f"worker peak RSS (VmHWM) {hwm} kB exceeds {RSS_LIMIT_KB} kB (before: {hwm_before} kB)")
     print(f"big transaction: commit {t_commit:.1f}s, last record {t_done:.1f}s, worker VmHWM "
           f"{hwm_before} -> {hwm} kB, {reader.checked} records checked in flight, gaps {reader.gaps[:5]}")
+
+
+def test_records_carry_the_node_incarnation_and_a_re_created_node_has_a_new_one(node_factory):
+    """kafka_sync.incarnation = <system identifier>/<timeline>/<node created_at in µs>: a
+    subscriber compares LSNs only within one incarnation (a node restored from a backup,
+    failed over or created again writes at LSNs it may already have passed)."""
+    node = node_factory()
+    node.create(snapshot=False)
+    node.wait_state("streaming", timeout=60)
+    sysid = node.sql("SELECT system_identifier FROM pg_control_system()")[0][0]
+    tli = node.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0]
+    created = node.sql("SELECT (extract(epoch FROM created_at) * 1000000)::bigint FROM kafka_sync.node")[0][0]
+    node.sql("INSERT INTO user_table VALUES ('first', 'x', 'online')")
+    first = node.read(1)[0]
+    assert first.headers.get("kafka_sync.incarnation") == f"{sysid}/{tli}/{created}", first.headers
+    node.drop()
+    node.create(snapshot=False, create_topic=False)
+    node.wait_state("streaming", timeout=60)
+    node.sql("INSERT INTO user_table VALUES ('second', 'x', 'online')")
+    records = node.read(2)
+    assert records[1].key["user_id"] == "second"
+    second = records[1].headers["kafka_sync.incarnation"]
+    assert second.startswith(f"{sysid}/{tli}/") and second != first.headers["kafka_sync.incarnation"], second
