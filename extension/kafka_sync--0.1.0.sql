@@ -167,6 +167,24 @@ BEGIN
     END IF;
 END $$;
 
+-- New kafka_config for the node (replacing the old one): its worker
+-- restarts with it when this commits; nothing is lost (what Kafka had not
+-- acknowledged is sent again). The way out of "a record ... is larger than
+-- message.max.bytes", and how to rotate credentials given by value.
+CREATE FUNCTION kafka_sync.alter_node(kafka_config jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n kafka_sync.node := kafka_sync._this_node();
+BEGIN
+    PERFORM kafka_sync._check_kafka_config(kafka_config);
+    UPDATE kafka_sync.node SET kafka_config = alter_node.kafka_config;
+    IF n.enabled THEN
+        PERFORM kafka_sync._stop_node_worker(false);
+        PERFORM kafka_sync._node_created();
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION kafka_sync.alter_node(jsonb) FROM PUBLIC;
+
 -- Pausing stops publishing; WAL is retained (see retained_wal_bytes) and
 -- everything committed meanwhile is published after resume_node().
 CREATE FUNCTION kafka_sync.pause_node() RETURNS void

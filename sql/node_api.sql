@@ -67,6 +67,13 @@ SELECT state, worker_pid FROM kafka_sync.node_status;
 SELECT kafka_sync.resume_node();
 SELECT state <> 'paused' AS resumed FROM kafka_sync.node_status;
 
+-- new kafka_config: checked like create_node's, then the worker restarts with it
+SELECT kafka_sync.alter_node('{"acks": "0"}');
+SELECT kafka_sync.alter_node('{"plugin.library.paths": "/tmp/x"}');
+SELECT kafka_sync.alter_node('{"sasl.password": "hunter3", "message.max.bytes": 10000000, "kafka_sync.schemas": false}');
+SELECT kafka_config->>'message.max.bytes' AS message_max_bytes FROM kafka_sync.node;
+SELECT state <> 'paused' AS running_again FROM kafka_sync.node_status;
+
 -- one node per database
 SELECT kafka_sync.create_node('chat2', 'localhost:1');
 
@@ -75,6 +82,7 @@ CREATE ROLE kafka_sync_tester;
 SET ROLE kafka_sync_tester;
 SELECT kafka_sync.create_node('chat3', 'localhost:1');
 SELECT kafka_sync.drop_node();
+SELECT kafka_sync.alter_node('{}');
 SELECT * FROM kafka_sync.node;
 SELECT node_name FROM kafka_sync.node_status;
 RESET ROLE;
@@ -83,7 +91,7 @@ RESET ROLE;
 GRANT pg_monitor TO kafka_sync_tester;
 SET ROLE kafka_sync_tester;
 SELECT node_name, topic FROM kafka_sync.node_status;
-SELECT count(*) AS rows_mentioning_the_password FROM kafka_sync.node_status s WHERE s::text LIKE '%hunter2%';
+SELECT count(*) AS rows_mentioning_the_password FROM kafka_sync.node_status s WHERE s::text LIKE '%hunter%';
 RESET ROLE;
 
 -- drop_node cannot be rolled back, so it refuses to run in a transaction block

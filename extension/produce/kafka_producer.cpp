@@ -204,6 +204,9 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     rd_kafka_headers_t *hdrs = rd_kafka_headers_new(h.txn_end_count >= 0 ? 7 : 6);
     rd_kafka_header_add(hdrs, "kafka_sync.origin", -1, settings_.node_name.data(),
                         static_cast<ssize_t>(settings_.node_name.size()));
+    if (!settings_.incarnation.empty())
+        rd_kafka_header_add(hdrs, "kafka_sync.incarnation", -1, settings_.incarnation.data(),
+                            static_cast<ssize_t>(settings_.incarnation.size()));
     const std::string lsn = format_lsn(h.commit_lsn);
     rd_kafka_header_add(hdrs, "kafka_sync.lsn", -1, lsn.data(), static_cast<ssize_t>(lsn.size()));
     add_decimal_header(hdrs, "kafka_sync.xid", h.xid);
@@ -211,9 +214,6 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     // Lets a consumer see a transaction start over (a partial copy from
     // before a producer restart, followed by the complete one).
     add_decimal_header(hdrs, "kafka_sync.seq", h.seq);
-    if (!settings_.incarnation.empty())
-        rd_kafka_header_add(hdrs, "kafka_sync.incarnation", -1, settings_.incarnation.data(),
-                            static_cast<ssize_t>(settings_.incarnation.size()));
     if (h.txn_end_count >= 0)
         add_decimal_header(hdrs, "kafka_sync.txn_end", h.txn_end_count);
     // Snapshot rows each carry their own version, so a consumer may apply

@@ -38,6 +38,10 @@ namespace {
 
 /* A worker crashed or failed: wait this long before starting it again. */
 constexpr int kRestartDelayMs = 5000;
+/* A worker that keeps failing soon after it starts waits longer each time, up to this. */
+constexpr int kMaxRestartDelayMs = 300000;
+/* One that ran this long before it failed starts the count over. */
+constexpr int kHealthyRunMs = 60000;
 
 struct DatabaseWorker {
     Oid dboid; /* hash key */
@@ -46,6 +50,8 @@ struct DatabaseWorker {
     bool known_no_node;
     uint64 no_node_generation;
     TimestampTz not_before;
+    TimestampTz started_at;
+    int quick_failures; /* in a row, each soon after its start */
 };
 
 HTAB *workers = nullptr;
@@ -128,6 +134,8 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
         w->no_node_generation = 0;
         w->started_generation = 0;
         w->not_before = 0;
+        w->started_at = 0;
+        w->quick_failures = 0;
     }
     if (worker_running(w))
         return;
@@ -150,8 +158,15 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
             w->known_no_node = true;
             w->no_node_generation = w->started_generation;
         } else if (!stopping && w->not_before == 0) {
-            /* it failed: pause before the next attempt */
-            w->not_before = TimestampTzPlusMilliseconds(now, kRestartDelayMs);
+            /*
+             * It failed: pause before the next attempt, longer each time it
+             * fails again soon after starting (a record Kafka refuses, say),
+             * so the server log and the broker are not flooded.
+             */
+            const bool quick = !TimestampDifferenceExceeds(w->started_at, now, kHealthyRunMs);
+            w->quick_failures = quick ? Min(w->quick_failures + 1, 16) : 1;
+            const int64 delay = Min((int64)kRestartDelayMs << Min(w->quick_failures - 1, 6), (int64)kMaxRestartDelayMs);
+            w->not_before = TimestampTzPlusMilliseconds(now, delay);
         }
         pfree(w->handle);
         w->handle = nullptr;
@@ -160,11 +175,13 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
         return; /* drop_node() or pause_node() is in progress */
     if (w->known_no_node && w->no_node_generation >= generation)
         return;
-    if (w->not_before != 0 && now < w->not_before)
+    /* a change since its last start (alter_node, resume_node) is worth trying at once */
+    if (w->not_before != 0 && now < w->not_before && generation <= w->started_generation)
         return;
     if (start_worker(w, generation)) {
         w->known_no_node = false;
         w->not_before = 0;
+        w->started_at = now;
     }
 }
 

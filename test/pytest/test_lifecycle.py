@@ -1,6 +1,7 @@
 """Layouts and lifecycle: several nodes on one server, subscriptions that
 come and go. Each test names the promise it checks."""
 
+import json
 import tempfile
 import time
 
@@ -9,7 +10,7 @@ import psycopg2.errors
 import pytest
 
 from apply_env import Sidecar
-from ks_helpers import wait_until
+from ks_helpers import NODE_KAFKA_CONFIG, wait_until
 
 
 @pytest.fixture
@@ -213,3 +214,24 @@ def test_a_node_whose_slot_retains_more_wal_than_the_threshold_warns_and_says_re
         pg.sql("SELECT pg_reload_conf()")
     wait_until(lambda: node.status()["state"] == "streaming", 30, "streaming once the threshold is back",
                diagnostics=lambda: node.diagnostics(log_start))
+
+
+def test_a_record_larger_than_message_max_bytes_is_reported_and_alter_node_lets_it_through(node_factory):
+    """A row bigger than the producer's message.max.bytes: node_status says so (WAL is kept,
+    the worker retries with a growing pause), and kafka_sync.alter_node() with a larger
+    message.max.bytes is the way out: the row then arrives, nothing lost."""
+    node = node_factory()
+    node.kafka.create_topic(node.topic, config={"max.message.bytes": 20000000})
+    node.create(snapshot=False, create_topic=False)
+    node.wait_state("streaming", timeout=60)
+    node.sql("INSERT INTO user_table VALUES ('before', 'x', 'online')")
+    node.sql("INSERT INTO user_table VALUES ('big', repeat('x', 3000000), 'online')")
+    node.sql("INSERT INTO user_table VALUES ('after', 'x', 'online')")
+    wait_until(lambda: "larger than the producer's message.max.bytes" in (node.status()["last_error"] or ""), 60,
+               "node_status naming the oversized record", diagnostics=node.diagnostics)
+    # the node's settings, with a larger message.max.bytes (alter_node replaces them all)
+    node.sql("SELECT kafka_sync.alter_node(%s::jsonb)", (json.dumps({**NODE_KAFKA_CONFIG, "message.max.bytes": 10000000}),))
+    records = node.read(3, timeout=90)
+    assert [r.key["user_id"] for r in records] == ["before", "big", "after"], records
+    assert len(records[1].after["user_name"]) == 3000000
+    wait_until(lambda: node.status()["state"] == "streaming", 60, "streaming again", diagnostics=node.diagnostics)
