@@ -479,6 +479,8 @@ CREATE EVENT TRIGGER kafka_sync_track_deletes ON ddl_command_end
 -- node's replication origin: the apply side's update of a row its peer wrote last.
 CREATE FUNCTION kafka_sync._last_written_by(row_xmin xid, node text) RETURNS boolean
     LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'kafka_sync_last_written_by';
+-- in statements that run as the owner of the table they write (any role)
+GRANT EXECUTE ON FUNCTION kafka_sync._last_written_by(xid, text) TO PUBLIC;
 
 CREATE FUNCTION kafka_sync._check_on_error(on_error text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -518,7 +520,8 @@ $$;
 -- The tables a subscription may write: named ones must be tables, not of
 -- kafka_sync; no list means this node's publication, so a database that is
 -- no node must name them.
-CREATE FUNCTION kafka_sync._check_sub_tables(tables regclass[], is_node boolean) RETURNS void
+CREATE FUNCTION kafka_sync._check_sub_tables(tables regclass[], is_node boolean, allow_truncate boolean)
+RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     bad regclass;
@@ -539,7 +542,10 @@ BEGIN
     END IF;
     -- a role the management functions were granted to names only tables it may write itself
     SELECT t INTO bad FROM unnest(tables) t
-     WHERE NOT pg_catalog.has_table_privilege(session_user, t, 'INSERT, UPDATE, DELETE')
+     WHERE NOT (pg_catalog.has_table_privilege(session_user, t, 'INSERT')
+                AND pg_catalog.has_table_privilege(session_user, t, 'UPDATE')
+                AND pg_catalog.has_table_privilege(session_user, t, 'DELETE')
+                AND (NOT allow_truncate OR pg_catalog.has_table_privilege(session_user, t, 'TRUNCATE')))
         OR (EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = t
                                                 AND d.deptype = 'e')
             AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user))
@@ -547,10 +553,10 @@ BEGIN
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'role "%" may not name % for a subscription', session_user, bad
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A subscription may write only tables its creator may write (an extension''s tables: only a superuser''s).';
+                  DETAIL = 'A subscription may write only tables its creator may insert into, update and delete from (and truncate, with allow_truncate; an extension''s tables: only a superuser).';
     END IF;
 END $$;
-REVOKE ALL ON FUNCTION kafka_sync._check_sub_tables(regclass[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync._check_sub_tables(regclass[], boolean, boolean) FROM PUBLIC;
 
 CREATE FUNCTION kafka_sync.create_subscription(
     sub_name     text,
@@ -602,7 +608,7 @@ BEGIN
     END IF;
     PERFORM kafka_sync._check_conflict_resolution(conflict_resolution);
     PERFORM kafka_sync._check_kafka_config(kafka_config);
-    PERFORM kafka_sync._check_sub_tables(tables, local_node IS NOT NULL);
+    PERFORM kafka_sync._check_sub_tables(tables, local_node IS NOT NULL, coalesce(allow_truncate, true));
     IF allow_truncate IS NULL THEN
         RAISE EXCEPTION 'allow_truncate must not be null' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -751,8 +757,9 @@ BEGIN
     IF on_error IS NOT NULL THEN
         PERFORM kafka_sync._check_on_error(on_error);
     END IF;
-    IF tables IS NOT NULL THEN
-        PERFORM kafka_sync._check_sub_tables(tables, EXISTS (SELECT 1 FROM kafka_sync.node));
+    IF tables IS NOT NULL OR allow_truncate THEN
+        PERFORM kafka_sync._check_sub_tables(coalesce(tables, s.tables), EXISTS (SELECT 1 FROM kafka_sync.node),
+                                             coalesce(allow_truncate, s.allow_truncate));
     END IF;
     UPDATE kafka_sync.subscription x
        SET conflict_resolution = coalesce(alter_subscription.conflict_resolution, x.conflict_resolution),

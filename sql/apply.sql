@@ -308,6 +308,11 @@ BEGIN;
 SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{52}', '{NULL}',
     ARRAY[ev('c', 'user_table', NULL, '{"user_id": "inc2"}')], ARRAY[hdrs_inc('0/100', '7/2/100')], false);
 COMMIT;
+-- a straggler of the older incarnation (a failed-over primary) is skipped
+BEGIN;
+SELECT applied, skipped FROM kafka_sync.apply_chunk('from_chat2', '{53}', '{NULL}',
+    ARRAY[ev('c', 'user_table', NULL, '{"user_id": "inc_old"}')], ARRAY[hdrs_inc('0/9000', '7/1/100')], false);
+COMMIT;
 SELECT user_id FROM user_table WHERE user_id LIKE 'inc%' ORDER BY 1;
 SELECT peer_incarnation FROM kafka_sync.subscription;
 DROP FUNCTION hdrs_inc;

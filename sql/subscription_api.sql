@@ -65,6 +65,8 @@ RESET SESSION AUTHORIZATION;
 GRANT INSERT, UPDATE, DELETE ON only_this TO sub_operator;
 SET SESSION AUTHORIZATION sub_operator;
 SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[]);
+SELECT kafka_sync.create_subscription('from_chat2', 'chat2', 'localhost:1', tables => ARRAY['only_this']::regclass[],
+                                      allow_truncate => false);
 RESET SESSION AUTHORIZATION;
 SELECT kafka_sync.drop_subscription('from_chat2');
 REVOKE ALL ON only_this FROM sub_operator;

@@ -100,6 +100,8 @@ struct ApplyContext {
     int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
     RepOriginId row_origin; /* snapshot rows: the origin of their last writer, when known here */
     Oid allowed_relid;      /* the table last found writable by this subscription, in this call */
+    char *new_incarnation;  /* the peer's incarnation, when other than sub->incarnation (switch_incarnation) */
+    bool incarnation_reset; /* and a newer one: the origin's progress starts over */
     const ChunkRecord *current;
     /* the current record, once decoded (NULL: skipped) */
     kafka_sync::DecodedHeaders *headers;
@@ -332,17 +334,58 @@ void check_metadata(const ApplyContext *ctx, const kafka_sync::DecodedHeaders *h
 }
 
 /*
- * The peer's records carry its incarnation (system, timeline, node
- * creation). A new one (the peer was restored from a backup, failed over,
- * or dropped and created again) writes at LSNs that may lie below what was
- * applied from the old one: the origin's progress starts over, so that
- * nothing of the new one is skipped as applied before.
+ * The peer's records carry its incarnation: "<system identifier>/<timeline>/
+ * <node created_at>". A newer one (the peer was restored, failed over, or
+ * dropped and created again) writes at LSNs that may lie below what was
+ * applied from the old one, so LSNs compare only within one incarnation.
+ * Returns <0, 0, >0 as a is older than, the same as, newer than b; another
+ * system counts as newer.
  */
-void note_incarnation(ApplyContext *ctx, const std::string &incarnation) {
+int compare_incarnations(const char *a, const char *b) {
+    unsigned long long sa, sb;
+    unsigned ta, tb;
+    long long ca, cb;
+    if (strcmp(a, b) == 0)
+        return 0;
+    if (sscanf(a, "%llu/%u/%lld", &sa, &ta, &ca) != 3 || sscanf(b, "%llu/%u/%lld", &sb, &tb, &cb) != 3 || sa != sb)
+        return 1;
+    if (ta != tb)
+        return ta < tb ? -1 : 1;
+    return ca < cb ? -1 : (ca > cb ? 1 : 0);
+}
+
+/*
+ * A record of another incarnation than the one applied so far: an older one
+ * (a straggler of a failed-over primary) is skipped; a newer one is applied
+ * with its own LSNs from nothing, and the origin's progress starts over when
+ * the local transaction ends (finish_local_transaction), after everything
+ * that can fail. Returns false when the record is to be skipped.
+ */
+bool note_incarnation(ApplyContext *ctx, const std::string &incarnation) {
+    const char *current = ctx->new_incarnation ? ctx->new_incarnation : ctx->sub->incarnation;
+    if (current && strcmp(current, incarnation.c_str()) == 0)
+        return true;
+    if (!current) {
+        ctx->new_incarnation = MemoryContextStrdup(ctx->call_context, incarnation.c_str()); /* the first seen */
+        return true;
+    }
+    if (compare_incarnations(incarnation.c_str(), current) < 0)
+        return false;
+    ctx->new_incarnation = MemoryContextStrdup(ctx->call_context, incarnation.c_str());
+    ctx->incarnation_reset = true;
+    ctx->progress = InvalidXLogRecPtr;
+    ctx->completed_lsn = InvalidXLogRecPtr;
+    ctx->max_lsn = InvalidXLogRecPtr;
+    ctx->max_lsn_commit_ms = 0;
+    return true;
+}
+
+/* At the end of the local transaction: the incarnation seen becomes the subscription's, and a new one resets the origin. */
+void switch_incarnation(ApplyContext *ctx) {
     Subscription *sub = ctx->sub;
-    if (sub->incarnation) {
+    if (ctx->incarnation_reset) {
         ereport(WARNING, (errmsg("kafka_sync subscription %s: node %s has a new incarnation (%s, was %s)", sub->name,
-                                 sub->peer, incarnation.c_str(), sub->incarnation),
+                                 sub->peer, ctx->new_incarnation, sub->incarnation),
                           errdetail("It was restored, failed over, or dropped and created again: its LSNs start "
                                     "over, and so does the subscription's progress (its replication origin).")));
         replorigin_session_reset();
@@ -352,17 +395,19 @@ void note_incarnation(ApplyContext *ctx, const std::string &incarnation) {
         replorigin_advance(replorigin_by_name(sub->origin_name, false), InvalidXLogRecPtr, InvalidXLogRecPtr, true,
                            true);
         use_origin(sub);
-        ctx->progress = InvalidXLogRecPtr;
-        ctx->completed_lsn = InvalidXLogRecPtr;
-        ctx->max_lsn = InvalidXLogRecPtr;
-        ctx->max_lsn_commit_ms = 0;
+        replorigin_session_origin_lsn = InvalidXLogRecPtr;
+        /* a snapshot of the old incarnation cannot tell what the new one deleted */
+        if (sub->resync_lsn != InvalidXLogRecPtr)
+            resync_mark_incomplete(sub->name);
     }
     Oid types[2] = {TEXTOID, TEXTOID};
-    Datum args[2] = {CStringGetTextDatum(sub->name), CStringGetTextDatum(incarnation.c_str())};
+    Datum args[2] = {CStringGetTextDatum(sub->name), CStringGetTextDatum(ctx->new_incarnation)};
     if (SPI_execute_with_args("UPDATE kafka_sync.subscription SET peer_incarnation = $2 WHERE sub_name = $1", 2, types,
                               args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "kafka_sync could not record the incarnation of node %s", sub->peer);
-    sub->incarnation = MemoryContextStrdup(ctx->call_context, incarnation.c_str());
+    sub->incarnation = ctx->new_incarnation;
+    ctx->new_incarnation = nullptr;
+    ctx->incarnation_reset = false;
 }
 
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
@@ -381,8 +426,10 @@ void decode_record(ApplyContext *ctx) {
     ctx->headers = headers;
     if (!headers_ok)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
-    if (!headers->incarnation.empty() && (!ctx->sub->incarnation || headers->incarnation != ctx->sub->incarnation))
-        note_incarnation(ctx, headers->incarnation);
+    if (!headers->incarnation.empty() && !note_incarnation(ctx, headers->incarnation)) {
+        ctx->counters.skipped++; /* an older incarnation's: superseded */
+        return;
+    }
     if (headers->has_lsn && (headers->lsn <= ctx->progress || headers->lsn <= ctx->completed_lsn)) {
         ctx->counters.skipped++; /* applied before: a duplicate in the topic */
         return;
@@ -671,13 +718,14 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
     if (apply_dead_letter_max_rows > 0 && ++since_prune >= Max(1, apply_dead_letter_max_rows / 10)) {
         since_prune = 0;
         if (!prune_plan) {
-            Oid prune_types[1] = {INT8OID};
-            prune_plan = keep_plan("DELETE FROM kafka_sync.dead_letters WHERE id <= "
-                                   "(SELECT max(id) FROM kafka_sync.dead_letters) - $1",
-                                   1, prune_types);
+            Oid prune_types[2] = {INT8OID, TEXTOID};
+            /* per subscription: one that skips bad records never prunes the one a paused subscription waits on */
+            prune_plan = keep_plan("DELETE FROM kafka_sync.dead_letters d WHERE d.sub_name = $2 AND d.id <= "
+                                   "(SELECT max(x.id) FROM kafka_sync.dead_letters x WHERE x.sub_name = $2) - $1",
+                                   2, prune_types);
         }
-        Datum limit = Int64GetDatum(apply_dead_letter_max_rows);
-        if (SPI_execute_plan(prune_plan, &limit, nullptr, false, 0) != SPI_OK_DELETE)
+        Datum limit[2] = {Int64GetDatum(apply_dead_letter_max_rows), CStringGetTextDatum(sub->name)};
+        if (SPI_execute_plan(prune_plan, limit, nullptr, false, 0) != SPI_OK_DELETE)
             elog(ERROR, "kafka_sync could not prune kafka_sync.dead_letters");
     }
 }
@@ -810,6 +858,8 @@ void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
     apply_flush_inserts(&ctx->counters);
     apply_close_writer();
     flush_truncates(ctx);
+    if (ctx->new_incarnation)
+        switch_incarnation(ctx);
     if (next_offset >= 0)
         save_progress(ctx, next_offset);
     if (ctx->max_lsn > replorigin_session_origin_lsn)
@@ -1019,6 +1069,9 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         ctx.current = &r;
         MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
         if (r.offset == ctx.sub->skip_offset) {
+            /* its key is not noted: a resync in progress must delete nothing for want of it */
+            if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
+                resync_mark_incomplete(ctx.sub->name);
             ctx.counters.skipped++;
         } else {
             decode_record(&ctx);

@@ -143,12 +143,14 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
         /* the delete, like every change of a peer, runs as the table's owner (its triggers with its rights) */
         resetStringInfo(&sql);
         appendStringInfo(&sql,
-                         "DELETE FROM %s%s WHERE (tableoid, ctid) IN (SELECT * FROM unnest($1::oid[], $2::tid[]))",
+                         "DELETE FROM %s%s t WHERE (t.tableoid, t.ctid) IN (SELECT * FROM unnest($1::oid[], $2::tid[])) "
+                         "AND kafka_sync._last_written_by(t.xmin, $3)",
                          only, names[i]);
-        Oid del_types[2] = {OIDARRAYOID, TIDARRAYOID};
+        Oid del_types[3] = {OIDARRAYOID, TIDARRAYOID, TEXTOID};
         OwnerContext owner;
         switch_to_owner(table_owner(relids[i]), names[i], &owner);
-        int drc = SPI_execute_with_args(sql.data, 2, del_types, rows, nullptr, false, 0);
+        Datum del_args[3] = {rows[0], rows[1], args[1]};
+        int drc = SPI_execute_with_args(sql.data, 3, del_types, del_args, nullptr, false, 0);
         restore_user(&owner);
         if (drc != SPI_OK_DELETE)
             elog(ERROR, "kafka_sync could not delete the rows of %s that the snapshot of %s does not have", names[i],
