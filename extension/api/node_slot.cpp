@@ -9,6 +9,7 @@
 // (sub)transaction that made it aborts, so a create_node() that fails later,
 // or is rolled back, leaves no slot behind.
 #include "boundary/pg_boundary.hpp"
+#include "produce/node_worker.hpp"
 
 extern "C" {
 #include "postgres.h"
@@ -96,14 +97,6 @@ void at_subxact_event(SubXactEvent event, SubTransactionId my_subid, SubTransact
         created_in = parent_subid; /* now the parent's to keep or to undo */
 }
 
-XLogReaderRoutine *local_wal_reader() {
-    static XLogReaderRoutine routine;
-    routine.page_read = read_local_xlog_page;
-    routine.segment_open = wal_segment_open;
-    routine.segment_close = wal_segment_close;
-    return &routine;
-}
-
 } // namespace
 
 extern "C" {
@@ -135,8 +128,8 @@ Datum kafka_sync_create_node_slot(PG_FUNCTION_ARGS) {
      * that is running now (and has written) to end.
      */
     ReplicationSlotCreate(slot_name, true, RS_EPHEMERAL, false);
-    LogicalDecodingContext *ctx =
-        CreateInitDecodingContext("kafka_sync", NIL, false, InvalidXLogRecPtr, local_wal_reader(), nullptr, nullptr, nullptr);
+    LogicalDecodingContext *ctx = CreateInitDecodingContext("kafka_sync", NIL, false, InvalidXLogRecPtr,
+                                                            node_local_wal_reader(), nullptr, nullptr, nullptr);
     DecodingContextFindStartpoint(ctx);
     const XLogRecPtr consistent = MyReplicationSlot->data.confirmed_flush;
     FreeDecodingContext(ctx);

@@ -287,10 +287,16 @@ void note_transaction_end(ApplyContext *ctx, const kafka_sync::DecodedHeaders *h
         ctx->completed_lsn = headers->lsn;
 }
 
+/* A record not applied (skipped, dead-lettered, another incarnation's) while the subscription resynchronises. */
+void resync_not_applied(const Subscription *sub) {
+    if (sub->resync_lsn != InvalidXLogRecPtr)
+        resync_mark_incomplete(sub->name);
+}
+
 /* A time of a record (unix ms) that conflict resolution may compare: from 2000 to now + the allowed skew. */
 void check_record_time(const char *what, int64 ms) {
     constexpr int64 kYear2000Ms = INT64CONST(946684800000);
-    const int64 now_ms = (GetCurrentTimestamp() / 1000) + kPostgresEpochUnixMs;
+    const int64 now_ms = timestamptz_to_unix_ms(GetCurrentTimestamp());
     const int64 latest = now_ms + (int64)apply_max_clock_skew_s * 1000;
     if (ms < kYear2000Ms || ms > latest)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
@@ -397,8 +403,7 @@ void switch_incarnation(ApplyContext *ctx) {
         use_origin(sub);
         replorigin_session_origin_lsn = InvalidXLogRecPtr;
         /* a snapshot of the old incarnation cannot tell what the new one deleted */
-        if (sub->resync_lsn != InvalidXLogRecPtr)
-            resync_mark_incomplete(sub->name);
+        resync_not_applied(sub);
     }
     Oid types[2] = {TEXTOID, TEXTOID};
     Datum args[2] = {CStringGetTextDatum(sub->name), CStringGetTextDatum(ctx->new_incarnation)};
@@ -941,8 +946,7 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         ctx.current = &r;
         if (r.offset == ctx.sub->skip_offset) {
             /* already in dead_letters; its transaction's other records still apply */
-            if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
-                resync_mark_incomplete(ctx.sub->name);
+            resync_not_applied(ctx.sub);
             ctx.counters.skipped++;
             next_offset = Max(next_offset, r.offset + 1);
             ctx.current = nullptr;
@@ -974,8 +978,7 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
                 ctx.current = nullptr;
                 insert_dead_letter(ctx.sub, &r, message);
                 /* its key may not be noted: the resync must not delete rows for want of it */
-                if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
-                    resync_mark_incomplete(ctx.sub->name);
+                resync_not_applied(ctx.sub);
                 dead++;
             }
         }
@@ -1070,8 +1073,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
         MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
         if (r.offset == ctx.sub->skip_offset) {
             /* its key is not noted: a resync in progress must delete nothing for want of it */
-            if (ctx.sub->resync_lsn != InvalidXLogRecPtr)
-                resync_mark_incomplete(ctx.sub->name);
+            resync_not_applied(ctx.sub);
             ctx.counters.skipped++;
         } else {
             decode_record(&ctx);

@@ -430,14 +430,6 @@ List *plugin_options(NodeWorker *w) {
     return opts;
 }
 
-XLogReaderRoutine *local_wal_reader() {
-    static XLogReaderRoutine routine;
-    routine.page_read = read_local_xlog_page;
-    routine.segment_open = wal_segment_open;
-    routine.segment_close = wal_segment_close;
-    return &routine;
-}
-
 /*
  * A configuration reload re-reads the node's secrets file: a changed one
  * takes a new producer, so the worker exits and the launcher starts it again
@@ -600,7 +592,8 @@ void check_retained_wal(NodeWorker *w) {
 
 void stream(NodeWorker *w) {
     ReplicationSlotAcquire(w->cfg.slot_name, true);
-    LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, local_wal_reader(),
+    LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false,
+                                                        node_local_wal_reader(),
                                                         frames_prepare_write, frames_write, nullptr);
     ctx->output_writer_private = w;
     XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
@@ -833,4 +826,12 @@ void kafka_sync_node_worker_main(Datum main_arg) {
             throw;
         }
     });
+}
+
+XLogReaderRoutine *node_local_wal_reader(void) {
+    static XLogReaderRoutine routine;
+    routine.page_read = read_local_xlog_page;
+    routine.segment_open = wal_segment_open;
+    routine.segment_close = wal_segment_close;
+    return &routine;
 }

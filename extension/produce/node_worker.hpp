@@ -11,6 +11,10 @@ extern "C" {
 }
 
 struct NodeWorker;
+struct XLogReaderRoutine;
+
+/* Reads this server's own WAL: for the slot create_node() makes and for the worker's stream. */
+XLogReaderRoutine *node_local_wal_reader(void);
 
 /* kafka_sync.retained_wal_warning, in MB (0: off). */
 extern int kafka_sync_retained_wal_warning_mb;
