@@ -370,7 +370,9 @@ CREATE TABLE kafka_sync.dead_letters (
     value           bytea,
     headers         jsonb NOT NULL DEFAULT '{}',
     error           text NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- the record's value size; value is NULL when that exceeds kafka_sync.max_logged_value_size
+    value_bytes     integer
 );
 CREATE INDEX ON kafka_sync.dead_letters (sub_name, kafka_offset);
 REVOKE ALL ON kafka_sync.dead_letters FROM PUBLIC;

@@ -136,6 +136,19 @@ SELECT dead_letters FROM kafka_sync.apply_chunk('from_chat2', '{22,23}', '{NULL,
 SELECT count(*) AS kept, min(kafka_offset) AS oldest_kept FROM kafka_sync.dead_letters;
 ROLLBACK;
 RESET kafka_sync.dead_letter_max_rows;
+-- and so is what one keeps (kafka_sync.max_logged_value_size): a larger value is not kept, its size is,
+-- and an error message quoting a peer's value is cut
+SET kafka_sync.max_logged_value_size = 1000;
+BEGIN;
+SELECT dead_letters FROM kafka_sync.apply_chunk('from_chat2', '{24,25}', '{NULL,NULL}',
+    ARRAY[convert_to('{"op": "c", "pad": "' || repeat('x', 2000) || '"}', 'UTF8'),
+          ev('c', 'balances', NULL, ('{"account": "' || repeat('9', 3000) || 'x", "amount": "1"}')::jsonb)],
+    ARRAY[NULL, hdrs('0/880', 1)], true);
+SELECT kafka_offset, value IS NULL AS value_omitted, value_bytes, length(error) < 1400 AS error_bounded,
+       substring(error from '\(\d+ bytes of the message omitted\)') AS error_cut, right(error, 60) AS error_ends
+  FROM kafka_sync.dead_letters WHERE kafka_offset IN (24, 25) ORDER BY kafka_offset;
+ROLLBACK;
+RESET kafka_sync.max_logged_value_size;
 
 -- the apply side refuses a record that originated at this node
 UPDATE kafka_sync.subscription SET on_error = 'pause';

@@ -65,6 +65,12 @@ BEGIN;
 SELECT * FROM apply1(2, '0/300', 1700000000000, ev('u', NULL, '{"id": 2, "label": "remote again"}'));
 COMMIT;
 SELECT * FROM items WHERE id = 2;
+-- a row image larger than kafka_sync.max_logged_value_size is not kept: its size is
+BEGIN;
+SET LOCAL kafka_sync.max_logged_value_size = 1000;
+SELECT * FROM apply1(3, '0/380', 1700000000000, ev('u', NULL, jsonb_build_object('id', 3, 'label', repeat('y', 2000))));
+SELECT kind, resolution, local_row, remote_row FROM log WHERE key = '{"id": "3"}';
+ROLLBACK;
 
 -- insert of an existing key; delete of a row changed here; update and delete of missing rows
 TRUNCATE kafka_sync.conflicts;

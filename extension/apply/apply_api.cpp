@@ -36,6 +36,7 @@ extern "C" {
 #include "catalog/pg_replication_origin.h"
 #include "storage/lmgr.h"
 #include "utils/pg_lsn.h"
+#include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "catalog/dependency.h"
@@ -676,21 +677,35 @@ void apply_record(void *arg) {
         apply_decoded(ctx);
 }
 
+/*
+ * An error message may quote the value it refused ("invalid input syntax for
+ * type ...: ..."), which a peer chose: what is stored of it is bounded like a
+ * row image (at least 1 kB of it is kept).
+ */
+const char *bounded_message(const char *error) {
+    const int limit = Max(apply_max_logged_value_size, 1024);
+    const int len = strlen(error);
+    if (len <= limit)
+        return error;
+    const int kept = pg_mbcliplen(error, len, limit);
+    return psprintf("%.*s... (%d bytes of the message omitted)", kept, error, len - kept);
+}
+
 void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const char *error) {
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
-        Oid types[8] = {TEXTOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID};
+        Oid types[9] = {TEXTOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID, INT4OID};
         plan = keep_plan("INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
-                    "headers, error) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
-                    8, types);
+                         "headers, error, value_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)",
+                         9, types);
     }
     auto *headers = new_in_context<kafka_sync::DecodedHeaders>(CurrentMemoryContext);
     kafka_sync::ks_guard([&]() {
         std::string ignored;
         kafka_sync::decode_headers(r->headers, r->headers_len, *headers, ignored, true);
     });
-    Datum values[8];
-    char nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+    Datum values[9];
+    char nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
     values[0] = CStringGetTextDatum(sub->name);
     values[1] = CStringGetTextDatum(sub->topic);
     values[2] = Int32GetDatum(0);
@@ -701,16 +716,32 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
         memcpy(VARDATA(b), data, len);
         return PointerGetDatum(b);
     };
-    if (r->key_len >= 0)
+    /*
+     * What is kept of a record is bounded (kafka_sync.max_logged_value_size):
+     * a peer's records may each be hundreds of MB. The record itself stays
+     * in Kafka at its offset while the topic keeps it.
+     */
+    const int limit = apply_max_logged_value_size;
+    if (r->key_len >= 0 && r->key_len <= limit)
         values[4] = to_bytea(r->key, r->key_len);
     else
         nulls[4] = 'n';
-    if (r->value_len >= 0)
+    if (r->value_len >= 0 && r->value_len <= limit)
         values[5] = to_bytea(r->value, r->value_len);
     else
         nulls[5] = 'n';
-    values[6] = CStringGetTextDatum(headers->as_json.empty() ? "{}" : headers->as_json.c_str());
+    values[6] = CStringGetTextDatum(headers->as_json.empty() ? "{}" : bounded_json_image(headers->as_json.c_str()));
+    error = bounded_message(error);
+    if (r->value_len > limit || r->key_len > limit)
+        error = psprintf("%s (the record's %s of %d bytes is larger than kafka_sync.max_logged_value_size and is not "
+                         "kept here; it is at offset %lld of topic %s while Kafka keeps it)",
+                         error, r->value_len > limit ? "value" : "key",
+                         r->value_len > limit ? r->value_len : r->key_len, (long long)r->offset, sub->topic);
     values[7] = CStringGetTextDatum(error);
+    if (r->value_len >= 0)
+        values[8] = Int32GetDatum(r->value_len);
+    else
+        nulls[8] = 'n';
     if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "kafka_sync could not store a dead letter");
     /*
@@ -1138,7 +1169,7 @@ Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
     r.value_len = value ? (int)VARSIZE_ANY_EXHDR(value) : -1;
     r.headers = headers ? VARDATA_ANY(headers) : "";
     r.headers_len = headers ? (int)VARSIZE_ANY_EXHDR(headers) : 0;
-    char *error = text_to_cstring(PG_GETARG_TEXT_PP(5));
+    const char *error = bounded_message(text_to_cstring(PG_GETARG_TEXT_PP(5)));
 
     SPI_connect();
     Subscription *sub = load_subscription(sub_name);

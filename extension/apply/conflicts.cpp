@@ -140,7 +140,8 @@ bool remote_wins(ConflictStrategy strategy, const RowVersion &remote, const RowV
         break;
     }
     ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
-                    errmsg("conflict %s on table %s, key %s", kind, table, key_json ? key_json : "(none)"),
+                    errmsg("conflict %s on table %s, key %s", kind, table,
+                           key_json ? bounded_json_image(key_json) : "(none)"),
                     errdetail("The local row was last changed %s; the incoming change was made %s.",
                               describe_version(local), describe_version(remote)),
                     errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
@@ -180,10 +181,11 @@ void log_conflict(const ConflictRecord &c) {
     text_or_null(0, c.sub_name);
     text_or_null(1, c.peer);
     text_or_null(2, c.table);
-    text_or_null(3, c.key_json);
-    text_or_null(4, c.local_row_json);
+    /* a peer's row may be as large as a record: what the log keeps of it is bounded */
+    text_or_null(3, bounded_json_image(c.key_json));
+    text_or_null(4, bounded_json_image(c.local_row_json));
     version(5, 6, c.local);
-    text_or_null(7, c.remote_row_json);
+    text_or_null(7, bounded_json_image(c.remote_row_json));
     version(8, 9, c.remote);
     text_or_null(10, c.kind);
     text_or_null(11, c.resolution);
@@ -328,6 +330,16 @@ int apply_max_clock_skew_s = 300;
 int apply_dead_letter_max_rows = 100000;
 int apply_lock_timeout_ms = 300000;
 int apply_max_lsn_jump_mb = 1024 * 1024;
+int apply_max_logged_value_size = 64 * 1024;
+
+const char *bounded_json_image(const char *text) {
+    if (!text)
+        return nullptr;
+    const size_t len = strlen(text);
+    if (len <= size_t(apply_max_logged_value_size))
+        return text;
+    return psprintf("{\"kafka_sync.omitted_bytes\": %zu}", len);
+}
 
 void conflict_define_settings() {
     DefineCustomIntVariable("kafka_sync.apply_lock_timeout",
@@ -353,6 +365,14 @@ void conflict_define_settings() {
                             "look applied already.",
                             &apply_max_lsn_jump_mb, 1024 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr,
                             nullptr);
+    DefineCustomIntVariable("kafka_sync.max_logged_value_size",
+                            "Largest row image, key or record value kept in kafka_sync.conflicts and "
+                            "kafka_sync.dead_letters.",
+                            "A larger one is replaced by {\"kafka_sync.omitted_bytes\": size} (a dead letter's value "
+                            "by NULL, its size in value_bytes): with the row limits, this bounds what the two tables "
+                            "can hold.",
+                            &apply_max_logged_value_size, 64 * 1024, 0, 1024 * 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
+                            nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
                             "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
                             "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",

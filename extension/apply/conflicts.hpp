@@ -85,6 +85,15 @@ extern int apply_dead_letter_max_rows;
 /* kafka_sync.apply_lock_timeout (ms): how long an apply waits for the database's apply lock (0: for ever). */
 extern int apply_lock_timeout_ms;
 extern int apply_max_lsn_jump_mb;
+/* kafka_sync.max_logged_value_size (bytes): the largest row image, key or record kept in
+ * kafka_sync.conflicts and kafka_sync.dead_letters, and quoted in an error message. */
+extern int apply_max_logged_value_size;
+
+/*
+ * text itself when it is within kafka_sync.max_logged_value_size, else a
+ * small JSON object in its place that gives its size: {"kafka_sync.omitted_bytes": N}.
+ */
+const char *bounded_json_image(const char *text);
 
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */
 void prune_tombstones_if_due();
