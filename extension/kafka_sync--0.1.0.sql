@@ -808,11 +808,15 @@ END $$;
 -- For the sidecar: what to run, and from where.
 CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
-    OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text)
+    OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text,
+    OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
-           s.kafka_config, s.next_offset, current_setting('kafka_sync.allowed_kafka_properties', true)
+           s.kafka_config, s.next_offset, current_setting('kafka_sync.allowed_kafka_properties', true),
+           -- NULL where the library is not loaded: the sidecar's defaults are the same
+           (extract(epoch FROM current_setting('kafka_sync.partial_transaction_wait', true)::interval) * 1000)::bigint,
+           (extract(epoch FROM current_setting('kafka_sync.partial_transaction_hold', true)::interval) * 1000)::bigint
       FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
 $$;
 
@@ -923,6 +927,7 @@ SELECT s.sub_name AS name,
                                 AND a.application_name = left('kafka_sync_sidecar ' || s.sub_name, 63)) THEN 'no_sidecar'
             WHEN s.resync_lsn IS NOT NULL AND s.consumer_error IS NULL THEN 'resyncing'
             WHEN s.consumer_error LIKE 'topic % does not exist%' THEN 'waiting_for_topic'
+            WHEN s.consumer_error LIKE 'waiting for the last record of transaction %' THEN 'waiting_for_transaction_end'
             WHEN s.consumer_error LIKE 'Kafka is unreachable%'
               OR s.consumer_error LIKE 'no connection to the leader%' THEN 'kafka_unavailable'
             WHEN s.consumer_error IS NOT NULL THEN 'error'

@@ -4,6 +4,7 @@
 #include "log.hpp"
 #include "pg_array.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -16,7 +17,7 @@ constexpr uint32_t kBoolOid = 16;
 
 const char *kSubscriptionsSql =
     "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset, "
-    "coalesce(allowed_kafka_properties, '') "
+    "coalesce(allowed_kafka_properties, ''), partial_transaction_wait_ms, partial_transaction_hold_ms "
     "FROM kafka_sync.sidecar_subscriptions()";
 
 int64_t int_column(PGresult *res, int row, int col) {
@@ -299,6 +300,10 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
             if (!PQgetisnull(res, i, 7))
                 s.next_offset = int_column(res, i, 7);
             s.allowed_kafka_properties = text_column(res, i, 8);
+            if (!PQgetisnull(res, i, 9))
+                s.partial_wait_ms = std::max<int64_t>(int_column(res, i, 9), 1000);
+            if (!PQgetisnull(res, i, 10))
+                s.partial_hold_ms = std::max<int64_t>(int_column(res, i, 10), 1000);
             out.push_back(std::move(s));
         }
     }

@@ -27,13 +27,19 @@ struct SubscriptionConfig {
     std::string allowed_kafka_properties;
     // A hash of its secrets file's content as last read (note_secrets_file).
     size_t secrets_file_hash = 0;
+    // The server's kafka_sync.partial_transaction_wait and _hold: how long a
+    // source transaction applied in part may keep its local transaction open
+    // waiting for its next record, and at all before its end is in Kafka.
+    int64_t partial_wait_ms = 30 * 1000;
+    int64_t partial_hold_ms = 5 * 60 * 1000;
 
     // Everything that needs a new consumer when it changes (not next_offset,
     // which moves with every commit).
     bool same_settings(const SubscriptionConfig &other) const {
         return name == other.name && peer == other.peer && brokers == other.brokers && topic == other.topic &&
                start == other.start && on_error == other.on_error && kafka_config == other.kafka_config &&
-               secrets_file_hash == other.secrets_file_hash && allowed_kafka_properties == other.allowed_kafka_properties;
+               secrets_file_hash == other.secrets_file_hash && allowed_kafka_properties == other.allowed_kafka_properties &&
+               partial_wait_ms == other.partial_wait_ms && partial_hold_ms == other.partial_hold_ms;
     }
 };
 

@@ -19,9 +19,6 @@ namespace {
 constexpr int kPollMs = 100;
 constexpr auto kReportInterval = std::chrono::seconds(1);
 constexpr auto kLogInterval = std::chrono::seconds(10);
-// A streamed transaction waiting this long for its next record (Kafka down,
-// producer gone) is rolled back, so that it holds no locks meanwhile.
-constexpr auto kStallTimeout = std::chrono::seconds(30);
 constexpr auto kOffsetRetry = std::chrono::seconds(10);
 constexpr auto kGapCheck = std::chrono::seconds(1);
 
@@ -139,6 +136,7 @@ bool SubscriptionRunner::position() {
     txn_open_ = false;
     seeking_snapshot_ = false;
     gap_problem_.clear();
+    await_end_ = AwaitEnd();
     positioned_ = true;
     position_ = offset >= 0 ? offset : -1;
     committed_next_ = rows[0].next_offset ? *rows[0].next_offset : -1;
@@ -160,10 +158,19 @@ void SubscriptionRunner::iterate() {
     }
     if (now - last_log_ >= kLogInterval)
         log_progress();
-    if (txn_open_ && assembler_.streaming() && now - last_record_ > kStallTimeout) {
-        if (await_apply())
-            rollback_stalled();
-        return;
+    // A source transaction applied in part holds its locks and the
+    // database's apply lock: not while waiting for a record (Kafka down,
+    // producer gone), nor for longer than the hold limit before its end is
+    // in Kafka (a peer's transaction that never ends, or a huge one).
+    if (txn_open_ && assembler_.streaming()) {
+        const bool stalled = now - last_record_ > std::chrono::milliseconds(config_.partial_wait_ms);
+        const bool held = now - txn_began_ > std::chrono::milliseconds(config_.partial_hold_ms) &&
+                          assembler_.streaming_first_offset() != whole_first_offset_;
+        if (stalled || held) {
+            if (await_apply())
+                roll_back_partial(stalled);
+            return;
+        }
     }
     // The stored offset is out of range: when Kafka no longer has those
     // records, look for a snapshot of the peer after them; otherwise (the
@@ -181,6 +188,8 @@ void SubscriptionRunner::iterate() {
         position_ = record.offset + 1;
         if (seeking_snapshot_)
             seeking_record(record);
+        else if (await_end_.active)
+            awaiting_end_record(record);
         else
             assembler_.add(std::move(record));
     } else {
@@ -324,6 +333,7 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
             txn_first_offset_ = step.records.front().offset;
             txn_last_offset_ = step.records.back().offset;
             txn_counts_ = ApplyResult();
+            txn_began_ = Clock::now();
             st = db_.exec("BEGIN");
             if (!st.ok())
                 return apply_failed(st);
@@ -444,6 +454,7 @@ bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, con
 
 void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_through) {
     assembler_.reset();
+    await_end_ = AwaitEnd();
     std::string error;
     if (!consumer_.assign(first_offset, error)) {
         LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
@@ -456,17 +467,56 @@ void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_thro
     last_record_ = last_assign_ = Clock::now();
 }
 
-void SubscriptionRunner::rollback_stalled() {
-    LOG_WARNING("subscription %s: no record for %d s inside the transaction starting at offset %" PRId64
-                "; rolling it back (it is read again)",
-                name_.c_str(), static_cast<int>(kStallTimeout.count()), txn_first_offset_);
+void SubscriptionRunner::roll_back_partial(bool stalled) {
+    AwaitEnd a;
+    a.active = true;
+    a.lsn = assembler_.streaming_lsn();
+    a.first_offset = assembler_.streaming_first_offset();
+    a.careful_through = assembler_.careful_through();
+    a.records = position_ - a.first_offset;
+    if (stalled)
+        LOG_WARNING("subscription %s: no record for %.0f s inside transaction %s (from offset %" PRId64
+                    "); rolling back what was applied of it, and applying it when its last record is in Kafka "
+                    "(kafka_sync.partial_transaction_wait)",
+                    name_.c_str(), config_.partial_wait_ms / 1000.0, format_lsn(a.lsn).c_str(), a.first_offset);
+    else
+        LOG_WARNING("subscription %s: transaction %s (from offset %" PRId64 ") was applied in part for %.0f s and "
+                    "its last record is not in Kafka yet; rolling back what was applied of it (it held locks), and "
+                    "applying it when its last record is there (kafka_sync.partial_transaction_hold)",
+                    name_.c_str(), format_lsn(a.lsn).c_str(), a.first_offset, config_.partial_hold_ms / 1000.0);
     DbStatus st = db_.exec("ROLLBACK");
     txn_open_ = false;
     if (st.kind == DbStatus::Kind::Lost) {
         db_lost(st.message);
         return;
     }
-    restart_from(txn_first_offset_, assembler_.careful_through());
+    // The consumer reads on from where it is: every record since the first
+    // belongs to the transaction (the assembler saw no end).
+    assembler_.reset();
+    await_end_ = a;
+    apply_problem_.clear();
+}
+
+std::string SubscriptionRunner::await_problem() const {
+    return "waiting for the last record of transaction " + format_lsn(await_end_.lsn) + " (from offset " +
+           std::to_string(await_end_.first_offset) + ", " + std::to_string(await_end_.records) +
+           " records so far) to apply it whole; nothing of it is applied or held meanwhile";
+}
+
+void SubscriptionRunner::awaiting_end_record(const Record &record) {
+    await_end_.records++;
+    const bool ends = !record.snapshot && record.has_lsn && record.lsn == await_end_.lsn && record.txn_end;
+    // a partial copy (a producer restarted): the assembler discards it when read again
+    const bool other = record.snapshot || (record.has_lsn && (record.lsn != await_end_.lsn || record.seq == 1));
+    if (!ends && !other)
+        return;
+    const AwaitEnd a = await_end_;
+    await_end_ = AwaitEnd();
+    LOG_INFO("subscription %s: %s of transaction %s is in Kafka at offset %" PRId64 "; applying it from offset "
+             "%" PRId64, name_.c_str(), ends ? "the last record" : "the record after an incomplete copy",
+             format_lsn(a.lsn).c_str(), record.offset, a.first_offset);
+    whole_first_offset_ = ends ? a.first_offset : -1;
+    restart_from(a.first_offset, a.careful_through);
 }
 
 bool SubscriptionRunner::still_enabled() {
@@ -484,6 +534,7 @@ void SubscriptionRunner::db_lost(const std::string &message) {
     db_.close();
     positioned_ = false;
     seeking_snapshot_ = false;
+    await_end_ = AwaitEnd();
     txn_open_ = false;
     in_flight_.active = false; // went with the session
     in_flight_.records.clear();

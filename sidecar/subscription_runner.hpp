@@ -52,7 +52,10 @@ class SubscriptionRunner {
     // calls for; false when it failed (recovery reset what was read since).
     bool await_apply();
     void restart_from(int64_t first_offset, int64_t careful_through);
-    void rollback_stalled();
+    // A source transaction applied in part waited too long for its next record
+    // (stalled) or for its end (held): roll the part back and read ahead.
+    void roll_back_partial(bool stalled);
+    void awaiting_end_record(const Record &record);
     void report_progress();
     void log_progress();
     void note_kafka_state(const std::string &problem);
@@ -88,10 +91,31 @@ class SubscriptionRunner {
     std::string gap_problem_; // reported as the Kafka problem meanwhile
     bool start_seeking_snapshot();
     void seeking_record(const Record &record);
-    std::string problem() const { return seeking_snapshot_ ? gap_problem_ : consumer_.problem(); }
+    std::string problem() const {
+        if (seeking_snapshot_)
+            return gap_problem_;
+        std::string p = consumer_.problem();
+        return p.empty() && await_end_.active ? await_problem() : p;
+    }
+
+    // A source transaction rolled back by roll_back_partial: the records
+    // that follow are read without being applied (nothing is held) until its
+    // last record is in Kafka; then it is read again from its first offset
+    // and applied whole, with no hold limit (every record is there).
+    struct AwaitEnd {
+        bool active = false;
+        uint64_t lsn = 0;
+        int64_t first_offset = -1;
+        int64_t careful_through = -1;
+        int64_t records = 0;
+    };
+    AwaitEnd await_end_;
+    int64_t whole_first_offset_ = -1; // the source transaction known complete in Kafka
+    std::string await_problem() const;
 
     // The open local transaction.
     bool txn_open_ = false;
+    Clock::time_point txn_began_{};
     bool txn_careful_ = false;
     int64_t txn_first_offset_ = 0;
     int64_t txn_last_offset_ = 0;

@@ -63,6 +63,9 @@ class TxnAssembler {
     bool has_pending() const { return !pending_.empty(); }
     // Part of an unfinished source transaction is in the open local transaction.
     bool streaming() const { return current_.active && current_.streaming; }
+    // The source transaction being streamed: its LSN and first offset.
+    uint64_t streaming_lsn() const { return current_.lsn; }
+    int64_t streaming_first_offset() const { return current_.first_offset; }
 
     std::vector<ApplyStep> take_steps();
     // Human-readable notes about the stream (discarded copies, odd counts) to log.

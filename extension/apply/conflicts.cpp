@@ -331,6 +331,8 @@ int apply_dead_letter_max_rows = 100000;
 int apply_lock_timeout_ms = 300000;
 int apply_max_lsn_jump_mb = 1024 * 1024;
 int apply_max_logged_value_size = 64 * 1024;
+int apply_partial_transaction_wait_ms = 30 * 1000;
+int apply_partial_transaction_hold_ms = 5 * 60 * 1000;
 
 const char *bounded_json_image(const char *text) {
     if (!text)
@@ -373,6 +375,22 @@ void conflict_define_settings() {
                             "can hold.",
                             &apply_max_logged_value_size, 64 * 1024, 0, 1024 * 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
                             nullptr, nullptr, nullptr);
+    /* read by the sidecar (kafka_sync.sidecar_subscriptions()), which enforces them */
+    DefineCustomIntVariable("kafka_sync.partial_transaction_wait",
+                            "How long the sidecar keeps a source transaction applied in part open while its next "
+                            "record does not arrive.",
+                            "Then it rolls the part back (releasing its locks), reads ahead without applying until "
+                            "the transaction's last record is in Kafka, and applies it whole.",
+                            &apply_partial_transaction_wait_ms, 30 * 1000, 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("kafka_sync.partial_transaction_hold",
+                            "How long the sidecar keeps a source transaction applied in part open before its last "
+                            "record is in Kafka.",
+                            "Then it rolls the part back, reads ahead without applying until the transaction's last "
+                            "record is in Kafka, and applies it whole: a peer's transaction that never ends cannot "
+                            "hold locks (and the database's apply lock) for longer.",
+                            &apply_partial_transaction_hold_ms, 5 * 60 * 1000, 1000, INT_MAX, PGC_SIGHUP,
+                            GUC_UNIT_MS, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
                             "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
                             "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",
