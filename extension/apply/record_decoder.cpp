@@ -315,6 +315,23 @@ class PlainReader {
         return true;
     }
     void skip_word(Kind k) { p_ += k == Kind::False ? 5 : 4; }
+    // A member name spelled exactly name, quotes included (r before it):
+    // no escape can spell a letter, so none other is that name.
+    template <size_t N>
+    bool at_name(const char (&name)[N]) {
+        ws();
+        return word(name);
+    }
+    // The unread text, to be passed over by another reader up to skip_to(),
+    // which counted it towards the interrupt check.
+    const char *pos() {
+        ws();
+        return p_;
+    }
+    const char *end() const { return end_; }
+    void skip_to(const char *p) {
+        p_ = polled_ = const_cast<char *>(p);
+    }
     // Counts what was read since the last call towards the interrupt check.
     void poll() {
         poller_.read(static_cast<size_t>(p_ - polled_));
@@ -374,6 +391,183 @@ bool distinct_names(std::vector<std::string_view> &keys) {
         return true;
     std::sort(keys.begin(), keys.end());
     return std::adjacent_find(keys.begin(), keys.end()) == keys.end();
+}
+
+// The value of a record's "schema" member: the Kafka Connect schema of the
+// table, the same for every row of it, and nothing apply reads. It is
+// checked (not read) in one linear pass against every rule that jansson and
+// within_json_limits hold the record to, so that what passes here is what
+// jansson accepts; anything this pass does not cover (\u escapes, reals,
+// escaped member names) makes it give up, and jansson decides. The value
+// sits right inside the record's object: one level of nesting is taken.
+//
+// Values it may hold: the record's limit less what a plain payload can add
+// (the wrapper, and an envelope and four rows of kMaxObjectMembers each).
+constexpr size_t kMaxSchemaValues = kMaxJsonValues - 8 * kMaxObjectMembers;
+
+// A string (p at its quote) passed over: the byte after it, or nullptr.
+// name: its raw text, for a member name, which must hold no escape.
+const char *skip_string(const char *p, const char *end, std::string_view *name) {
+    const char *start = ++p;
+    unsigned char any = 0;
+    while (p < end) {
+        const unsigned char c = static_cast<unsigned char>(*p);
+        if (c == '"') {
+            const size_t n = static_cast<size_t>(p - start);
+            if (any >= 0x80 && !valid_utf8(start, n))
+                return nullptr;
+            if (name)
+                *name = std::string_view(start, n);
+            return p + 1;
+        }
+        if (c < 0x20)
+            return nullptr;
+        if (c == '\\') {
+            if (name || end - p < 2 || !strchr("\"\\/bfnrt", p[1]) || p[1] == '\0')
+                return nullptr; // \u: jansson checks its surrogates and \u0000
+            p += 2;
+            continue;
+        }
+        any |= c;
+        p++;
+    }
+    return nullptr;
+}
+
+// A scalar other than a string (p at it) passed over: true, false, null, or
+// an integer of at most 18 digits (reals and larger integers: jansson's
+// limits); the byte after it, or nullptr.
+const char *skip_word_or_integer(const char *p, const char *end) {
+    for (const char *w : {"true", "false", "null"}) {
+        const size_t n = strlen(w);
+        if (*p == *w)
+            return static_cast<size_t>(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : nullptr;
+    }
+    const char *digits = p + (*p == '-');
+    const char *q = digits;
+    while (q < end && *q >= '0' && *q <= '9')
+        q++;
+    const size_t n = static_cast<size_t>(q - digits);
+    if (n == 0 || n > 18 || (n > 1 && *digits == '0'))
+        return nullptr;
+    if (q < end && (*q == '.' || *q == 'e' || *q == 'E'))
+        return nullptr;
+    return q;
+}
+
+// The JSON value at p (no whitespace before it), one level inside the
+// record's object, passed over as described above kMaxSchemaValues: the
+// byte after it, or nullptr to give up. names: one list per nesting level,
+// for the member names of the object open there (storage reused).
+const char *skip_schema_value(const char *p, const char *end, InterruptPoller &poller,
+                              std::vector<std::vector<std::string_view>> &names) {
+    constexpr size_t kBase = 1; // the record's object
+    bool is_object[kMaxNestingDepth + 1];
+    size_t members[kMaxNestingDepth + 1];
+    size_t open = 0; // containers of the value still open
+    size_t values = 0;
+    const char *polled = p;
+    names.resize(kMaxNestingDepth + 1);
+    auto ws = [&] {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+    };
+    // a member name and its colon, p at the name; duplicates: jansson's error
+    auto member_name = [&] {
+        ws();
+        std::string_view name;
+        if (p == end || *p != '"' || !(p = skip_string(p, end, &name)))
+            return false;
+        std::vector<std::string_view> &seen = names[open];
+        if (seen.size() < kNamesSearched && std::find(seen.begin(), seen.end(), name) != seen.end())
+            return false;
+        seen.push_back(name);
+        ws();
+        return p < end && *p++ == ':';
+    };
+    for (;;) {
+        if (static_cast<size_t>(p - polled) >= kInterruptCheckBytes) {
+            poller.read(static_cast<size_t>(p - polled));
+            polled = p;
+        }
+        // a value, p at it
+        ws();
+        if (p == end)
+            return nullptr;
+        if (*p == '{' || *p == '[') {
+            if (++values > kMaxSchemaValues || kBase + ++open > kMaxNestingDepth)
+                return nullptr;
+            is_object[open] = *p++ == '{';
+            members[open] = 1;
+            names[open].clear();
+            ws();
+            if (p < end && *p == (is_object[open] ? '}' : ']')) {
+                p++;
+                open--;
+            } else {
+                if (is_object[open] && !member_name())
+                    return nullptr;
+                continue;
+            }
+        } else if (!(p = *p == '"' ? skip_string(p, end, nullptr) : skip_word_or_integer(p, end))) {
+            return nullptr;
+        }
+        // after a value: the next one of its container, or the container's end
+        for (;;) {
+            if (open == 0)
+                return p;
+            ws();
+            if (p == end)
+                return nullptr;
+            if (*p == ',') {
+                p++;
+                if (++values > kMaxSchemaValues)
+                    return nullptr;
+                if (is_object[open] && (++members[open] > kMaxObjectMembers || !member_name()))
+                    return nullptr;
+                break;
+            }
+            if (*p != (is_object[open] ? '}' : ']'))
+                return nullptr;
+            p++;
+            if (is_object[open] && !distinct_names(names[open]))
+                return nullptr;
+            open--;
+        }
+    }
+}
+
+// How many schemas a decoder keeps (the tables of one chunk of records, most
+// recently seen first), and the largest it keeps.
+constexpr size_t kSchemasKept = 8;
+constexpr size_t kSchemaKeptBytes = 256 * 1024;
+
+// A record's "schema" value (p at it) passed over: the byte after it, or
+// nullptr to give up. Every row of a table carries the same schema text:
+// one that passed skip_schema_value before, byte for byte, passes again (a
+// JSON value's extent and validity are its bytes' alone, and its place in
+// the record is always the same), at the cost of a memcmp.
+const char *pass_schema(const char *p, const char *end, InterruptPoller &poller, std::vector<std::string> &known,
+                        std::vector<std::vector<std::string_view>> &names) {
+    const size_t avail = static_cast<size_t>(end - p);
+    for (size_t i = 0; i < known.size(); i++) {
+        const std::string &k = known[i];
+        if (k.size() <= avail && memcmp(p, k.data(), k.size()) == 0) {
+            poller.read(k.size());
+            std::rotate(known.begin(), known.begin() + static_cast<ptrdiff_t>(i),
+                        known.begin() + static_cast<ptrdiff_t>(i) + 1);
+            return p + known.front().size();
+        }
+    }
+    const char *after = skip_schema_value(p, end, poller, names);
+    const size_t n = after ? static_cast<size_t>(after - p) : 0;
+    if (after && n <= kSchemaKeptBytes) {
+        if (known.size() < kSchemasKept)
+            known.emplace_back();
+        std::rotate(known.begin(), known.end() - 1, known.end()); // the oldest (or the new one) first
+        known.front().assign(p, n);
+    }
+    return after;
 }
 
 // A scalar value (r at it): its kind and its text (the string or integer
@@ -489,7 +683,6 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
     if (!r.eat('{'))
         return false;
     std::vector<std::string_view> &keys = keys_;
-    keys.clear();
     const char *op = nullptr;
     const char *source_name = nullptr;
     bool has_source = false;
@@ -507,7 +700,11 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
             return true;
         });
     };
-    if (!r.eat('}')) {
+    // the envelope's members and its closing brace (r after its opening one)
+    auto envelope = [&]() {
+        keys.clear();
+        if (r.eat('}'))
+            return true;
         do {
             std::string_view key;
             if (!read_member_name(r, keys, key))
@@ -540,7 +737,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 ok = read_plain_object(r, inner_keys_, own,
                                        [](std::string_view, PlainReader::Kind, const char *) { return true; });
             } else if (key == "schema" || key == "payload") {
-                ok = false; // the Connect schema wrapper: jansson's job
+                ok = false; // a wrapper of other members than these two, or inside a wrapper: jansson's job
             } else {
                 // op, ts_ms, anything else of scalars
                 PlainReader::Kind kind;
@@ -552,7 +749,34 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
             if (!ok)
                 return false;
         } while (r.eat(','));
-        if (!r.eat('}') || !distinct_names(keys))
+        return r.eat('}') && distinct_names(keys);
+    };
+    if (!r.at_name("\"schema\"") && !r.at_name("\"payload\"")) {
+        if (!envelope())
+            return false;
+    } else {
+        // The Kafka Connect wrapper, as jansson reads it when it has both
+        // members: exactly these two (in either order), the schema passed
+        // over, the payload read as a record without one.
+        bool schema = false, payload = false;
+        do {
+            if (!schema && r.at_name("\"schema\"")) {
+                schema = true;
+                if (!r.string() || !r.eat(':'))
+                    return false;
+                const char *after = pass_schema(r.pos(), r.end(), poller, schemas_, schema_names_);
+                if (!after)
+                    return false;
+                r.skip_to(after);
+            } else if (!payload && r.at_name("\"payload\"")) {
+                payload = true;
+                if (!r.string() || !r.eat(':') || !r.eat('{') || !envelope())
+                    return false;
+            } else {
+                return false;
+            }
+        } while (r.eat(','));
+        if (!r.eat('}') || !schema || !payload)
             return false;
     }
     if (!r.at_end())
@@ -582,7 +806,8 @@ bool RecordDecoder::decode_value(const char *data, size_t len, DecodedRecord &ou
                     " MB kafka_sync decodes (no row this large can be synced)";
             return false;
         }
-        if (plain_first && decode_plain(data, len, out))
+        read_in_place_ = plain_first && decode_plain(data, len, out);
+        if (read_in_place_)
             return true;
         reset(out);
         return decode_tree(data, len, out, error);

@@ -115,10 +115,14 @@ class RecordDecoder {
     using InterruptCheck = void (*)();
     void set_interrupt_check(InterruptCheck check) { interrupt_check_ = check; }
 
+    // Whether the last record was read in place (not by jansson): for tests.
+    bool read_in_place() const { return read_in_place_; }
+
   private:
-    // The common case, a kafka_sync record of scalars, parsed in place
-    // (no tree, no allocation per value); false for anything else, which jansson then decodes
-    // (and reports the error of).
+    // The common case, a kafka_sync record of scalars (with or without the
+    // Connect schema wrapper), parsed in place (no tree, no allocation per
+    // value); false for anything else, which jansson then decodes (and
+    // reports the error of).
     bool decode_plain(const char *data, size_t len, DecodedRecord &out);
     bool decode_tree(const char *data, size_t len, DecodedRecord &out, std::string &error);
     bool read_row(json_t *obj, const char *which, std::vector<DecodedColumn> &out, std::string &error);
@@ -131,6 +135,9 @@ class RecordDecoder {
     std::vector<std::string_view> keys_; // the member names of the record's object, then of an inner one
     std::vector<std::string_view> inner_keys_;
     std::string text_;              // decode_plain's copy of the value, strings unescaped in place
+    std::vector<std::string> schemas_; // Connect schemas that passed the plain reader's check, latest first
+    std::vector<std::vector<std::string_view>> schema_names_; // member names per nesting level, while one is checked
+    bool read_in_place_ = false;
     InterruptCheck interrupt_check_ = nullptr;
 };
 

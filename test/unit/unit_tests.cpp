@@ -399,15 +399,38 @@ void decoder_reads_what_the_encoder_writes() {
         RecordDecoder dec;
         DecodedRecord rec;
         std::string err;
-        CHECK(dec.decode_value(value.data(), value.size(), rec, err));
-        CHECK(rec.op == 'u');
-        CHECK(std::string(rec.table) == "user_table" && std::string(rec.schema) == "public");
-        CHECK(std::string(rec.origin) == "chat1");
-        CHECK(!rec.has_before && rec.has_after);
-        CHECK(rec.after.size() == 2); // the absent (unchanged TOAST) column stays absent
-        CHECK(std::string(rec.after[0].value) == "u\"1");
-        CHECK(rec.after[1].value == nullptr);
+        for (int again = 0; again < 2; again++) { // the second time with the schema seen before
+            CHECK(dec.decode_value(value.data(), value.size(), rec, err));
+            CHECK(dec.read_in_place()); // with the schema too: no jansson tree per row
+            CHECK(rec.op == 'u');
+            CHECK(std::string(rec.table) == "user_table" && std::string(rec.schema) == "public");
+            CHECK(std::string(rec.origin) == "chat1");
+            CHECK(!rec.has_before && rec.has_after);
+            CHECK(rec.after.size() == 2); // the absent (unchanged TOAST) column stays absent
+            CHECK(std::string(rec.after[0].value) == "u\"1");
+            CHECK(rec.after[1].value == nullptr);
+        }
     }
+}
+
+// A record as a node on its defaults writes it: with the Connect schema.
+std::string encoded_with_schema(bool with_schema = true) {
+    EncodeOptions opts;
+    opts.include_schema = with_schema;
+    TableEncoder enc(users_table(), opts);
+    FieldValue vals[3] = {{FieldValue::State::Present, "u\\1\n\xc3\xa9", 6},
+                          {FieldValue::State::Present, "name", 4},
+                          {FieldValue::State::Null, nullptr, 0}};
+    RowImage row{vals, 3};
+    ChangeEvent ev;
+    ev.op = Op::Create;
+    ev.after = &row;
+    ev.source.commit_ts_ms = 1700000000123;
+    ev.source.xid = 42;
+    ev.source.lsn = 0x1234;
+    std::string value;
+    enc.encode_value(ev, value);
+    return value;
 }
 
 std::string describe(const DecodedRecord &r) {
@@ -440,6 +463,17 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         R"({"op":"c","after":{"id":"1","id":"2"},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":01,"m":-0},"source":{"schema":"s","table":"t"}})",
         R"({"schema":{},"payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}}})",
+        // the Connect wrapper: the encoder's own (most bytes changed land in its schema), and schemas
+        // of every kind of JSON value (jansson's checks of what the plain reader passes over)
+        encoded_with_schema(),
+        encoded_with_schema(),
+        " { \"payload\" : {\"op\":\"c\",\"after\":{\"id\":\"1\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}} , "
+        "\"schema\" : { \"a\" : [ 1 , -20 , true , false , null , \"x\\\"\\\\\\/\\b\\f\\n\\r\\t\" , { } , [ ] ] ,"
+        " \"b\" : { \"c\" : \"\xc3\xa9\xe6\xbc\xa2\xf0\x90\x80\x80\" , \"d\" : 0 } } } ",
+        R"({"schema":{"u":"\u00e9","r":1.5,"e":1e3,"big":1234567890123456789,"k\n":1},"payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}}})",
+        R"({"schema":{"a":{"b":1,"c":2,"b":3}},"payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}}})",
+        R"({"schema":null,"payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}},"op":"d"})",
+        R"({"schema":"s","payload":{"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}},"schema":1})",
         // the edges of UTF-8 (U+0080, U+07FF, U+0800, U+D7FF, U+E000, U+FFFF, U+10000, U+10FFFF): one byte
         // changed makes an overlong form, a surrogate or a code point beyond U+10FFFF
         "{\"op\":\"c\",\"after\":{\"k\":\"\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf"
@@ -481,6 +515,51 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         }
     }
     CHECK(plain_ok > 300); // unmutated samples and harmless mutations
+}
+
+// Every row of a table carries the same schema text, so the plain reader
+// checks one only once; a record is never accepted for starting like a
+// schema seen before, whatever follows it or whatever the previous records were.
+void a_connect_schema_seen_before_is_not_checked_again_but_never_trusted_blindly() {
+    const std::string payload = R"({"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}})";
+    auto wrapped = [&](const std::string &schema) { return "{\"schema\":" + schema + ",\"payload\":" + payload + "}"; };
+    const std::string record = encoded_with_schema();
+    const std::string schema = record.substr(10, record.find(",\"payload\":") - 10);
+    const std::string variants[] = {
+        wrapped(schema),            // the schema seen before
+        wrapped(schema + "x"),      // ... followed by what is no JSON
+        wrapped(schema + "1"),
+        wrapped(schema + ",\"schema\":{}"), // ... twice
+        wrapped("1"), wrapped("12"), wrapped("1.5"), wrapped("\"a\""), wrapped("\"a\"b\""),
+        wrapped("[1]"), wrapped("[1]]"), wrapped("{\"a\":1}"), wrapped("{\"a\":1,\"a\":2}"),
+        "{\"schema\":" + schema + "}", // no payload: the wrapper is no envelope
+        wrapped(schema.substr(0, schema.size() - 1)),
+    };
+    RecordDecoder fast; // one decoder for all, as the apply functions use it: what it saw before stays
+    DecodedRecord a, b;
+    int in_place = 0;
+    for (int round = 0; round < 3; round++) {
+        for (const std::string &v : variants) {
+            RecordDecoder slow;
+            std::string ea, eb;
+            const bool ok_a = fast.decode_value(v.data(), v.size(), a, ea);
+            const bool ok_b = slow.decode_value(v.data(), v.size(), b, eb, false);
+            CHECK(ok_a == ok_b);
+            CHECK(ok_a ? describe(a) == describe(b) : ea == eb);
+            in_place += fast.read_in_place();
+        }
+    }
+    // read in place each round: the schema seen before, 1, "a", [1], {"a":1}; not 12, which starts
+    // like the 1 seen before: jansson reads it
+    CHECK(in_place == 3 * 5);
+    // a schema changed after it was seen is checked again
+    std::string changed = wrapped(schema);
+    changed[changed.find("optional")] = 'O';
+    std::string err;
+    CHECK(fast.decode_value(changed.data(), changed.size(), a, err) && fast.read_in_place());
+    changed = wrapped(schema);
+    changed.insert(changed.find("\"optional\""), "\"optional\":true,");
+    CHECK(!fast.decode_value(changed.data(), changed.size(), a, err) && err.find("duplicate") != std::string::npos);
 }
 
 void decoder_rejects_hostile_values_with_a_message() {
@@ -695,6 +774,28 @@ void hostile_records_are_rejected_alike_and_in_linear_time() {
         many += ",0";
     CHECK(!both_readers_agree(record_with_after(many + "]"), kMaxMs, err));
     CHECK(err.find("more than 1048576 JSON values") != std::string::npos);
+    // ... and all of it in a Connect schema, which the plain reader passes over without reading
+    auto in_schema = [](const std::string &schema) {
+        return "{\"schema\":" + schema + ",\"payload\":" + record_with_after("\"k\":\"v\"") + "}";
+    };
+    CHECK(!both_readers_agree(in_schema("{" + members(400000, "c", "\"1\"") + "}"), kMaxMs, err));
+    CHECK(err.find("1600") != std::string::npos);
+    CHECK(!both_readers_agree(in_schema("{" + members(1599, "c", "\"1\"") + ",\"c0\":\"2\"}"), kMaxMs, err));
+    CHECK(err.find("duplicate") != std::string::npos);
+    CHECK(!both_readers_agree(in_schema("{" + members(400000, "c", "\"1\"") + ",\"c0\":\"2\"}"), kMaxMs, err));
+    CHECK(both_readers_agree(in_schema("{" + members(1600, "c", "\"1\"") + "}"), kMaxMs, err));
+    CHECK(both_readers_agree(in_schema(std::string(63, '[') + std::string(63, ']')), kMaxMs, err));
+    CHECK(!both_readers_agree(in_schema(std::string(64, '[') + std::string(64, ']')), kMaxMs, err));
+    CHECK(err.find("64") != std::string::npos);
+    CHECK(!both_readers_agree(in_schema(std::string(100000, '{')), kMaxMs, err));
+    CHECK(!both_readers_agree(in_schema(many + "]}"), kMaxMs, err)); // "k":[0,0,... as a member
+    CHECK(err.find("more than 1048576 JSON values") != std::string::npos);
+    std::string almost = "[0";
+    for (size_t i = 0; i < kMaxJsonValues - 12; i++)
+        almost += ",0";
+    // the limit is the record's, not the schema's (jansson builds the tree of a million values: not quick)
+    CHECK(both_readers_agree(in_schema(almost + "]"), 10 * kMaxMs, err));
+    CHECK(!both_readers_agree(in_schema(almost + ",0,0,0]"), kMaxMs, err));
     // a long text is no hostile record: a 4 MB value is accepted
     CHECK(both_readers_agree(record_with_after("\"k\":\"" + std::string(4 << 20, 'x') + "\""), 10 * kMaxMs, err));
     // the size of a record is bounded before anything is read or copied
@@ -879,6 +980,8 @@ int main() {
         {"decoder reads what the encoder writes", decoder_reads_what_the_encoder_writes},
         {"decoder rejects hostile values with a message", decoder_rejects_hostile_values_with_a_message},
         {"plain reader agrees with jansson or gives up", plain_reader_agrees_with_jansson_or_gives_up},
+        {"a Connect schema seen before is not checked again but never trusted blindly",
+         a_connect_schema_seen_before_is_not_checked_again_but_never_trusted_blindly},
         {"text is accepted exactly as PostgreSQL accepts it", text_is_accepted_exactly_as_postgresql_accepts_it},
         {"hostile records are rejected alike and in linear time",
          hostile_records_are_rejected_alike_and_in_linear_time},
