@@ -12,13 +12,16 @@ and beside it a PL/pgSQL loop inserting the same rows (one commit per row in
 "single", one transaction otherwise), as a yardstick of this machine's speed
 at the moment: read the ratio, the machine is shared.
 
-Usage: /usr/bin/python3 test/bench/apply_micro.py [--rows N] [--mode single|big|chunk] [--perf FILE]
+Usage: /usr/bin/python3 test/bench/apply_micro.py [--rows N] [--mode single|big|chunk] [--schemas] [--perf FILE]
+  --schemas     records with the Kafka Connect schema wrapper, as a node on its
+                defaults writes them ({"schema": ..., "payload": ...})
   --perf FILE   perf record -g of the applying backend into FILE
 As root, the server runs as the postgres OS user (test/pytest/pg_env.py).
 It is a benchmark: it asserts nothing but that every row arrived.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -47,28 +50,59 @@ CREATE FUNCTION hdrs(lsn pg_lsn, ts bigint, txn_end int) RETURNS bytea LANGUAGE 
 $$
 """
 
-# payload-only records as kafka_sync's producer writes them (schemas off)
+# payload-only records as kafka_sync's producer writes them (schemas off);
+# with --schemas wrapped in the Connect schema as its encoder writes it
 RECORDS = """
 CREATE TABLE recs AS SELECT i AS off,
-  convert_to(jsonb_build_object('before', NULL,
+  convert_to(%(head)s || jsonb_build_object('before', NULL,
       'after', jsonb_build_object('id', i::text, 'payload', md5(i::text), 'n', (i %% 1000)::text),
       'source', jsonb_build_object('version', 'kafka_sync-0.1.0', 'connector', 'kafka_sync', 'name', 'src',
                                    'ts_ms', 1700000000000 + i / 4, 'snapshot', 'false', 'db', 'ks',
                                    'schema', 'public', 'table', 'bench_t', 'txId', 1000 + i, 'lsn', 1000000 + i,
                                    'origin', 'src'),
       'op', 'c', 'ts_ms', 1700000000000 + i / 4,
-      'transaction', jsonb_build_object('id', NULL, 'total_order', 1, 'data_collection_order', 1))::text,
-      'UTF8') AS val,
+      'transaction', jsonb_build_object('id', NULL, 'total_order', 1, 'data_collection_order', 1))::text
+      || %(tail)s, 'UTF8') AS val,
   CASE WHEN %(single)s THEN hdrs(pg_lsn('0/1000000') + i * 100, 1700000000000 + i / 4, 1)
        ELSE hdrs(pg_lsn('0/2000000'), 1700000000000, CASE WHEN i = %(n)s THEN %(n)s END) END AS hdr
 FROM generate_series(1, %(n)s) i
 """
 
 
+def connect_schema(node, schema, table, columns):
+    """The value schema kafka_sync's encoder writes for a table of text columns
+    (extension/encode/record_encoder.cpp), members in its order, compact."""
+    def field(type_, optional, name):
+        return {"type": type_, "optional": optional, "field": name}
+
+    base = f"{node}.{schema}.{table}"
+
+    def row(name):
+        return {"type": "struct",
+                "fields": [dict(field("string", col != "id", col),
+                                parameters={"__debezium.source.column.type": typ}) for col, typ in columns],
+                "optional": True, "name": base + ".Value", "field": name}
+    source = {"type": "struct", "fields": [
+        field("string", False, "version"), field("string", False, "connector"), field("string", False, "name"),
+        field("int64", True, "ts_ms"), field("string", True, "snapshot"), field("string", False, "db"),
+        field("string", False, "schema"), field("string", False, "table"), field("int64", True, "txId"),
+        field("int64", True, "lsn"), field("string", False, "origin"), field("int64", True, "row_ts_ms"),
+        field("string", True, "row_origin")], "optional": False, "name": "io.kafka_sync.Source", "field": "source"}
+    txn = {"type": "struct", "fields": [field("string", True, "id"), field("int64", False, "total_order"),
+                                        field("int64", False, "data_collection_order")],
+           "optional": True, "name": "event.block", "field": "transaction"}
+    env = {"type": "struct", "fields": [row("before"), row("after"), source, field("string", False, "op"),
+                                        field("int64", True, "ts_ms"), txn],
+           "optional": False, "name": base + ".Envelope"}
+    return json.dumps(env, separators=(",", ":"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=100000)
     ap.add_argument("--mode", choices=("single", "big", "chunk"), default="chunk")
+    ap.add_argument("--schemas", action="store_true",
+                    help="records with the Connect schema wrapper (a node's default)")
     ap.add_argument("--perf", help="perf record -g of the applying backend into this file")
     args = ap.parse_args()
     n = args.rows
@@ -81,7 +115,12 @@ def main():
         for stmt in SETUP.split(";\n"):
             if stmt.strip():
                 cluster.sql(stmt, dbname="ks")
-        cluster.sql(RECORDS, {"single": args.mode == "single", "n": n}, dbname="ks")
+        head, tail = "", ""
+        if args.schemas:
+            head = '{"schema":' + connect_schema("src", "public", "bench_t",
+                                                 [("id", "int8"), ("payload", "text"), ("n", "int4")]) + ',"payload":'
+            tail = "}"
+        cluster.sql(RECORDS, {"single": args.mode == "single", "n": n, "head": head, "tail": tail}, dbname="ks")
         per_chunk = n if args.mode == "big" else 1000
         cluster.sql("CREATE TABLE chunks AS SELECT (off - 1) / %s AS lo, array_agg(off::int8 ORDER BY off) offs, "
                     "array_agg(NULL::bytea) keys, array_agg(val ORDER BY off) vals, array_agg(hdr ORDER BY off) hdrs "
@@ -124,7 +163,7 @@ def main():
         t0 = time.monotonic()
         cur.execute("CALL public.plain(%s)", (n,))
         plain_s = time.monotonic() - t0
-        print(f"{args.mode}: {n:,} rows applied in {applied_s:.2f} s ({applied_s / n * 1e6:.1f} us each); "
+        print(f"{args.mode}{' schemas' if args.schemas else ''}: {n:,} rows applied in {applied_s:.2f} s ({applied_s / n * 1e6:.1f} us each); "
               f"PL/pgSQL insert loop {plain_s / n * 1e6:.1f} us each; ratio {applied_s / plain_s:.2f}")
     finally:
         cluster.destroy()
