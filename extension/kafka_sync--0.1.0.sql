@@ -811,7 +811,7 @@ CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text,
     OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint)
 RETURNS SETOF record
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
            s.kafka_config, s.next_offset, current_setting('kafka_sync.allowed_kafka_properties', true),
            -- NULL where the library is not loaded: the sidecar's defaults are the same
@@ -827,7 +827,7 @@ $$;
 -- rows the peer wrote last that are not in it are deleted.
 CREATE FUNCTION kafka_sync._begin_resync(sub_name text, gap_offset bigint, snapshot_offset bigint,
                                          snapshot_lsn pg_lsn) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s kafka_sync.subscription;
     progress pg_lsn;
@@ -865,7 +865,7 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[], careful boolean,
     OUT applied bigint, OUT skipped bigint, OUT conflicts bigint, OUT dead_letters bigint,
     OUT failed_offset bigint, OUT failed_error text)
-    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
 -- Complete source transactions, each committed with its own commit time and
 -- origin (those of one millisecond in one local transaction). CALL it outside
@@ -879,10 +879,10 @@ CREATE PROCEDURE kafka_sync.apply_transactions(
 
 CREATE FUNCTION kafka_sync.record_failure(
     sub_name text, kafka_offset int8, key bytea, value bytea, headers bytea, error text) RETURNS void
-    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_record_failure';
 
 CREATE FUNCTION kafka_sync.report_progress(sub_name text, high_water bigint, consumer_error text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE kafka_sync.subscription s
        SET high_water = report_progress.high_water, consumer_error = report_progress.consumer_error,
            last_contact = now(),
@@ -910,6 +910,51 @@ REVOKE ALL ON FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea
 REVOKE ALL ON FUNCTION kafka_sync.report_progress(text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._begin_resync(text, bigint, bigint, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._row_key(oid, record) FROM PUBLIC;
+
+-- What a sidecar calls. Each runs as its owner (SECURITY DEFINER, or as
+-- apply_transactions does it), so a role granted EXECUTE on them needs no
+-- rights on kafka_sync's tables; a peer's change runs as the owner of the
+-- table it writes, which that role must be able to become.
+CREATE FUNCTION kafka_sync._sidecar_routines() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['FUNCTION kafka_sync.sidecar_subscriptions()',
+                 'FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean)',
+                 'PROCEDURE kafka_sync.apply_transactions(text, int8[], bytea[], bytea[], bytea[], bigint, bigint, bigint)',
+                 'FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text)',
+                 'FUNCTION kafka_sync.report_progress(text, bigint, text)',
+                 'FUNCTION kafka_sync._begin_resync(text, bigint, bigint, pg_lsn)',
+                 'FUNCTION kafka_sync._worker_status()']
+$$;
+
+-- Lets role run kafka_sync_sidecar for this database without being a
+-- superuser: EXECUTE on the routines above and SELECT on the status views
+-- (kafka_sync_sidecar --check). It then reads every subscription's
+-- kafka_config (the consumer needs its broker credentials). It applies a
+-- change only to a table whose owner it may become: GRANT owner TO role.
+CREATE FUNCTION kafka_sync.grant_sidecar_role(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY kafka_sync._sidecar_routines() LOOP
+        EXECUTE format('GRANT EXECUTE ON %s TO %s', r, role);
+    END LOOP;
+    EXECUTE format('GRANT SELECT ON kafka_sync.node_status, kafka_sync.subscription_status TO %s', role);
+END
+$$;
+
+CREATE FUNCTION kafka_sync.revoke_sidecar_role(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY kafka_sync._sidecar_routines() LOOP
+        EXECUTE format('REVOKE EXECUTE ON %s FROM %s', r, role);
+    END LOOP;
+    EXECUTE format('REVOKE SELECT ON kafka_sync.node_status, kafka_sync.subscription_status FROM %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION kafka_sync.grant_sidecar_role(regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.revoke_sidecar_role(regrole) FROM PUBLIC;
 
 -- Status of the subscriptions, as last reported by the sidecar. Never shows kafka_config.
 CREATE VIEW kafka_sync.subscription_status AS

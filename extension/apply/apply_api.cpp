@@ -10,6 +10,7 @@
 #include "apply/conflicts.hpp"
 #include "apply/record_decoder.hpp"
 #include "apply/resync.hpp"
+#include "apply/run_as_owner.hpp"
 #include "apply/table_apply.hpp"
 
 #include "boundary/pg_boundary.hpp"
@@ -1074,6 +1075,15 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
      * search_path to pg_catalog, pg_temp (what user triggers on the synced
      * tables see, as with apply_chunk).
      */
+    /*
+     * As SECURITY DEFINER would (which a procedure that commits cannot be):
+     * the bookkeeping runs as the procedure's owner, so that a sidecar role
+     * granted EXECUTE needs no rights on kafka_sync's tables; each change
+     * runs as its table's owner, which the caller must be able to become.
+     * The caller again around each commit (see become_function_owner).
+     */
+    OwnerContext definer;
+    become_function_owner(fcinfo->flinfo->fn_oid, &definer);
     ApplyContext ctx;
     ErrorContextCallback errcallback;
     begin_apply(&ctx, sub_name, false, call_context, &errcallback);
@@ -1093,7 +1103,9 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     auto commit = [&](bool last) {
         finish_local_transaction(&ctx, last ? next_offset : -1);
         ctx.origin_ts_ms = 0;
+        restore_user(&definer);
         SPI_commit();
+        become_function_owner(fcinfo->flinfo->fn_oid, &definer);
         apply_begin_call(true); /* what was looked up once per transaction is looked up again */
         ctx.progress = replorigin_session_get_progress(false);
         open = false;
@@ -1137,6 +1149,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     if (next_offset >= 0)
         commit(true);
     error_context_stack = errcallback.previous;
+    restore_user(&definer);
 
     MemoryContext spi_context = MemoryContextSwitchTo(call_context);
     Datum values[3] = {Int64GetDatum(ctx.counters.applied), Int64GetDatum(ctx.counters.skipped),

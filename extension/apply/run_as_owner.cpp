@@ -10,21 +10,24 @@ extern "C" {
 #include "utils/syscache.h"
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
 }
 
 void switch_to_owner(Oid owner, const char *table, OwnerContext *ctx) {
     GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
     ctx->save_nestlevel = -1;
-    if (owner == ctx->save_userid)
-        return;
-    if (!is_member_of_role(ctx->save_userid, owner))
+    /* the sidecar's role: the apply functions' SECURITY DEFINER leaves it as the outer user */
+    const Oid caller = GetOuterUserId();
+    if (!is_member_of_role(caller, owner))
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("role \"%s\" cannot apply changes to %s as its owner \"%s\"",
-                               GetUserNameFromId(ctx->save_userid, false), table, GetUserNameFromId(owner, false)),
+                               GetUserNameFromId(caller, false), table, GetUserNameFromId(owner, false)),
                         errdetail("A peer's changes run as the owner of the table they write."),
                         errhint("Connect the sidecar as a superuser, or GRANT \"%s\" TO \"%s\".",
-                                GetUserNameFromId(owner, false), GetUserNameFromId(ctx->save_userid, false))));
-    if (is_member_of_role(owner, ctx->save_userid)) {
+                                GetUserNameFromId(owner, false), GetUserNameFromId(caller, false))));
+    if (owner == ctx->save_userid)
+        return;
+    if (is_member_of_role(owner, caller)) {
         /* each may become the other: nothing to protect */
         SetUserIdAndSecContext(owner, ctx->save_sec_context);
         return;
@@ -37,6 +40,17 @@ void restore_user(const OwnerContext *ctx) {
     if (ctx->save_nestlevel >= 0)
         AtEOXact_GUC(false, ctx->save_nestlevel);
     SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}
+
+void become_function_owner(Oid fn_oid, OwnerContext *ctx) {
+    GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+    ctx->save_nestlevel = -1;
+    HeapTuple tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+    if (!HeapTupleIsValid(tp))
+        elog(ERROR, "cache lookup failed for function %u", fn_oid);
+    const Oid owner = ((Form_pg_proc)GETSTRUCT(tp))->proowner;
+    ReleaseSysCache(tp);
+    SetUserIdAndSecContext(owner, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
 Oid table_owner(Oid relid) {

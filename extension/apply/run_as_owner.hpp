@@ -16,9 +16,23 @@ struct OwnerContext {
     int save_nestlevel; /* -1: no GUC nest level */
 };
 
-/* Becomes owner (ERROR when the current role may not); restore_user undoes it. */
+/*
+ * Becomes owner (ERROR when the role that called the apply function may not);
+ * restore_user undoes it. The apply functions run their own bookkeeping as
+ * their owner (SECURITY DEFINER), so the check is made for the role that
+ * called them (the sidecar's), as SET ROLE would.
+ */
 void switch_to_owner(Oid owner, const char *table, OwnerContext *ctx);
 void restore_user(const OwnerContext *ctx);
+
+/*
+ * Becomes the owner of function fn_oid, as SECURITY DEFINER does, for a
+ * procedure that commits (which a SECURITY DEFINER one may not). Call
+ * restore_user before each commit and this again after it: an error then
+ * restores the caller with the transaction's abort, which resets the user
+ * to the one its transaction started with.
+ */
+void become_function_owner(Oid fn_oid, OwnerContext *ctx);
 
 /* The owner of a table. */
 Oid table_owner(Oid relid);

@@ -7,6 +7,8 @@ import os
 import time
 import uuid
 
+import pytest
+
 from ks_helpers import wait_until
 
 
@@ -147,4 +149,124 @@ def test_a_peer_transaction_that_never_ends_holds_no_locks_and_applies_whole_onc
                    60, "the long transaction applied", diagnostics=chat1.diagnostics)
         assert chat1.sql("SELECT count(DISTINCT xmin::text) FROM user_table WHERE user_id LIKE 'g2_%'")[0][0] == 1
     finally:
+        chat1.destroy()
+
+
+def header_blob(headers):
+    """Headers as the sidecar passes them to the apply functions."""
+    out = b""
+    for name, value in headers:
+        out += len(name).to_bytes(4, "big") + name.encode() + len(value).to_bytes(4, "big") + value
+    return out
+
+
+def test_a_sidecar_role_that_is_not_a_superuser_applies_only_as_table_owners_it_may_become(kafka):
+    """The sidecar connects as ks_sidecar, no superuser: granted only what
+    kafka_sync.grant_sidecar_role() grants, and membership in app_owner, the
+    owner of user_table. Single-row transactions (apply_transactions), a
+    streamed large one (apply_chunk), a conflict (logged), progress reports
+    and a dead letter all work; a trigger of user_table runs as app_owner; a
+    record for a table of another owner is refused with a message that names
+    the GRANT to make. The role gains nothing: it cannot read kafka_sync's
+    tables, and after an apply_transactions call fails in its second
+    transaction its session is still ks_sidecar."""
+    from confluent_kafka import Producer
+    from apply_env import Master, Sidecar
+    import psycopg2
+    prefix = "ks_role_" + uuid.uuid4().hex[:8]
+    base = os.path.join(os.environ.get("KAFKA_SYNC_APPLY_DIR", "/tmp/kafka_sync_pytest_apply"), uuid.uuid4().hex[:6])
+    chat1 = Master("chat1", kafka, prefix, base)
+    sidecar = None
+    try:
+        for stmt in ("CREATE EXTENSION kafka_sync",
+                     "CREATE ROLE ks_sidecar LOGIN", "CREATE ROLE app_owner", "CREATE ROLE other_owner",
+                     "CREATE TABLE user_table (user_id text PRIMARY KEY, user_name text, user_status text)",
+                     "INSERT INTO user_table VALUES ('c1', 'local', 'online')",  # before the trigger
+                     "CREATE TABLE secret_table (user_id text PRIMARY KEY, user_name text, user_status text)",
+                     "CREATE TABLE trigger_log (who text)",
+                     """CREATE FUNCTION log_user() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN INSERT INTO public.trigger_log VALUES (current_user); RETURN NEW; END $$""",
+                     "CREATE TRIGGER who_applies BEFORE INSERT ON user_table FOR EACH ROW EXECUTE FUNCTION log_user()",
+                     "ALTER TABLE user_table ENABLE ALWAYS TRIGGER who_applies",
+                     "ALTER TABLE user_table OWNER TO app_owner", "ALTER TABLE trigger_log OWNER TO app_owner",
+                     "ALTER FUNCTION log_user() OWNER TO app_owner",
+                     "ALTER TABLE secret_table OWNER TO other_owner",
+                     "GRANT app_owner TO ks_sidecar",
+                     "SELECT kafka_sync.grant_sidecar_role('ks_sidecar')"):
+            chat1.sql(stmt)
+        kafka.create_topic(f"{prefix}.ghost")
+        chat1.sql("SELECT kafka_sync.create_subscription('from_ghost', 'ghost', %s, topic_prefix => %s, "
+                  "on_error => 'skip', tables => ARRAY['user_table', 'secret_table']::regclass[])",
+                  (kafka.bootstrap, prefix))
+        dsn = chat1.pg.dsn("chat").replace(f"user={chat1.pg.user}", "user=ks_sidecar")
+        assert "user=ks_sidecar" in dsn
+        sidecar = Sidecar(dsn, chat1.pg.dir / "sidecar_role.log").start()
+
+        p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
+
+        def send(records):
+            for value, headers in records:
+                p.produce(f"{prefix}.ghost", value=value, headers=headers, partition=0)
+            assert p.flush(30) == 0
+
+        def secret(i, lsn):
+            value, headers = ghost_record(i, lsn, "s1", end=1)
+            return value.replace(b'"user_table"', b'"secret_table"'), headers
+
+        def diagnostics():
+            return chat1.diagnostics() + "\n--- ks_sidecar's sidecar:\n" + sidecar.log_text()[-4000:]
+
+        send([ghost_record(1, f"0/{0x100 + i:X}", f"g{i}", end=1) for i in range(10)])  # ten transactions
+        send([ghost_record(1, "0/1000", "c1", end=1)])  # conflicts with the local c1 (older: kept local)
+        send([ghost_record(i, "0/2000", f"big{i}", end=2500 if i == 2500 else None) for i in range(1, 2501)])
+        send([secret(1, "0/3000")])
+        send([ghost_record(1, "0/4000", "after", end=1)])
+        wait_until(lambda: chat1.sql("SELECT count(*) FROM user_table WHERE user_id = 'after'")[0][0] == 1, 90,
+                   "the records applied by ks_sidecar", diagnostics=diagnostics)
+        assert chat1.sql("SELECT count(*) FROM user_table")[0][0] == 1 + 10 + 2500 + 1
+        assert chat1.sql("SELECT count(DISTINCT xmin::text) FROM user_table WHERE user_id LIKE 'big%'")[0][0] == 1
+        assert chat1.sql("SELECT DISTINCT who FROM trigger_log") == [("app_owner",)]
+        assert chat1.sql("SELECT kind, resolution FROM kafka_sync.conflicts") == [("insert_exists", "keep_local")]
+        assert chat1.sql("SELECT count(*) FROM secret_table")[0][0] == 0
+        (error,), = chat1.sql("SELECT error FROM kafka_sync.dead_letters")
+        assert 'role "ks_sidecar" cannot apply changes to public.secret_table as its owner "other_owner"' in error
+        state, applied = chat1.sql("SELECT state, applied_offset FROM kafka_sync.subscription_status")[0]
+        assert state == "running" and applied == 10 + 1 + 2500 + 1 + 1 - 1, (state, applied)
+
+        # on_error 'pause': record_failure, as ks_sidecar
+        chat1.sql("SELECT kafka_sync.alter_subscription('from_ghost', on_error => 'pause')")
+        send([secret(1, "0/5000")])
+        wait_until(lambda: chat1.sql("SELECT state FROM kafka_sync.subscription_status")[0][0] == "error", 60,
+                   "paused at the record for secret_table", diagnostics=diagnostics)
+        assert "GRANT \"other_owner\" TO \"ks_sidecar\"" in sidecar.log_text() or \
+            "other_owner" in chat1.sql("SELECT last_error FROM kafka_sync.subscription_status")[0][0]
+        sidecar.stop()
+        chat1.sql("SELECT kafka_sync.resume_subscription('from_ghost', skip_failed => true)")
+
+        # the role itself gains nothing
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                for table in ("kafka_sync.subscription", "kafka_sync.node", "secret_table"):
+                    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                        cur.execute(f"SELECT * FROM {table}")
+                good = ghost_record(1, "0/6000", "direct", end=1)
+                bad = secret(1, "0/7000")  # a millisecond later: its own local transaction
+                bad = (bad[0], [(k, b"1700000000001" if k == "kafka_sync.commit_ts" else v) for k, v in bad[1]])
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute("CALL kafka_sync.apply_transactions('from_ghost', %s, %s, %s, %s)",
+                                ([900, 901], [None, None], [psycopg2.Binary(good[0]), psycopg2.Binary(bad[0])],
+                                 [psycopg2.Binary(header_blob(good[1])), psycopg2.Binary(header_blob(bad[1]))]))
+                cur.execute("SELECT current_user, session_user")
+                assert cur.fetchone() == ("ks_sidecar", "ks_sidecar")
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute("SELECT * FROM kafka_sync.subscription")
+        finally:
+            conn.close()
+        # its first transaction committed before the second failed
+        assert chat1.sql("SELECT count(*) FROM user_table WHERE user_id = 'direct'")[0][0] == 1
+    finally:
+        if sidecar:
+            sidecar.kill9()
         chat1.destroy()
