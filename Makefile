@@ -15,9 +15,13 @@ EXT_SRCS    = $(sort $(wildcard extension/*.cpp extension/*/*.cpp))
 OBJS        = $(EXT_SRCS:.cpp=.o)
 
 PG_CONFIG  ?= pg_config
-PG_CPPFLAGS = -I$(srcdir)/extension -isystem $(shell $(PG_CONFIG) --includedir-server)
-PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers -fno-omit-frame-pointer
-SHLIB_LINK  = -lrdkafka -ljansson -lstdc++
+# Only what PostgreSQL looks up by name is exported (extension/boundary/pg_export.hpp):
+# PGDLLEXPORT as PostgreSQL 16 defines it, everything else hidden.
+PG_CPPFLAGS = -I$(srcdir)/extension -isystem $(shell $(PG_CONFIG) --includedir-server) \
+              '-DPGDLLEXPORT=__attribute__((visibility("default")))'
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-missing-field-initializers -fno-omit-frame-pointer \
+              -fvisibility=hidden
+SHLIB_LINK  = -lrdkafka -ljansson -lstdc++ -Wl,--version-script=$(srcdir)/extension/boundary/kafka_sync.map
 
 # The JIT cannot inline C++ extension code usefully; skip the bitcode build.
 override with_llvm = no
@@ -32,13 +36,28 @@ REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDI
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PostgreSQL 15's PG_FUNCTION_INFO_V1(f) exports pg_finfo_f but not f.
+SQL_FUNCTION_OBJS = $(patsubst %.cpp,%.o,$(shell grep -l '^PG_FUNCTION_INFO_V1' $(EXT_SRCS)))
+$(SQL_FUNCTION_OBJS): override CPPFLAGS += -include $(srcdir)/extension/boundary/pg_export.hpp
+
 # PostgreSQL's executable exports json_object (an SQL function); a reference
 # to jansson's json_object from kafka_sync.so would bind to it instead. See
 # extension/encode/json_object_new.hpp.
+# kafka_sync.so exports exactly what PostgreSQL looks up by name: the module magic,
+# _PG_init, the output plugin's init, each PG_FUNCTION_INFO_V1 function with
+# its pg_finfo_, each bgw_function_name (extension/boundary/pg_export.hpp).
 all: check-symbols
 check-symbols: $(shlib)
 	@if nm -u $(shlib) | grep -qw json_object; then \
 	    echo "kafka_sync.so must not call json_object(); use kafka_sync::json_object_new()"; exit 1; fi
+	@expected=$$( { echo Pg_magic_func _PG_init _PG_output_plugin_init; \
+	        sed -n 's/^PG_FUNCTION_INFO_V1(\([a-z_0-9]*\)).*/\1 pg_finfo_\1/p' $(EXT_SRCS); \
+	        sed -n 's/.*bgw_function_name, "\([a-z_0-9]*\)".*/\1/p' $(EXT_SRCS); } | tr ' ' '\n' | sort -u); \
+	    exported=$$(nm -D --defined-only $(shlib) | awk '{ print $$3 }' | sort -u); \
+	    if [ "$$expected" != "$$exported" ]; then \
+	        echo "kafka_sync.so must export exactly what PostgreSQL looks up by name (extension/boundary/pg_export.hpp)"; \
+	        echo "missing:"; echo "$$expected" | grep -vxF "$$exported"; \
+	        echo "extra:"; echo "$$exported" | grep -vxF "$$expected"; exit 1; fi
 
 # ---- programs (plain g++, not PGXS) ----
 CXXSTD      = -std=c++17 -O2 -g -Wall -Wextra -Werror
@@ -53,7 +72,7 @@ UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
                extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp
 
-all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests
+all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests
 
 $(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
 	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -Iextension -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
@@ -71,11 +90,16 @@ test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp s
                          $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson -lpthread
 
+# The conflict policy's truth table (extension/apply/conflict_policy.cpp is pure C++).
+test/unit/conflict_policy_tests: test/unit/conflict_policy_tests.cpp extension/apply/conflict_policy.cpp \
+                                 extension/apply/conflict_policy.hpp
+	$(CXX) $(CXXSTD) -Iextension -o $@ $(filter %.cpp,$^)
+
 install: install-sidecar
 install-sidecar: $(SIDECAR)
 	$(INSTALL_PROGRAM) $(SIDECAR) '$(DESTDIR)$(bindir)/kafka_sync_sidecar'
 
-EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests tmp_check results regression.diffs regression.out .deps
+EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests tmp_check results regression.diffs regression.out .deps
 
 .PHONY: test unit-test install-sidecar check-symbols demo demo-stop
 unit-test: $(UNIT_TESTS) test/unit/sidecar_tests

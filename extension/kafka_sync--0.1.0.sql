@@ -386,7 +386,9 @@ CREATE TABLE kafka_sync.conflicts (
     peer_node        text NOT NULL,
     table_name       text NOT NULL,
     key              jsonb,
-    kind             text NOT NULL,
+    -- extension/apply/conflict_policy.hpp, ConflictKind
+    kind             text NOT NULL CHECK (kind IN ('insert_exists', 'insert_deleted', 'update_update', 'update_missing',
+                                                   'update_deleted', 'delete_updated', 'delete_missing', 'constraint')),
     local_row        jsonb,
     local_commit_ts  timestamptz,
     local_origin     text,

@@ -24,6 +24,7 @@ if [ "$(id -u)" = 0 ]; then chown "$OS_USER" "$WORK"; fi
 echo "== unit tests"
 test/unit/unit_tests
 test/unit/sidecar_tests
+test/unit/conflict_policy_tests
 
 echo "== pg_regress"
 TESTS=$(sed -n 's/^REGRESS *= *//p' Makefile)

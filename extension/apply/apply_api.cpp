@@ -928,7 +928,7 @@ void log_constraint_conflict(const ApplyContext *ctx, const char *message, const
     c.sub_name = ctx->sub->name;
     c.peer = ctx->sub->peer;
     c.table = ctx->rec ? current_table(ctx) : "(unknown)";
-    c.kind = "constraint";
+    c.kind = kafka_sync::conflict_kind_name(kafka_sync::ConflictKind::Constraint);
     c.remote_row_json = nullptr;
     c.key_json = nullptr;
     c.resolution = resolution;

@@ -106,48 +106,30 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
     return v;
 }
 
-int compare_versions(const RowVersion &a, const RowVersion &b) {
-    /*
-     * Milliseconds, the precision records carry: a local write keeps its
-     * microseconds here, the same write applied on a peer does not. Every
-     * node must reach the same verdict, so both are compared truncated.
-     */
-    auto ms = [](const RowVersion &v) -> int64 {
-        if (!v.known)
-            return PG_INT64_MIN;
-        return v.ts >= 0 ? v.ts / 1000 : -((-v.ts + 999) / 1000);
-    };
-    const int64 ta = ms(a);
-    const int64 tb = ms(b);
-    if (ta != tb)
-        return ta < tb ? -1 : 1;
-    int c = strcmp(a.node, b.node);
-    return c < 0 ? -1 : (c > 0 ? 1 : 0);
+kafka_sync::VersionRef version_ref(const RowVersion &v) {
+    kafka_sync::VersionRef r;
+    r.known = v.known;
+    r.current_xact = v.current_xact;
+    r.ts = v.ts;
+    r.node = v.node;
+    return r;
 }
 
-bool remote_wins(ConflictStrategy strategy, const RowVersion &remote, const RowVersion &local, const char *kind,
-                 const char *table, const char *key_json) {
-    switch (strategy) {
-    case ConflictStrategy::LastUpdateWins:
-        return compare_versions(remote, local) > 0;
-    case ConflictStrategy::FirstUpdateWins:
-        return compare_versions(remote, local) < 0;
-    case ConflictStrategy::ApplyRemote:
-        return true;
-    case ConflictStrategy::KeepLocal:
-        return false;
-    case ConflictStrategy::Error:
-        break;
-    }
+int compare_versions(const RowVersion &a, const RowVersion &b) {
+    return kafka_sync::compare_versions(version_ref(a), version_ref(b));
+}
+
+void raise_conflict(const char *kind, const char *table, const char *key_json, const RowVersion *local,
+                    const RowVersion &remote) {
     ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
                     errmsg("conflict %s on table %s, key %s", kind, table,
                            key_json ? bounded_json_image(key_json) : "(none)"),
                     errdetail("The local row was last changed %s; the incoming change was made %s.",
-                              describe_version(local), describe_version(remote)),
+                              describe_version(local ? *local : RowVersion()), describe_version(remote)),
                     errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
                             "choose a strategy with kafka_sync.alter_subscription(), then "
                             "kafka_sync.resume_subscription().")));
-    return false;
+    pg_unreachable();
 }
 
 void log_conflict(const ConflictRecord &c) {

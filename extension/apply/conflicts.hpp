@@ -20,7 +20,9 @@ extern "C" {
 #include "utils/relcache.h"
 }
 
-enum class ConflictStrategy { LastUpdateWins, FirstUpdateWins, ApplyRemote, KeepLocal, Error };
+#include "apply/conflict_policy.hpp"
+
+using kafka_sync::ConflictStrategy;
 
 /* Raised for a conflict under the "error" strategy: the subscription pauses. */
 #define ERRCODE_KAFKA_SYNC_CONFLICT MAKE_SQLSTATE('K', 'S', '0', '0', '1')
@@ -41,12 +43,15 @@ struct RowVersion {
 /* The version of a row (or tombstone) last written by transaction xid. */
 RowVersion row_version_of_xid(TransactionId xid, const char *local_node);
 
+/* A RowVersion as conflict_policy.hpp's pure functions take it (valid while v lives). */
+kafka_sync::VersionRef version_ref(const RowVersion &v);
+
 /* <0, 0, >0: a older than, same as, newer than b (time, then node name). */
 int compare_versions(const RowVersion &a, const RowVersion &b);
 
-/* Whether the remote change beats the local state; raises ERROR for "error". */
-bool remote_wins(ConflictStrategy strategy, const RowVersion &remote, const RowVersion &local, const char *kind,
-                 const char *table, const char *key_json);
+/* The ERROR of a conflict under the "error" strategy (local NULL: nothing local known). */
+[[noreturn]] void raise_conflict(const char *kind, const char *table, const char *key_json, const RowVersion *local,
+                                 const RowVersion &remote);
 
 /* One resolved conflict, as a row of kafka_sync.conflicts (texts may be NULL). */
 struct ConflictRecord {

@@ -576,10 +576,6 @@ void delete_row(const Change &ch, List *key) {
         run(ch.t, 'd', NIL, key, build_delete);
 }
 
-/* No conflict: the local state was last written by the change's own node (or this transaction). */
-bool same_origin(const RowVersion &local, const RowVersion &remote) {
-    return local.current_xact || (local.node[0] != '\0' && strcmp(local.node, remote.node) == 0);
-}
 
 /*
  * A snapshot row whose version this node already has: the same time (to the
@@ -630,26 +626,26 @@ bytea *key_bytes(TargetInfo *t, List *key) {
 }
 
 /*
- * A conflict of the given kind: picks the winner (raises ERROR under the
- * "error" strategy), logs it, counts it. local is NULL when nothing local is
- * known (an update of a row never seen here).
+ * A change meeting local state (local: its row's or tombstone's version;
+ * NULL with LocalState::Nothing): conflict_policy's decision. A conflict is
+ * logged with both rows and counted (under the "error" strategy it raises
+ * ERROR). true: the change applies.
  */
-bool resolve(const Change &ch, const char *kind, List *key, const RowVersion *local, bool local_row_exists,
-             List *remote_row) {
+bool decided(const Change &ch, kafka_sync::ChangeOp op, kafka_sync::LocalState state, const RowVersion *local,
+             List *key, List *remote_row) {
+    using kafka_sync::Action;
+    const RowVersion none;
+    const kafka_sync::Decision d = kafka_sync::decide(op, state, version_ref(local ? *local : none),
+                                                      version_ref(ch.remote->version), ch.remote->strategy);
+    if (d.kind == kafka_sync::ConflictKind::None)
+        return d.action == Action::Apply;
     TargetInfo *t = ch.t;
+    const char *kind = kafka_sync::conflict_kind_name(d.kind);
     char *key_json = params_json(t, key);
-    bool wins;
-    if (local) {
-        wins = remote_wins(ch.remote->strategy, ch.remote->version, *local, kind, t->qualified_name, key_json);
-    } else if (ch.remote->strategy == ConflictStrategy::Error) {
-        wins = remote_wins(ch.remote->strategy, ch.remote->version, RowVersion(), kind, t->qualified_name,
-                           key_json); /* raises ERROR */
-    } else {
-        /* nothing to compare with: only keep_local refuses the change */
-        wins = ch.remote->strategy != ConflictStrategy::KeepLocal;
-    }
+    if (d.action == Action::Refuse)
+        raise_conflict(kind, t->qualified_name, key_json, local, ch.remote->version);
     char *local_json = nullptr;
-    if (local_row_exists) {
+    if (state == kafka_sync::LocalState::Row) {
         run(t, 'j', NIL, key, build_row_json);
         if (SPI_processed > 0)
             local_json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -664,10 +660,10 @@ bool resolve(const Change &ch, const char *kind, List *key, const RowVersion *lo
     c.local = local;
     c.remote_row_json = remote_row != NIL ? params_json(t, remote_row) : nullptr;
     c.remote = &ch.remote->version;
-    c.resolution = wins ? "apply_remote" : "keep_local";
+    c.resolution = d.action == Action::Apply ? "apply_remote" : "keep_local";
     log_conflict(c);
     ch.counters->conflicts++;
-    return wins;
+    return d.action == Action::Apply;
 }
 
 /* Non-key columns of a row image. */
@@ -728,14 +724,10 @@ bool table_has_tombstones(TargetInfo *t) {
 }
 
 /* A key with no row here: was it deleted here, and does the change beat that? */
-bool may_create(const Change &ch, List *key, const char *kind, List *row, bool snapshot_row) {
+bool may_create(const Change &ch, List *key, kafka_sync::ChangeOp op, List *row) {
     bool found;
     RowVersion tomb = find_tombstone(ch.t->relid, key_bytes(ch.t, key), ch.remote->local_node, &found);
-    if (!found)
-        return true;
-    if (same_origin(tomb, ch.remote->version))
-        return !snapshot_row || compare_versions(ch.remote->version, tomb) > 0;
-    return resolve(ch, kind, key, &tomb, false, row);
+    return !found || decided(ch, op, kafka_sync::LocalState::Tombstone, &tomb, key, row);
 }
 
 void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
@@ -753,10 +745,11 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     /* the common case, a new key: one statement */
     if (!snapshot_row && !table_has_tombstones(t) && insert_row(ch, row))
         return;
+    const kafka_sync::ChangeOp op = snapshot_row ? kafka_sync::ChangeOp::SnapshotRow : kafka_sync::ChangeOp::Insert;
     List *key = key_params(t, row, true);
     LocalRow local = lookup(ch, key);
     if (!local.found) {
-        if (!may_create(ch, key, "insert_deleted", row, snapshot_row) || insert_row(ch, row))
+        if (!may_create(ch, key, op, row) || insert_row(ch, row))
             return;
         local = lookup_inserted_meanwhile(ch, key); /* now a conflict like any other */
     }
@@ -764,12 +757,7 @@ void apply_insert(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         ch.counters->skipped++; /* the very version this node has already (from its origin or the peer) */
         return;
     }
-    if (same_origin(local.version, ch.remote->version)) {
-        if (!snapshot_row || compare_versions(ch.remote->version, local.version) > 0)
-            overwrite_row(ch, row, key);
-        return;
-    }
-    if (resolve(ch, "insert_exists", key, &local.version, true, row))
+    if (decided(ch, op, kafka_sync::LocalState::Row, &local.version, key, row))
         overwrite_row(ch, row, key);
 }
 
@@ -792,20 +780,15 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     if (!local.found) {
         bool found;
         RowVersion tomb = find_tombstone(t->relid, key_bytes(t, where), ch.remote->local_node, &found);
-        bool create;
-        if (found && !same_origin(tomb, ch.remote->version))
-            create = resolve(ch, "update_deleted", where, &tomb, false, after);
-        else if (found)
-            create = true;
-        else
-            create = resolve(ch, "update_missing", where, nullptr, false, after);
-        if (!create || insert_row(ch, after))
+        if (!decided(ch, kafka_sync::ChangeOp::Update,
+                     found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing, found ? &tomb : nullptr,
+                     where, after) ||
+            insert_row(ch, after))
             return;
         /* now an update of an existing row, resolved like one */
         local = lookup_inserted_meanwhile(ch, where);
     }
-    if (!same_origin(local.version, ch.remote->version) &&
-        !resolve(ch, "update_update", where, &local.version, true, after))
+    if (!decided(ch, kafka_sync::ChangeOp::Update, kafka_sync::LocalState::Row, &local.version, where, after))
         return;
     update_row(ch, set, where);
 }
@@ -815,20 +798,21 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     List *key = key_params(t, row_params(t, rec->before), true);
     LocalRow local = lookup(ch, key);
     if (local.found) {
-        if (same_origin(local.version, ch.remote->version) ||
-            resolve(ch, "delete_updated", key, &local.version, true, nullptr))
-        {
+        if (decided(ch, kafka_sync::ChangeOp::Delete, kafka_sync::LocalState::Row, &local.version, key, NIL)) {
             delete_row(ch, key); /* the trigger records the tombstone */
             t->has_tombstones = true;
         }
         return;
     }
-    /* Gone already: remember the delete, so that an older change of the key arriving later loses to it. */
+    /*
+     * Gone already: remember the delete (whatever the conflict's resolution),
+     * so that an older change of the key arriving later loses to it.
+     */
     bytea *kb = key_bytes(t, key);
     bool found;
     RowVersion tomb = find_tombstone(t->relid, kb, ch.remote->local_node, &found);
-    if (!found || !same_origin(tomb, ch.remote->version))
-        resolve(ch, "delete_missing", key, found ? &tomb : nullptr, false, nullptr);
+    decided(ch, kafka_sync::ChangeOp::Delete, found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing,
+            found ? &tomb : nullptr, key, NIL);
     if (!found || compare_versions(ch.remote->version, tomb) > 0) {
         write_tombstone(t->relid, kb);
         t->has_tombstones = true;
