@@ -98,6 +98,7 @@ from kafka_broker import KAFKA_VERSION  # noqa: E402  (kafka_env put test/kafka_
 from pg_env import PgCluster, pg_bindir  # noqa: E402
 
 from bench_report import build_table, machine_info, percentile, print_table  # noqa: E402
+import debezium_pipeline as dbz  # noqa: E402
 
 TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, payload text, n int)"
 # synchronous_commit stays on: logical decoding (both systems) only reads flushed
@@ -113,7 +114,15 @@ SYSTEMS = {
     "native": ("native", None, "native"),
     "kafka_sync": ("ks", None, "kafka_sync"),
     "kafka_sync_schemas_off": ("ks_schemas_off", {"kafka_sync.schemas": False}, "schemas off*"),
+    # the seed's pipeline (test/bench/debezium_pipeline.py): the config is the sink's batch.size
+    "debezium_batch1": ("dbz_batch1", {"batch.size": 1}, "Debezium bs1"),
+    "debezium": ("dbz", {}, "Debezium"),
 }
+DEBEZIUM_SYSTEMS = ("debezium_batch1", "debezium")
+DEBEZIUM_NOTE = (f"Debezium: the seed's pipeline, one way: Debezium {dbz.DEBEZIUM_VERSION} PostgreSQL connector (pgoutput, "
+                 f"ExtractNewRecordState, JsonConverter with schemas) and Debezium {dbz.DEBEZIUM_JDBC_VERSION} JDBC sink "
+                 f"(upsert on the record key, deletes enabled) on one standalone Kafka Connect {dbz.CONNECT_VERSION} "
+                 "worker; 'bs1' = the sink's batch.size 1 as the seed ran it, 'Debezium' = its default batch.size")
 EXTRA_NOTE = ('* extra, non-default: kafka_sync with the node\'s kafka_config {"kafka_sync.schemas": false} '
               "(payload-only records); the kafka_sync column runs on the defaults")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -285,8 +294,11 @@ class ApplyBench:
         # cluster's WAL, so in shared clusters each system's decoder would also
         # read (and pay for) the other systems' writes.
         dbs = list(self.db.values())
-        self.src = {db: PgCluster(f"src-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in dbs}
-        self.dst = {db: PgCluster(f"dst-{db}", extra_conf=SERVER_CONF, base_dir=base) for db in dbs}
+        # Debezium's connectors speak JDBC: TCP on loopback (trust, as the sockets)
+        conf = {db: dict(SERVER_CONF, listen_addresses="127.0.0.1") if db.startswith("dbz") else SERVER_CONF
+                for db in dbs}
+        self.src = {db: PgCluster(f"src-{db}", extra_conf=conf[db], base_dir=base) for db in dbs}
+        self.dst = {db: PgCluster(f"dst-{db}", extra_conf=conf[db], base_dir=base) for db in dbs}
         for db in dbs:
             for c in (self.src[db], self.dst[db]):
                 c.start()
@@ -297,8 +309,15 @@ class ApplyBench:
                                "PUBLICATION native_pub WITH (copy_data = false)", dbname="native")
         self.sidecars = {}
         for system in systems:
-            if system != "native":
+            if system != "native" and system not in DEBEZIUM_SYSTEMS:
                 self.sidecars[system] = self.start_kafka_sync(self.db[system], SYSTEMS[system][1])
+        self.connect = None  # the Connect worker of the Debezium systems
+        self.dbz_topics = {}
+        if any(system in DEBEZIUM_SYSTEMS for system in systems):
+            self.connect = dbz.ConnectWorker(kafka.bootstrap, base / "connect").start()
+            for system in systems:
+                if system in DEBEZIUM_SYSTEMS:
+                    self.start_debezium(system)
         self.next_id = {db: 0 for db in dbs}  # S3 updates ids 0 .. U-1 of its own database
         self.update_tag = 0
         self.watch = {db: Conn(self.dst[db], db) for db in dbs}
@@ -306,6 +325,13 @@ class ApplyBench:
         for system, sidecar in self.sidecars.items():
             self.meters[system] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid] + self.sidecar_backend_pids(s))
             self.meters[system + ":sidecar"] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid])
+        for system in self.dbz_topics:
+            self.meters[system] = CpuMeter(lambda s=system: [self.connect.pid] + self.dbz_sink_backend_pids(s))
+            self.meters[system + ":connect"] = CpuMeter(lambda: [self.connect.pid])
+        broker_pids = [n.pid for n in getattr(kafka, "nodes", []) if n.pid]  # the local broker's JVMs
+        for system in systems:
+            if system != "native" and broker_pids:
+                self.meters[system + ":broker"] = CpuMeter(lambda: broker_pids)
 
     def start_kafka_sync(self, db, node_config):
         """A node on src[db] (its own topic), a subscription on dst[db] and its sidecar."""
@@ -323,6 +349,26 @@ class ApplyBench:
                 (self.kafka.bootstrap, prefix), dbname=db)
         return Sidecar(dst.dsn(db), dst.dir / "sidecar.log").start()
 
+    def start_debezium(self, system):
+        """The seed's pipeline src[db] -> dst[db]: a publication of the bench's table, the source
+        connector (it creates its slot), the topic, the sink; then one row through it."""
+        db = self.db[system]
+        src, dst = self.src[db], self.dst[db]
+        src.sql("CREATE PUBLICATION dbz_publication FOR TABLE bench_t", dbname=db)
+        prefix = "dbserver_" + db
+        topic = self.dbz_topics[system] = f"{prefix}.public.bench_t"
+        self.kafka.create_topic(topic)
+        self.connect.create(f"{db}_source", dbz.source_config("127.0.0.1", src.port, db, prefix))
+        self.connect.create(f"{db}_sink", dbz.sink_config(topic, "127.0.0.1", dst.port, db,
+                                                          batch_size=SYSTEMS[system][1].get("batch.size")))
+        # the pipeline is up when a row gets through (the source's snapshot of the empty table
+        # done, the sink's consumer in its group); then it goes on both sides (S3 counts ids < U)
+        src.sql("INSERT INTO bench_t VALUES (-1, 'warm-up', 0)", dbname=db)
+        wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = -1", dbname=db), 120,
+                   f"{system}: a row through the pipeline", 0.05, lambda: self.diagnostics(system))
+        for c in (src, dst):
+            c.sql("DELETE FROM bench_t WHERE id = -1", dbname=db)
+
     # -- processes
 
     def native_apply_pids(self):
@@ -333,13 +379,31 @@ class ApplyBench:
         return [r[0] for r in self.watch[self.db[system]].all(
             "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (SIDECAR_APP,))]
 
+    def dbz_sink_backend_pids(self, system):
+        return [r[0] for r in self.watch[self.db[system]].all(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (dbz.SINK_APP,))]
+
+    def topic_end(self, topic):
+        """The end offset of the topic's only partition."""
+        from confluent_kafka import Consumer, TopicPartition
+        if getattr(self, "_offsets", None) is None:
+            self._offsets = Consumer({"bootstrap.servers": self.kafka.bootstrap, "group.id": "bench_offsets",
+                                      "enable.auto.commit": False, "log_level": 0})
+        return self._offsets.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+
     def sidecar_peak_rss_mb(self):
-        return {system: peak_rss_mb(sidecar.proc.pid) for system, sidecar in self.sidecars.items()}
+        """{system: MB}: the sidecars', and the Connect worker's for the Debezium systems (one JVM)."""
+        out = {system: peak_rss_mb(sidecar.proc.pid) for system, sidecar in self.sidecars.items()}
+        for system in self.dbz_topics:
+            out[system] = peak_rss_mb(self.connect.pid)
+        return out
 
     def diagnostics(self, system="kafka_sync"):
         db = self.db[system]
         sidecar = self.sidecars.get(system)
         return ((f"--- sidecar log ---\n{sidecar.log_text()[-3000:]}\n" if sidecar else "")
+                + (f"--- Connect worker ({self.connect.log_path}) ---\n{self.connect.log_tail(30)[-4000:]}\n"
+                   if system in DEBEZIUM_SYSTEMS and self.connect else "")
                 + f"--- dst log ---\n{self.dst[db].log_text()[-2000:]}\n"
                 f"--- src log ---\n{self.src[db].log_text()[-2000:]}")
 
@@ -363,7 +427,8 @@ class ApplyBench:
         """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side.
         With --perf DIR, the whole machine is profiled meanwhile (perf record -a -g) into
         DIR/<scenario>-<system>.data: read it with perf report --sort comm,dso,sym."""
-        meters = [self.meters[system]] + ([self.meters[system + ":sidecar"]] if system != "native" else [])
+        extra = [k for k in (":sidecar", ":connect", ":broker") if system + k in self.meters]
+        meters = [self.meters[system]] + [self.meters[system + k] for k in extra]
         perf = None
         if self.perf_dir:
             out = Path(self.perf_dir) / f"{scenario}-{system}.data"
@@ -380,8 +445,8 @@ class ApplyBench:
                 perf.wait()
         used = [m.stop() for m in meters]
         out = {"rate": rows / secs, "seconds": secs, "rows": rows, "apply_cpu_per_100k": used[0] * 1e5 / rows}
-        if system != "native":
-            out["sidecar_cpu_per_100k"] = used[1] * 1e5 / rows
+        for k, u in zip(extra, used[1:]):
+            out[f"{k[1:]}_cpu_per_100k"] = u * 1e5 / rows
         return out
 
     # -- scenarios
@@ -391,6 +456,9 @@ class ApplyBench:
         if system == "native":
             self.dst[db].sql("ALTER SUBSCRIPTION native_sub DISABLE", dbname=db)
             wait_until(lambda: not self.native_apply_pids(), 30, "native apply worker stopped", 0.05)
+        elif system in DEBEZIUM_SYSTEMS:  # the sink paused (REST), the source goes on into Kafka
+            self.connect.pause(f"{db}_sink")
+            end0 = self.topic_end(self.dbz_topics[system])
         else:
             runner_seen = bool(self.sidecar_backend_pids_of_runner(system))
             self.dst[db].sql("SELECT kafka_sync.pause_subscription('from_src')", dbname=db)
@@ -402,7 +470,10 @@ class ApplyBench:
             acked0 = self.acked(system)
         lo = self.next_id[db]
         self.next_id[db] = write_load(self.src[db], db, lo, n, big_txn=False)
-        if system != "native":  # S1 measures the apply side: the records wait in Kafka
+        if system in DEBEZIUM_SYSTEMS:  # S1 measures the apply side: the records wait in Kafka
+            wait_until(lambda: self.topic_end(self.dbz_topics[system]) >= end0 + n, 900, "source produced", 0.1,
+                       lambda: self.diagnostics(system))
+        elif system != "native":
             wait_until(lambda: self.acked(system) >= acked0 + n, 900, "source produced", 0.1,
                        lambda: self.diagnostics(system))
 
@@ -410,6 +481,8 @@ class ApplyBench:
             t0 = time.monotonic()
             if system == "native":
                 self.dst[db].sql("ALTER SUBSCRIPTION native_sub ENABLE", dbname=db)
+            elif system in DEBEZIUM_SYSTEMS:
+                self.connect.resume(f"{db}_sink")
             else:
                 self.dst[db].sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
@@ -521,6 +594,10 @@ class ApplyBench:
                 c.close()
             for sidecar in self.sidecars.values():
                 sidecar.stop()
+            if self.connect:
+                self.connect.stop()
+            if getattr(self, "_offsets", None) is not None:
+                self._offsets.close()
             self.dst["native"].sql("DROP SUBSCRIPTION native_sub", dbname="native")
         finally:
             for c in (*self.src.values(), *self.dst.values()):
@@ -550,6 +627,8 @@ def main():
     ap.add_argument("--skip-source", action="store_true", help="only the apply path")
     ap.add_argument("--defaults-only", action="store_true",
                     help="leave out the extra, non-default kafka_sync column (schemas off)")
+    ap.add_argument("--no-debezium", action="store_true",
+                    help="leave out the seed's pipeline (the two Debezium columns; development)")
     ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
     args = ap.parse_args()
     defaults = (1, 2000, 5000, 5000, 3.0) if args.quick else (3, 100000, 200000, 100000, 30.0)
@@ -562,6 +641,10 @@ def main():
     started = datetime.now()
     scenarios = ("source_big", "source_small", "S1", "S2", "S3", "S4")
     systems = ["native", "kafka_sync"] + ([] if args.defaults_only else ["kafka_sync_schemas_off"])
+    source_systems = systems[1:]  # the source path measures kafka_sync's producer against pgoutput
+    if not args.no_debezium:
+        systems += list(DEBEZIUM_SYSTEMS)
+        dbz.fetch()  # before the broker starts: a first run downloads them
     ks_systems = systems[1:]
     runs = {s: {system: [] for system in systems} for s in scenarios}
     kafka = kafka_for_tests()
@@ -570,7 +653,7 @@ def main():
     peak_rss = None
     try:
         if not args.skip_source:
-            for system in ks_systems:
+            for system in source_systems:
                 print(f"source path, {system} ...", flush=True)
                 src = SourceBench(kafka, SYSTEMS[system][1])
                 try:
@@ -606,7 +689,8 @@ def main():
 
     columns = [(system, SYSTEMS[system][2]) for system in systems]
     table = build_table(args, runs, peak_rss, systems)
-    print_table(table, broker, columns, [] if args.defaults_only else [EXTRA_NOTE])
+    print_table(table, broker, columns, ([] if args.defaults_only else [EXTRA_NOTE])
+                + ([] if args.no_debezium else [DEBEZIUM_NOTE]))
     out = Path(args.json) if args.json else HERE / "results" / f"bench-{started:%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
@@ -614,8 +698,14 @@ def main():
                    "machine": machine_info(broker),
                    "settings": {k: getattr(args, k) for k in ("repeat", "txns", "rows", "update_rows", "seconds",
                                                                "rate", "quick")},
-                   "systems": {system: {"node_kafka_config": SYSTEMS[system][1] or {},
-                                        "defaults": SYSTEMS[system][1] is None}
+                   "systems": {system: ({"node_kafka_config": SYSTEMS[system][1] or {},
+                                         "defaults": SYSTEMS[system][1] is None}
+                                        if system not in DEBEZIUM_SYSTEMS else
+                                        {"pipeline": DEBEZIUM_NOTE,
+                                         "source_connector": dbz.source_config("HOST", "PORT", "DB", "PREFIX"),
+                                         "sink_connector": dbz.sink_config(
+                                             "TOPIC", "HOST", "PORT", "DB",
+                                             batch_size=SYSTEMS[system][1].get("batch.size"))})
                                for system in systems if system != "native"},
                    "medians": [dict({"scenario": n}, **values,
                                     **{f"ratio_{s}" if s != "kafka_sync" else "ratio":

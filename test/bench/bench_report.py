@@ -25,7 +25,8 @@ def median(values):
 
 def build_table(args, runs, peak_rss, systems):
     """Rows: (scenario, {system: median}, decimals); medians over the repeats.
-    peak_rss: {system: MB} of the kafka_sync systems' sidecars."""
+    peak_rss: {system: MB} of the kafka_sync systems' sidecars (the Debezium systems': their
+    Connect worker's, one JVM for both)."""
     def med(scenario, key, apply_only=False):
         return {system: None if apply_only and system == "native"
                 else median(r.get(key) for r in runs[scenario][system]) for system in systems}
@@ -46,10 +47,14 @@ def build_table(args, runs, peak_rss, systems):
         ("S4 achieved write rate, txn/s", med("S4", "write_rate"), 0),
     ]
     for s in ("S1", "S2", "S3"):
-        rows.append((f"{s} apply CPU s per 100k rows (native: apply worker; kafka_sync: sidecar + its backends)",
-                     med(s, "apply_cpu_per_100k"), 2))
+        rows.append((f"{s} apply CPU s per 100k rows (native: apply worker; kafka_sync: sidecar + its backends; "
+                     "Debezium: Connect worker + sink's backends)", med(s, "apply_cpu_per_100k"), 2))
         rows.append((f"{s} sidecar CPU s per 100k rows", med(s, "sidecar_cpu_per_100k", apply_only=True), 2))
-    rows.append(("sidecar peak RSS (VmHWM), MB", {system: (peak_rss or {}).get(system) for system in systems}, 1))
+        rows.append((f"{s} Connect worker JVM CPU s per 100k rows (source + sink connectors)",
+                     med(s, "connect_cpu_per_100k", apply_only=True), 2))
+        rows.append((f"{s} broker CPU s per 100k rows", med(s, "broker_cpu_per_100k", apply_only=True), 2))
+    rows.append(("sidecar (Debezium: Connect worker) peak RSS (VmHWM), MB",
+                 {system: (peak_rss or {}).get(system) for system in systems}, 1))
     return rows
 
 
