@@ -78,7 +78,7 @@ uint64 next_collection_order(RelationInfo *info, const ChangeSource *source) {
 
 void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldtuple, HeapTuple newtuple,
                        const ChangeSource *source, uint64 total_order, EncodedRecord *out,
-                       const RowVersion *version) {
+                       const SnapshotRowVersion *version) {
     const size_t n = static_cast<size_t>(info->ncolumns);
     auto *old_values = static_cast<FieldValue *>(palloc0(sizeof(FieldValue) * Max(n, 1)));
     auto *new_values = static_cast<FieldValue *>(palloc0(sizeof(FieldValue) * Max(n, 1)));

@@ -26,7 +26,7 @@ struct ChangeSource {
  * and node of its last change, for receivers that resolve conflicts by last
  * update. Changes decoded from WAL need none: their transaction is the version.
  */
-struct RowVersion {
+struct SnapshotRowVersion {
     bool has_ts;
     int64 ts_ms;
     const char *origin; /* NULL: unknown, left out of the record */
@@ -48,7 +48,7 @@ struct EncodedRecord {
  */
 void encode_row_change(RelationInfo *info, Relation rel, char op, HeapTuple oldtuple, HeapTuple newtuple,
                        const ChangeSource *source, uint64 total_order, EncodedRecord *out,
-                       const RowVersion *version = nullptr);
+                       const SnapshotRowVersion *version = nullptr);
 
 /* Encode a TRUNCATE of rel (no key, no row images). */
 void encode_truncate(RelationInfo *info, const ChangeSource *source, uint64 total_order, EncodedRecord *out);

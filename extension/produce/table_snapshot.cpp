@@ -94,8 +94,8 @@ const char *origin_node(OriginNames *names, RepOriginId id) {
  * this tuple. Unknown (left out of the record) for frozen tuples, rows older
  * than the commit-timestamp history, or with track_commit_timestamp off.
  */
-RowVersion row_version(HeapTuple tuple, OriginNames *names) {
-    RowVersion v{false, 0, nullptr};
+SnapshotRowVersion row_version(HeapTuple tuple, OriginNames *names) {
+    SnapshotRowVersion v{false, 0, nullptr};
     TransactionId xmin = HeapTupleHeaderGetXmin(tuple->t_data);
     if (!track_commit_timestamp || !TransactionIdIsNormal(xmin))
         return v;
@@ -150,7 +150,7 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
                 MemoryContext old = MemoryContextSwitchTo(row_context);
                 bool should_free;
                 HeapTuple tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
-                RowVersion version = row_version(tuple, &names);
+                SnapshotRowVersion version = row_version(tuple, &names);
                 encode_row_change(info, rel, 'r', nullptr, tuple, &source, nrecords + 1, rec, &version);
                 node_worker_add_record(w, rec->key.data(), rec->key.size(), rec->has_key, rec->value.data(),
                                        rec->value.size(), true);
