@@ -66,29 +66,40 @@ MOCK_KAFKA  = test/kafka_mock/kafka_sync_mock_kafka
 UNIT_TESTS  = test/unit/unit_tests
 
 # extension/common/secrets_file.cpp and kafka_properties.cpp are pure C++, shared by both sides
-SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp extension/common/kafka_properties.cpp
+SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp extension/common/kafka_properties.cpp \
+               extension/wire/wire.cpp
 UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension/common/secrets_file.cpp \
                extension/common/kafka_properties.cpp \
                extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
-               extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp
+               extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp extension/wire/wire.cpp
 
-all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests
+all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests test/unit/wire_tests
 
-$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
+$(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp \
+            extension/wire/wire.hpp
 	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -Iextension -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
 
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
 	$(CXX) $(CXXSTD) -o $@ $< -lrdkafka -lpthread
 
-$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp extension/apply/record_decoder.hpp)
+$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp extension/apply/record_decoder.hpp) \
+               extension/wire/wire.hpp
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(UNIT_SRCS) -lrdkafka -ljansson
 
 # The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
 test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
                          sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp \
-                         extension/common/secrets_file.cpp extension/common/kafka_properties.cpp \
-                         $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp
+                         extension/common/secrets_file.cpp extension/common/kafka_properties.cpp extension/wire/wire.cpp \
+                         $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp \
+                         extension/wire/wire.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson -lpthread
+
+# The wire contract read by both sides: the sidecar's record grouping and the
+# extension's header decoding must agree on every (hostile) header set.
+test/unit/wire_tests: test/unit/wire_tests.cpp extension/wire/wire.cpp sidecar/record.cpp \
+                      extension/apply/record_decoder.cpp extension/wire/wire.hpp sidecar/record.hpp \
+                      extension/apply/record_decoder.hpp
+	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson
 
 # The conflict policy's truth table (extension/apply/conflict_policy.cpp is pure C++).
 test/unit/conflict_policy_tests: test/unit/conflict_policy_tests.cpp extension/apply/conflict_policy.cpp \
@@ -99,7 +110,7 @@ install: install-sidecar
 install-sidecar: $(SIDECAR)
 	$(INSTALL_PROGRAM) $(SIDECAR) '$(DESTDIR)$(bindir)/kafka_sync_sidecar'
 
-EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests tmp_check results regression.diffs regression.out .deps
+EXTRA_CLEAN = $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests test/unit/wire_tests tmp_check results regression.diffs regression.out .deps
 
 .PHONY: test unit-test install-sidecar check-symbols demo demo-stop
 unit-test: $(UNIT_TESTS) test/unit/sidecar_tests

@@ -4,6 +4,8 @@
 // Pure C++: no librdkafka, no libpq.
 #pragma once
 
+#include "wire/wire.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -43,20 +45,19 @@ struct Record {
     size_t bytes() const { return (key ? key->size() : 0) + (value ? value->size() : 0) + headers.size() + 64; }
 };
 
-// Builds a record; the grouping fields come from the kafka_sync.* headers
-// (the last one wins when a name repeats).
+// Builds a record; the grouping fields come from the kafka_sync.* headers,
+// read as wire::HeaderFacts reads them (the extension reads them the same way).
 Record record_from_message(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
                            const std::vector<HeaderView> &headers);
 // The same from owned headers (tests).
 Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
                    const std::vector<KafkaHeader> &headers);
 
-// apply_chunk's header encoding: per header, uint32 BE name length, name,
-// uint32 BE value length (0xFFFFFFFF: null value), value.
+// apply_chunk's header blob (wire.hpp).
 std::string encode_headers(const std::vector<HeaderView> &headers);
 
-// PostgreSQL's LSN text form "X/X" (hex, each half at most 8 digits).
-bool parse_lsn(std::string_view text, uint64_t &lsn);
-std::string format_lsn(uint64_t lsn);
+// PostgreSQL's LSN text form "X/X" (wire.hpp).
+using kafka_sync::wire::format_lsn;
+using kafka_sync::wire::parse_lsn;
 
 } // namespace kafka_sync_sidecar

@@ -25,6 +25,7 @@ echo "== unit tests"
 test/unit/unit_tests
 test/unit/sidecar_tests
 test/unit/conflict_policy_tests
+test/unit/wire_tests
 
 echo "== pg_regress"
 TESTS=$(sed -n 's/^REGRESS *= *//p' Makefile)

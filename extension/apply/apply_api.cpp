@@ -423,16 +423,12 @@ void decode_record(ApplyContext *ctx) {
     ctx->rec = nullptr;
 
     kafka_sync::DecodedHeaders *headers = ctx->decoded_headers;
-    char errbuf[512];
-    bool headers_ok = kafka_sync::ks_guard([&]() {
+    kafka_sync::ks_guard([&]() {
         std::string error;
-        bool ok = kafka_sync::decode_headers(r->headers, r->headers_len, *headers, error);
-        strlcpy(errbuf, error.c_str(), sizeof(errbuf));
-        return ok;
+        if (!kafka_sync::decode_headers(r->headers, r->headers_len, *headers, error))
+            throw kafka_sync::Error(ERRCODE_DATA_EXCEPTION, error);
     });
     ctx->headers = headers;
-    if (!headers_ok)
-        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s", errbuf)));
     if (!headers->incarnation.empty() && !note_incarnation(ctx, headers->incarnation)) {
         ctx->counters.skipped++; /* an older incarnation's: superseded */
         return;
@@ -454,17 +450,15 @@ void decode_record(ApplyContext *ctx) {
 
     kafka_sync::RecordDecoder *decoder = ctx->decoder;
     kafka_sync::DecodedRecord *rec = ctx->decoded;
-    bool value_ok = kafka_sync::ks_guard([&]() {
+    const char *sub_name = ctx->sub->name;
+    kafka_sync::ks_guard([&]() {
         std::string error;
-        bool ok = decoder->decode_value(r->value, r->value_len, *rec, error);
-        strlcpy(errbuf, error.c_str(), sizeof(errbuf));
-        return ok;
+        if (!decoder->decode_value(r->value, r->value_len, *rec, error))
+            throw kafka_sync::Error(ERRCODE_INVALID_TEXT_REPRESENTATION, error, std::string(),
+                                    std::string("The record is kept in kafka_sync.dead_letters; "
+                                                "kafka_sync.resume_subscription('") +
+                                        sub_name + "', skip_failed => true) passes over it.");
     });
-    if (!value_ok)
-        ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION), errmsg("%s", errbuf),
-                        errhint("The record is kept in kafka_sync.dead_letters; "
-                                "kafka_sync.resume_subscription('%s', skip_failed => true) passes over it.",
-                                ctx->sub->name)));
     if (ctx->sub->local_node && rec->origin && strcmp(rec->origin, ctx->sub->local_node) == 0)
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
                         errmsg("the record originated at this node (%s) and is not applied again",

@@ -188,10 +188,6 @@ std::string hex_of(const char *s, size_t len) {
     return out;
 }
 
-uint32_t read_u32(const unsigned char *p) {
-    return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
-}
-
 const char *string_field(json_t *obj, const char *key) {
     json_t *v = json_object_get(obj, key);
     return json_is_string(v) ? json_string_value(v) : nullptr;
@@ -905,33 +901,6 @@ bool RecordDecoder::decode_tree(const char *data, size_t len, DecodedRecord &out
 }
 
 // A decimal integer as the producer writes it: an optional '-' and 1 to 18 digits.
-bool parse_int64(std::string_view text, int64_t &out) {
-    const size_t digits = text.size() - (!text.empty() && text[0] == '-' ? 1 : 0);
-    if (digits == 0 || digits > 18)
-        return false;
-    int64_t v;
-    const char *end = text.data() + text.size();
-    const std::from_chars_result r = std::from_chars(text.data(), end, v);
-    if (r.ec != std::errc() || r.ptr != end)
-        return false;
-    out = v;
-    return true;
-}
-
-bool parse_lsn(const std::string &text, uint64_t &out) {
-    const char *s = text.c_str();
-    char *end;
-    unsigned long hi = strtoul(s, &end, 16);
-    if (end == s || *end != '/' || hi > 0xffffffffUL)
-        return false;
-    const char *lo_start = end + 1;
-    unsigned long lo = strtoul(lo_start, &end, 16);
-    if (end == lo_start || *end != '\0' || lo > 0xffffffffUL)
-        return false;
-    out = (uint64_t(hi) << 32) | uint64_t(lo);
-    return true;
-}
-
 bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error, bool with_json) noexcept {
     try {
         out.reset();
@@ -940,53 +909,29 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
             error = "out of memory";
             return false;
         }
-        const auto *p = reinterpret_cast<const unsigned char *>(data);
-        size_t pos = 0;
-        bool ok = true;
-        while (pos < len) {
-            if (len - pos < 4) {
-                ok = false;
-                break;
-            }
-            uint32_t nlen = read_u32(p + pos);
-            pos += 4;
-            if (nlen > len - pos || len - pos - nlen < 4) {
-                ok = false;
-                break;
-            }
-            const std::string_view name(data + pos, nlen);
-            pos += nlen;
-            uint32_t vlen = read_u32(p + pos);
-            pos += 4;
-            bool is_null = vlen == 0xffffffffU;
-            if (!is_null && vlen > len - pos) {
-                ok = false;
-                break;
-            }
-            const std::string_view value = is_null ? std::string_view() : std::string_view(data + pos, vlen);
-            pos += is_null ? 0 : vlen;
-
+        wire::HeaderReader reader(data, len);
+        wire::HeaderFacts facts;
+        std::string_view name;
+        const char *value;
+        size_t size;
+        while (reader.next(name, value, size)) {
             if (all) {
                 const std::string key = valid_utf8(name.data(), name.size()) ? std::string(name)
                                                                             : hex_of(name.data(), name.size());
-                const std::string text = valid_utf8(value.data(), value.size()) ? std::string(value)
-                                                                                : hex_of(value.data(), value.size());
-                json_object_set_new(all, key.c_str(), is_null ? json_null() : json_stringn(text.data(), text.size()));
+                const std::string text = !value || valid_utf8(value, size) ? std::string(value ? value : "", size)
+                                                                           : hex_of(value, size);
+                json_object_set_new(all, key.c_str(), !value ? json_null() : json_stringn(text.data(), text.size()));
             }
-
-            if (is_null)
-                continue;
-            if (name == "kafka_sync.lsn")
-                out.has_lsn = parse_lsn(std::string(value), out.lsn);
-            else if (name == "kafka_sync.commit_ts")
-                out.has_commit_ts = parse_int64(value, out.commit_ts_ms);
-            else if (name == "kafka_sync.origin")
-                out.origin.assign(value.data(), value.size());
-            else if (name == "kafka_sync.incarnation" && value.size() <= 128)
-                out.incarnation.assign(value.data(), value.size());
-            else if (name == "kafka_sync.txn_end")
-                out.has_txn_end = true;
+            facts.note(name, value, size);
         }
+        const bool ok = !reader.malformed();
+        out.has_lsn = facts.has_lsn;
+        out.lsn = facts.lsn;
+        out.has_commit_ts = facts.has_commit_ts;
+        out.commit_ts_ms = facts.commit_ts_ms;
+        out.has_txn_end = facts.txn_end;
+        out.origin.assign(facts.origin.data(), facts.origin.size());
+        out.incarnation.assign(facts.incarnation.data(), facts.incarnation.size());
         if (all) {
             char *text = json_dumps(all, JSON_COMPACT | JSON_PRESERVE_ORDER);
             json_decref(all);

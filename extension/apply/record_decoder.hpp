@@ -9,6 +9,8 @@
 // apply side ties its lifetime to a PostgreSQL memory context).
 #pragma once
 
+#include "wire/wire.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -147,10 +149,8 @@ class RecordDecoder {
 bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::string &error,
                     bool with_json = false) noexcept;
 
-// "-12", "1700000000123" -> value; false unless an optional '-' and 1 to 18 digits.
-bool parse_int64(std::string_view text, int64_t &out);
-
-// "16/B374D848" -> LSN; false when malformed.
-bool parse_lsn(const std::string &text, uint64_t &out);
+// The wire's number and LSN forms (wire.hpp).
+using wire::parse_int64;
+using wire::parse_lsn;
 
 } // namespace kafka_sync

@@ -8,10 +8,13 @@ extern "C" {
 
 namespace kafka_sync {
 
-void raise_guarded_error(ErrorData *pg_error, const char *cpp_message) {
+void raise_guarded_error(ErrorData *pg_error, const GuardedError &error) {
     if (pg_error)
         ReThrowError(pg_error);
-    ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("kafka_sync: %s", cpp_message)));
+    if (error.internal)
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("kafka_sync: %s", error.message)));
+    ereport(ERROR, (errcode(error.sqlstate), errmsg("%s", error.message),
+                    error.detail[0] ? errdetail("%s", error.detail) : 0, error.hint[0] ? errhint("%s", error.hint) : 0));
     pg_unreachable();
 }
 

@@ -45,9 +45,45 @@ class PgError : public std::exception {
     ErrorData *edata_; // palloc'd in the context that was current at pg_call
 };
 
+// An error C++ code reports to the user: ks_guard raises it as
+// ereport(ERROR) with this SQLSTATE, message, detail and hint, so call sites
+// need not copy messages out of the guarded block by hand. Any other C++
+// exception is an internal error ("kafka_sync: <what>").
+class Error : public std::exception {
+  public:
+    Error(int sqlstate, std::string message, std::string detail = std::string(), std::string hint = std::string())
+        : sqlstate_(sqlstate), message_(std::move(message)), detail_(std::move(detail)), hint_(std::move(hint)) {}
+    const char *what() const noexcept override { return message_.c_str(); }
+    int sqlstate() const { return sqlstate_; }
+    const std::string &detail() const { return detail_; }
+    const std::string &hint() const { return hint_; }
+
+  private:
+    int sqlstate_;
+    std::string message_, detail_, hint_;
+};
+
+// What ks_guard carries past the end of its catch blocks (plain arrays: no
+// destructor may be pending when it longjmps). Longer texts are cut.
+struct GuardedError {
+    int sqlstate = ERRCODE_INTERNAL_ERROR;
+    bool internal = true; // not a kafka_sync::Error: prefixed "kafka_sync: "
+    char message[2048] = "";
+    char detail[1024] = "";
+    char hint[1024] = "";
+    void set(const char *m) { strlcpy(message, m, sizeof(message)); }
+    void set(const Error &e) {
+        internal = false;
+        sqlstate = e.sqlstate();
+        strlcpy(message, e.what(), sizeof(message));
+        strlcpy(detail, e.detail().c_str(), sizeof(detail));
+        strlcpy(hint, e.hint().c_str(), sizeof(hint));
+    }
+};
+
 // Raise the error carried out of a guarded block. Lives out of line so that
 // ks_guard's frame holds no C++ object when it longjmps.
-[[noreturn]] void raise_guarded_error(ErrorData *pg_error, const char *cpp_message);
+[[noreturn]] void raise_guarded_error(ErrorData *pg_error, const GuardedError &error);
 
 // Runs fn(arg) in an internal subtransaction (as a PL/pgSQL EXCEPTION block
 // does). Returns nullptr when it succeeded; when it raised an ERROR, rolls
@@ -64,10 +100,21 @@ auto pg_call(F &&f) -> decltype(f()) {
     sigjmp_buf local;
     ErrorData *volatile edata = nullptr;
 
+    // f may also throw a C++ exception: PG_exception_stack must not be left
+    // pointing into this frame once it is gone.
+    auto run = [&]() -> R {
+        try {
+            return f();
+        } catch (...) {
+            PG_exception_stack = saved_stack;
+            error_context_stack = saved_context;
+            throw;
+        }
+    };
     if constexpr (std::is_void_v<R>) {
         if (sigsetjmp(local, 0) == 0) {
             PG_exception_stack = &local;
-            f();
+            run();
         } else {
             MemoryContextSwitchTo(saved_mcxt);
             edata = CopyErrorData();
@@ -83,7 +130,7 @@ auto pg_call(F &&f) -> decltype(f()) {
         volatile R result{};
         if (sigsetjmp(local, 0) == 0) {
             PG_exception_stack = &local;
-            result = f();
+            result = run();
         } else {
             MemoryContextSwitchTo(saved_mcxt);
             edata = CopyErrorData();
@@ -102,20 +149,21 @@ auto pg_call(F &&f) -> decltype(f()) {
 template <typename F>
 auto ks_guard(F &&f) -> decltype(f()) {
     ErrorData *pg_error = nullptr;
-    char cpp_message[512];
-    cpp_message[0] = '\0';
+    GuardedError error;
     try {
         return f(); // also for void f()
     } catch (const PgError &e) {
         pg_error = e.edata();
+    } catch (const Error &e) {
+        error.set(e);
     } catch (const std::bad_alloc &) {
-        strlcpy(cpp_message, "out of memory", sizeof(cpp_message));
+        error.set("out of memory");
     } catch (const std::exception &e) {
-        strlcpy(cpp_message, e.what(), sizeof(cpp_message));
+        error.set(e.what());
     } catch (...) {
-        strlcpy(cpp_message, "unknown C++ exception", sizeof(cpp_message));
+        error.set("unknown C++ exception");
     }
-    raise_guarded_error(pg_error, cpp_message);
+    raise_guarded_error(pg_error, error);
 }
 
 } // namespace kafka_sync
