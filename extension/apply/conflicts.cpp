@@ -1,5 +1,6 @@
 // Conflict detection and resolution helpers (see conflicts.hpp).
 #include "apply/conflicts.hpp"
+#include "common/identity_key.hpp"
 #include "common/origin_names.hpp"
 
 extern "C" {
@@ -220,9 +221,7 @@ bytea *encode_key(int nkeys, const Oid *types, const Datum *values) {
 
 bytea *row_key(Relation rel, HeapTuple tuple) {
     /* the same key columns, in the same order, as the apply side (table_apply.cpp) */
-    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
-    if (bms_is_empty(keys))
-        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    Bitmapset *keys = kafka_sync::identity_key_columns(rel);
     const int nkeys = bms_num_members(keys);
     if (nkeys == 0)
         return nullptr;

@@ -1,7 +1,9 @@
 // Applying one decoded change to a local table (see table_apply.hpp).
 #include "apply/table_apply.hpp"
+#include "common/identity_key.hpp"
 #include "apply/row_writer.hpp"
 #include "apply/run_as_owner.hpp"
+#include "boundary/pg_boundary.hpp"
 
 extern "C" {
 #include "access/htup_details.h"
@@ -149,9 +151,7 @@ void build_target(TargetInfo *t) {
     Relation rel = table_open(t->relid, RowExclusiveLock);
     TupleDesc desc = RelationGetDescr(rel);
     /* Same order as the source (relation_info.cpp): the columns a record's "before" carries. */
-    Bitmapset *keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
-    if (bms_is_empty(keys))
-        keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    Bitmapset *keys = kafka_sync::identity_key_columns(rel);
     char *qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
                                                  RelationGetRelationName(rel));
     MemoryContext old = MemoryContextSwitchTo(apply_cache_context);
@@ -908,6 +908,27 @@ void apply_discard_queued_inserts() {
     }
 }
 
+/*
+ * A queued insert as the "c" record apply_row_change takes. One object for
+ * the backend, filled again each time: a C++ object (its vector's heap
+ * memory) must not live in a frame that an ERROR unwinds with longjmp.
+ */
+const kafka_sync::DecodedRecord *queued_record(const QueuedInsert &q) {
+    static kafka_sync::DecodedRecord *rec = nullptr;
+    kafka_sync::ks_guard([&]() {
+        if (!rec)
+            rec = new kafka_sync::DecodedRecord();
+        rec->reset();
+        rec->op = 'c';
+        rec->schema = q.schema;
+        rec->table = q.table;
+        rec->has_after = true;
+        for (int c = 0; c < batch->ncols; c++)
+            rec->after.push_back(kafka_sync::DecodedColumn{batch->names[c], q.values[c]});
+    });
+    return rec;
+}
+
 void apply_flush_inserts(ApplyCounters *counters) {
     if (!batch || batch->nrows == 0)
         return;
@@ -918,22 +939,10 @@ void apply_flush_inserts(ApplyCounters *counters) {
                         errhint("The sidecar applies the transaction again.")));
     const int n = batch->nrows;
     const int ncols = batch->ncols;
-    auto as_record = [&](const QueuedInsert &q) {
-        kafka_sync::DecodedRecord rec;
-        rec.op = 'c';
-        rec.schema = q.schema;
-        rec.table = q.table;
-        rec.has_after = true;
-        for (int c = 0; c < ncols; c++)
-            rec.after.push_back(kafka_sync::DecodedColumn{batch->names[c], q.values[c]});
-        return rec;
-    };
     if (n < kMinBatch) {
         /* a few rows (single-row transactions): the plain statement is cheaper */
-        for (int r = 0; r < n; r++) {
-            kafka_sync::DecodedRecord rec = as_record(batch->rows[r]);
-            apply_row_change(batch->relid, &rec, &batch->rows[r].remote, counters);
-        }
+        for (int r = 0; r < n; r++)
+            apply_row_change(batch->relid, queued_record(batch->rows[r]), &batch->rows[r].remote, counters);
         apply_discard_queued_inserts();
         return;
     }
@@ -993,8 +1002,7 @@ void apply_flush_inserts(ApplyCounters *counters) {
     counters->applied += n - (int64)nleft;
     for (uint64 i = 0; i < nleft; i++) {
         const QueuedInsert &q = batch->rows[left[i] - 1];
-        kafka_sync::DecodedRecord rec = as_record(q);
-        apply_row_change(batch->relid, &rec, &q.remote, counters);
+        apply_row_change(batch->relid, queued_record(q), &q.remote, counters);
     }
     apply_discard_queued_inserts();
 }

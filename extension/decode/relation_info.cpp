@@ -1,5 +1,6 @@
 // Per-relation metadata cache (see relation_info.hpp).
 #include "decode/relation_info.hpp"
+#include "common/identity_key.hpp"
 
 #include "boundary/pg_boundary.hpp"
 #include "encode/record_encoder.hpp"
@@ -199,9 +200,7 @@ void build_entry(RelationInfoCache *cache, RelationInfo *entry, Relation rel) {
     }
     Bitmapset *columns = via_table ? publication_columns(member, rel, pub) : nullptr;
 
-    Bitmapset *key_attrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
-    if (bms_is_empty(key_attrs))
-        key_attrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+    Bitmapset *key_attrs = kafka_sync::identity_key_columns(rel);
 
     TupleDesc tupdesc = RelationGetDescr(rel);
     MemoryContext old = MemoryContextSwitchTo(cache->context);
