@@ -22,7 +22,9 @@ also read the other systems' writes, and S2/S3 would pay for it):
      records wait in Kafka); then the time from ENABLE / resume_subscription
      until the target has them all (native: this includes the walsender
      decoding the backlog; kafka_sync: the records are in Kafka already).
-     -> txn/s
+     Debezium: its sink connector paused through Connect's REST API until
+     the source connector has put them all in the topic (its end offset),
+     then timed from the resume request.  -> txn/s
   S2 one R-row INSERT transaction, from its commit until every row is
      visible on the target.  -> rows/s
   S3 one U-row UPDATE transaction of rows already on the target, from its
@@ -42,9 +44,14 @@ also read the other systems' writes, and S2/S3 would pay for it):
      plus a query (~2-3 ms), the same for both.  -> p50, p99, max, and p50
      of the first and of the last 10 s (growth would show as a rising p50).
   Beside them: CPU seconds per 100,000 rows of the apply side (native: the
-  apply worker; kafka_sync: the sidecar plus the backends it uses), the
-  sidecar's own CPU (utime + stime from /proc/<pid>/stat) and the sidecar's
-  peak RSS (VmHWM from /proc/<pid>/status) over the whole run.
+  apply worker; kafka_sync: the sidecar plus the backends it uses;
+  Debezium: the Connect worker JVM plus the sink's backends), the sidecar's
+  own CPU (utime + stime from /proc/<pid>/stat), the Connect worker JVM's
+  alone (both its connectors: in S2-S3 the source connector's work is in
+  it too), the local broker's, and the sidecar's (Connect worker's) peak
+  RSS (VmHWM from /proc/<pid>/status) over the whole run. The broker's
+  CPU includes what it serves the idle systems' clients meanwhile, so a
+  slower system is charged more of it.
 
 Every scenario runs --repeat times (default 3); the table shows medians,
 the JSON (test/bench/results/bench-<timestamp>.json) every run as well. It
@@ -53,7 +60,7 @@ matter, not absolute figures: the machine is shared.
 
 Usage: /usr/bin/python3 test/bench/bench.py [--quick] [--repeat N] [--txns T] [--rows R]
            [--update-rows U] [--seconds D] [--rate 1000] [--json FILE] [--perf DIR]
-           [--skip-source] [--defaults-only]
+           [--skip-source] [--defaults-only] [--no-debezium]
        make bench [BENCH_ARGS=--quick]
        KAFKA_BROKERS=host:port to run on an existing Kafka cluster.
 As root, the servers run as the postgres OS user (test/pytest/pg_env.py).
@@ -75,6 +82,22 @@ The kafka_sync systems (columns of the table):
                           on their fast path; the default's records (with the
                           Connect schema) go through jansson. --defaults-only
                           leaves it out.
+
+The seed's pipeline (shared/SEED_PIPELINE.md; test/bench/debezium_pipeline.py),
+one way src -> dst on the same broker, two columns, left out by --no-debezium:
+  Debezium bs1            Debezium's PostgreSQL connector (pgoutput,
+                          ExtractNewRecordState, JsonConverter with schemas)
+                          and Debezium's JDBC sink (upsert on the record key,
+                          deletes enabled) on one standalone Kafka Connect
+                          worker, all on their defaults but the sink's
+                          batch.size 1, as the seed ran it.
+  Debezium                the same with the sink's default batch.size.
+  Both pipelines run in the one worker JVM (its CPU is measured as a whole;
+  the other pipeline idles meanwhile). Their jars are fetched with Maven on
+  the first run (test/bench/debezium/pom.xml, into ~/.cache/kafka_sync).
+  Before the scenarios, min(T, 20,000) rows go through each pipeline,
+  unmeasured, so its JVM code is compiled as in a running deployment.
+  The source path (above) is kafka_sync's producer only.
 """
 
 import argparse
@@ -119,6 +142,7 @@ SYSTEMS = {
     "debezium": ("dbz", {}, "Debezium"),
 }
 DEBEZIUM_SYSTEMS = ("debezium_batch1", "debezium")
+WARMUP_ID = 10 ** 12  # the Debezium systems' warm-up rows: WARMUP_ID and up
 DEBEZIUM_NOTE = (f"Debezium: the seed's pipeline, one way: Debezium {dbz.DEBEZIUM_VERSION} PostgreSQL connector (pgoutput, "
                  f"ExtractNewRecordState, JsonConverter with schemas) and Debezium {dbz.DEBEZIUM_JDBC_VERSION} JDBC sink "
                  f"(upsert on the record key, deletes enabled) on one standalone Kafka Connect {dbz.CONNECT_VERSION} "
@@ -284,8 +308,9 @@ def write_load(cluster, db, start, n, big_txn):
 # ----------------------------------------------------------------- apply path
 
 class ApplyBench:
-    def __init__(self, kafka, systems, perf_dir=None):
+    def __init__(self, kafka, systems, perf_dir=None, dbz_warmup=2000):
         self.kafka = kafka
+        self.dbz_warmup = dbz_warmup
         self.perf_dir = perf_dir
         self.systems = systems
         self.db = {system: SYSTEMS[system][0] for system in systems}
@@ -351,7 +376,7 @@ class ApplyBench:
 
     def start_debezium(self, system):
         """The seed's pipeline src[db] -> dst[db]: a publication of the bench's table, the source
-        connector (it creates its slot), the topic, the sink; then one row through it."""
+        connector (it creates its slot), the topic, the sink; then a warm-up through it."""
         db = self.db[system]
         src, dst = self.src[db], self.dst[db]
         src.sql("CREATE PUBLICATION dbz_publication FOR TABLE bench_t", dbname=db)
@@ -361,13 +386,19 @@ class ApplyBench:
         self.connect.create(f"{db}_source", dbz.source_config("127.0.0.1", src.port, db, prefix))
         self.connect.create(f"{db}_sink", dbz.sink_config(topic, "127.0.0.1", dst.port, db,
                                                           batch_size=SYSTEMS[system][1].get("batch.size")))
-        # the pipeline is up when a row gets through (the source's snapshot of the empty table
-        # done, the sink's consumer in its group); then it goes on both sides (S3 counts ids < U)
-        src.sql("INSERT INTO bench_t VALUES (-1, 'warm-up', 0)", dbname=db)
-        wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = -1", dbname=db), 120,
+        # The pipeline is up when a row gets through (the source's snapshot of the empty table
+        # done, the sink's consumer in its group). Then a warm-up, unmeasured: a running pipeline
+        # has its JVM's code compiled, a fresh one interprets it at first. Their ids lie above
+        # any a scenario writes (S3 updates ids < U, the others read id ranges) and stay.
+        warm = WARMUP_ID
+        src.sql("INSERT INTO bench_t VALUES (%s, 'warm-up', 0)", (warm,), dbname=db)
+        wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = %s", (warm,), dbname=db), 120,
                    f"{system}: a row through the pipeline", 0.05, lambda: self.diagnostics(system))
-        for c in (src, dst):
-            c.sql("DELETE FROM bench_t WHERE id = -1", dbname=db)
+        if self.dbz_warmup:
+            write_load(src, db, warm + 1, self.dbz_warmup, big_txn=True)
+            last = warm + self.dbz_warmup
+            wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = %s", (last,), dbname=db), 900,
+                       f"{system}: the warm-up through the pipeline", 0.1, lambda: self.diagnostics(system))
 
     # -- processes
 
@@ -668,7 +699,7 @@ def main():
                 finally:
                     src.close()
         print("apply path ...", flush=True)
-        app = ApplyBench(kafka, systems, args.perf)
+        app = ApplyBench(kafka, systems, args.perf, dbz_warmup=min(args.txns, 20000))
         try:
             for i in range(args.repeat):
                 for system in systems:
