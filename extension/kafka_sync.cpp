@@ -66,7 +66,7 @@ void _PG_init(void) {
                                "ssl.engine.id, ssl.providers, sasl.kerberos.kinit.cmd and "
                                "internal.termination.signal (they load code, run commands or change signal "
                                "handling); empty: none.",
-                               &kafka_sync_allowed_kafka_properties, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+                               &kafka_sync::allowed_kafka_properties, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     /*
      * Loaded later (e.g. as an output plugin by pg_logical_slot_get_changes,
      * or by CREATE EXTENSION): the plugin and SQL functions work, the
@@ -80,11 +80,11 @@ void _PG_init(void) {
                             "Each node has one producer worker; max_worker_processes must leave room for them.",
                             &kafka_sync_max_nodes, 8, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.launcher_naptime", "Seconds between the launcher's checks for nodes to start.",
-                            nullptr, &launcher_naptime_s, 10, 1, 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr,
+                            nullptr, &kafka_sync::launcher_naptime_s, 10, 1, 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr,
                             nullptr);
     DefineCustomIntVariable("kafka_sync.retained_wal_warning",
                             "WAL a node's slot may retain before a WARNING and node_status state retaining_wal.",
-                            "Nothing is dropped beyond it; 0 turns the warning off.", &kafka_sync_retained_wal_warning_mb,
+                            "Nothing is dropped beyond it; 0 turns the warning off.", &kafka_sync::retained_wal_warning_mb,
                             10240, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
     MarkGUCPrefixReserved("kafka_sync");
 

@@ -145,7 +145,7 @@ Datum kafka_sync_validate_kafka_config(PG_FUNCTION_ARGS) {
         kafka_sync::NodeKafkaSettings settings;
         std::string e, h;
         bool valid = kafka_sync::parse_node_kafka_config(
-            pairs, settings, e, h, kafka_sync_allowed_kafka_properties ? kafka_sync_allowed_kafka_properties : "");
+            pairs, settings, e, h, kafka_sync::allowed_kafka_properties ? kafka_sync::allowed_kafka_properties : "");
         strlcpy(error, e.c_str(), sizeof(error));
         strlcpy(hint, h.c_str(), sizeof(hint));
         return valid;

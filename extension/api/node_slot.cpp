@@ -129,7 +129,7 @@ Datum kafka_sync_create_node_slot(PG_FUNCTION_ARGS) {
      */
     ReplicationSlotCreate(slot_name, true, RS_EPHEMERAL, false);
     LogicalDecodingContext *ctx = CreateInitDecodingContext("kafka_sync", NIL, false, InvalidXLogRecPtr,
-                                                            node_local_wal_reader(), nullptr, nullptr, nullptr);
+                                                            kafka_sync::node_local_wal_reader(), nullptr, nullptr, nullptr);
     DecodingContextFindStartpoint(ctx);
     const XLogRecPtr consistent = MyReplicationSlot->data.confirmed_flush;
     FreeDecodingContext(ctx);

@@ -243,8 +243,6 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
 
 void KafkaProducer::poll(int timeout_ms) { rd_kafka_poll(rk_, timeout_ms); }
 
-int KafkaProducer::outq_len() const { return rd_kafka_outq_len(rk_); }
-
 std::vector<std::string> KafkaProducer::take_log_lines() {
     std::vector<std::string> out;
     out.swap(log_lines_);

@@ -64,9 +64,6 @@ class KafkaProducer {
     // Serves delivery reports and logs for up to timeout_ms.
     void poll(int timeout_ms);
 
-    // Messages librdkafka still holds (queued or in flight).
-    int outq_len() const;
-
     // A record failed permanently: the in-flight ring can never complete.
     bool delivery_failed() const { return delivery_failed_; }
     const std::string &error() const { return error_; }

@@ -32,6 +32,8 @@ extern "C" {
 #include "utils/timestamp.h"
 }
 
+namespace kafka_sync {
+
 int launcher_naptime_s = 10;
 
 namespace {
@@ -185,9 +187,7 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
     }
 }
 
-} // namespace
-
-void kafka_sync_launcher_main(Datum) {
+[[noreturn]] void run_launcher() {
     pqsignal(SIGHUP, SignalHandlerForConfigReload);
     pqsignal(SIGTERM, die);
     BackgroundWorkerUnblockSignals();
@@ -233,3 +233,9 @@ void kafka_sync_launcher_main(Datum) {
         ResetLatch(MyLatch);
     }
 }
+
+} // namespace
+
+} // namespace kafka_sync
+
+void kafka_sync_launcher_main(Datum) { kafka_sync::run_launcher(); }

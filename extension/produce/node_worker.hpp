@@ -1,6 +1,8 @@
-// The producer worker's shared pieces, used by the WAL stream (node_worker.cpp),
-// the table snapshots (table_snapshot.cpp) and resnapshot requests
-// (resnapshot.cpp) alike.
+// The producer worker, as the rest of the extension sees it: the WAL reader
+// create_node()'s slot shares with it, its settings, and the calls the table
+// snapshots (table_snapshot.cpp) and resnapshot requests (resnapshot.cpp)
+// make on it. Its files: node_worker.cpp (lifecycle), node_config.cpp,
+// wal_stream.cpp and txn_delivery.cpp; its state is worker_state.hpp.
 #pragma once
 
 #include "common/shared_state.hpp"
@@ -10,17 +12,20 @@ extern "C" {
 #include "datatype/timestamp.h"
 }
 
-struct NodeWorker;
 struct XLogReaderRoutine;
+
+namespace kafka_sync {
+
+struct NodeWorker;
 
 /* Reads this server's own WAL: for the slot create_node() makes and for the worker's stream. */
 XLogReaderRoutine *node_local_wal_reader(void);
 
 /* kafka_sync.retained_wal_warning, in MB (0: off). */
-extern int kafka_sync_retained_wal_warning_mb;
+extern int retained_wal_warning_mb;
 
 /* kafka_sync.allowed_kafka_properties (common/kafka_properties.hpp). */
-extern char *kafka_sync_allowed_kafka_properties;
+extern char *allowed_kafka_properties;
 
 /* Opens a source transaction (commit order) whose records follow. */
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms);
@@ -45,12 +50,6 @@ void node_worker_add_record(NodeWorker *w, const char *key, size_t key_len, bool
 /* Closes the open transaction; nrecords is how many records it has. */
 void node_worker_end_txn(NodeWorker *w, uint64 nrecords);
 
-/* Waits (interruptibly) until Kafka acknowledged everything produced. */
-void node_worker_wait_for_acks(NodeWorker *w);
-
-/* Publishes state (and optionally an error) to kafka_sync.node_status. */
-void node_worker_set_state(NodeWorker *w, NodeWorkerState state, const char *error);
-
 /* Everything the snapshot reader needs to know about the node. */
 const char *node_worker_node_name(NodeWorker *w);
 const char *node_worker_publication(NodeWorker *w);
@@ -67,8 +66,7 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
 /*
  * resnapshot.cpp, the worker's side of kafka_sync.resnapshot(). Each runs
  * its own transaction(s), between decoded transactions.
- */
-/*
+ *
  * The pending request's requested_at; 0 when there is none. first_initial:
  * it is the node's initial snapshot and no run has begun publishing it.
  */
@@ -84,3 +82,5 @@ uint64 publish_resnapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr confi
                           uint32 nxids);
 /* Every record of the snapshot is acknowledged: the request is fulfilled. */
 void resnapshot_mark_done(TimestampTz requested_at, XLogRecPtr header_lsn, uint64 nrecords);
+
+} // namespace kafka_sync

@@ -7,7 +7,7 @@
 // publishes the snapshot again; only then is completed_at set. The SQL
 // function wakes the worker when its transaction commits; the worker also
 // looks once a second. When, and under which lsn header, the snapshot goes
-// out is the stream's decision (serve_resnapshot in node_worker.cpp); this
+// out is the stream's decision (serve_resnapshot in wal_stream.cpp); this
 // file holds the SQL-facing half and the transactions around the snapshot.
 #include "produce/node_worker.hpp"
 
@@ -30,6 +30,8 @@ extern "C" {
 
 PG_FUNCTION_INFO_V1(kafka_sync_wake_producer);
 }
+
+namespace kafka_sync {
 
 namespace {
 
@@ -109,19 +111,6 @@ void set_decoding_flag(bool on) {
 
 } // namespace
 
-extern "C" {
-
-/* kafka_sync._wake_producer(): called by kafka_sync.resnapshot(). */
-Datum kafka_sync_wake_producer(PG_FUNCTION_ARGS) {
-    if (!xact_callback_registered) {
-        RegisterXactCallback(at_transaction_end, nullptr);
-        xact_callback_registered = true;
-    }
-    wake_at_commit = true;
-    PG_RETURN_VOID();
-}
-}
-
 TimestampTz resnapshot_requested(bool *first_initial) {
     TimestampTz requested_at = 0;
     *first_initial = false;
@@ -192,4 +181,19 @@ void resnapshot_mark_done(TimestampTz requested_at, XLogRecPtr header_lsn, uint6
         SPI_OK_UPDATE)
         elog(ERROR, "could not record the end of the initial snapshot");
     end_worker_transaction();
+}
+
+} // namespace kafka_sync
+
+extern "C" {
+
+/* kafka_sync._wake_producer(): called by kafka_sync.resnapshot(). */
+Datum kafka_sync_wake_producer(PG_FUNCTION_ARGS) {
+    if (!kafka_sync::xact_callback_registered) {
+        RegisterXactCallback(kafka_sync::at_transaction_end, nullptr);
+        kafka_sync::xact_callback_registered = true;
+    }
+    kafka_sync::wake_at_commit = true;
+    PG_RETURN_VOID();
+}
 }

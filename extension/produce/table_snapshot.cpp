@@ -1,13 +1,11 @@
 // Table snapshots: every row the published tables hold, as op "r" records
 // of one pseudo-transaction.
 //
-// Two callers, two snapshots. The initial snapshot (create_slot in
-// node_worker.cpp) reads under the snapshot at which the new slot became
-// consistent, so each row is here exactly when its last change is *not* in
-// the stream that follows, and the pseudo-transaction's LSN is the
-// consistent point. A resnapshot (resnapshot.cpp) reads under a fresh
-// snapshot between two decoded transactions, with an LSN just above the
-// last one published.
+// The node's initial snapshot and every later kafka_sync.resnapshot() go
+// through here alike (publish_resnapshot in resnapshot.cpp): the stream
+// publishes them between two decoded transactions, read under a fresh
+// snapshot, with an LSN just above the last one published (serve_resnapshot
+// in wal_stream.cpp).
 //
 // A snapshot record is published long after the row was written, so its
 // commit time says nothing about the row. Each record therefore carries the
@@ -36,6 +34,8 @@ extern "C" {
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 }
+
+namespace kafka_sync {
 
 namespace {
 
@@ -80,7 +80,7 @@ const char *origin_node(OriginNames *names, RepOriginId id) {
         return names->last_node;
     char *roname = nullptr;
     const char *node = nullptr;
-    const char *peer = replorigin_by_oid(id, true, &roname) ? kafka_sync::peer_of_origin_name(roname) : nullptr;
+    const char *peer = replorigin_by_oid(id, true, &roname) ? peer_of_origin_name(roname) : nullptr;
     if (peer)
         node = MemoryContextStrdup(names->context, peer);
     names->last_id = id;
@@ -127,7 +127,7 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
 
     PushActiveSnapshot(GetTransactionSnapshot());
     List *relids = user_tables();
-    EncodedRecord *rec = kafka_sync::ks_guard([]() { return new EncodedRecord(); });
+    EncodedRecord *rec = ks_guard([]() { return new EncodedRecord(); });
 
     ChangeSource source;
     source.commit_ts_ms = unix_ms_now();
@@ -173,3 +173,5 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
     MemoryContextDelete(snapshot_context); /* with the relation cache */
     return nrecords;
 }
+
+} // namespace kafka_sync
