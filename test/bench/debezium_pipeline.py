@@ -21,6 +21,7 @@ it (PR_SET_PDEATHSIG), as the test broker's do.
   debezium_pipeline.py fetch      cache the jars, print their folder
 """
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -41,7 +42,6 @@ POM = HERE / "debezium" / "pom.xml"
 CONNECT_VERSION = "4.1.1"
 DEBEZIUM_VERSION = "3.6.1.Final"
 DEBEZIUM_JDBC_VERSION = "3.6.0.Final"  # 3.6.1.Final of the JDBC sink is not served (see the pom)
-HIBERNATE_VERSION = "7.2.19.Final"  # the sink's 7.2.6.Final lacks hibernate-agroal here (see the pom)
 PROFILES = {"worker": "worker", "source": "plugins/source", "sink": "plugins/sink"}
 HEAP = "1g"  # Kafka's connect-distributed.sh: -Xms256M -Xmx2G
 START_TIMEOUT = 120.0
@@ -78,7 +78,6 @@ class RestError(PipelineError):
 def fetch(quiet=True):
     """Return the cache folder holding worker/ and plugins/, fetching first if needed (keyed by
     the pom's content; a lock keeps parallel callers from fetching twice)."""
-    import fcntl
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
     home = cache_root() / f"debezium-{DEBEZIUM_VERSION}-connect-{CONNECT_VERSION}-{digest}"
     if (home / "complete").exists():
@@ -167,7 +166,7 @@ class ConnectWorker:
         }
         (self.dir / "worker.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.dir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_path))
-        cmd = [java_binary(), f"-Xms256m", f"-Xmx{HEAP}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        cmd = [java_binary(), "-Xms256m", f"-Xmx{HEAP}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
                "-cp", f"{self.home / 'worker'}/*", "org.apache.kafka.connect.cli.ConnectStandalone",
