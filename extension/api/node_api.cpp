@@ -136,23 +136,16 @@ Datum kafka_sync_validate_kafka_config(PG_FUNCTION_ARGS) {
         k[i] = kn[i] ? pstrdup("") : TextDatumGetCString(kd[i]);
         v[i] = vn[i] ? pstrdup("") : TextDatumGetCString(vd[i]);
     }
-    char error[512];
-    char hint[512];
-    bool ok = kafka_sync::ks_guard([&]() {
+    kafka_sync::ks_guard([&]() {
         kafka_sync::ConfigPairs pairs;
         for (int i = 0; i < nk; i++)
             pairs.emplace_back(k[i], v[i]);
         kafka_sync::NodeKafkaSettings settings;
         std::string e, h;
-        bool valid = kafka_sync::parse_node_kafka_config(
-            pairs, settings, e, h, kafka_sync::allowed_kafka_properties ? kafka_sync::allowed_kafka_properties : "");
-        strlcpy(error, e.c_str(), sizeof(error));
-        strlcpy(hint, h.c_str(), sizeof(hint));
-        return valid;
+        if (!kafka_sync::parse_node_kafka_config(
+                pairs, settings, e, h, kafka_sync::allowed_kafka_properties ? kafka_sync::allowed_kafka_properties : ""))
+            throw kafka_sync::Error(ERRCODE_INVALID_PARAMETER_VALUE, "invalid kafka_config: " + e, std::string(), h);
     });
-    if (!ok)
-        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid kafka_config: %s", error),
-                        errhint("%s", hint)));
     PG_RETURN_VOID();
 }
 

@@ -7,6 +7,7 @@
 // in that same transaction, so they commit atomically with the rows.
 // A record at or below the origin's committed progress is skipped: Kafka
 // duplicates and sidecar restarts change nothing.
+#include "apply/apply_state.hpp"
 #include "apply/conflicts.hpp"
 #include "apply/record_decoder.hpp"
 #include "apply/resync.hpp"
@@ -194,14 +195,11 @@ Subscription *load_subscription(const char *name) {
  * a later commit of this session (record_failure's, say): that would mark a
  * transaction that was not applied as applied.
  */
-/* The origin this session set up (replorigin_session_setup); see finish_local_transaction. */
-RepOriginId session_origin = InvalidRepOriginId;
-
 void forget_origin_position(XactEvent event, void *) {
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
         event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE) {
-        if (session_origin != InvalidRepOriginId)
-            replorigin_session_origin = session_origin; /* after a snapshot row's commit */
+        if (kafka_sync::apply_session().origin != InvalidRepOriginId)
+            replorigin_session_origin = kafka_sync::apply_session().origin; /* after a snapshot row's commit */
         replorigin_session_origin_lsn = InvalidXLogRecPtr;
         replorigin_session_origin_timestamp = 0;
     }
@@ -226,7 +224,7 @@ void use_origin(const Subscription *sub) {
         replorigin_session_origin = InvalidRepOriginId;
     }
     /* no origin set up now: if the setup below fails, the abort must not put one back */
-    session_origin = InvalidRepOriginId;
+    kafka_sync::apply_session().origin = InvalidRepOriginId;
     /*
      * A session that has just ended (the sidecar reconnected, or drop and
      * create went fast) releases the origin as it exits: wait for that a
@@ -246,7 +244,7 @@ void use_origin(const Subscription *sub) {
         CHECK_FOR_INTERRUPTS();
     }
     replorigin_session_origin = id;
-    session_origin = id;
+    kafka_sync::apply_session().origin = id;
 }
 
 /* The table the current record names, quoted (NULL before it is decoded). */
@@ -398,7 +396,7 @@ void switch_incarnation(ApplyContext *ctx) {
                                     "over, and so does the subscription's progress (its replication origin).")));
         replorigin_session_reset();
         replorigin_session_origin = InvalidRepOriginId;
-        session_origin = InvalidRepOriginId;
+        kafka_sync::apply_session().origin = InvalidRepOriginId;
         LockRelationOid(ReplicationOriginRelationId, RowExclusiveLock);
         replorigin_advance(replorigin_by_name(sub->origin_name, false), InvalidXLogRecPtr, InvalidXLogRecPtr, true,
                            true);
@@ -482,8 +480,8 @@ void apply_lock_wait_context(void *) {
 }
 
 void serialize_apply() {
-    static LocalTransactionId held_in = InvalidLocalTransactionId;
-    if (lock_still_held(held_in))
+    kafka_sync::ApplyTxn &txn = kafka_sync::apply_txn();
+    if (txn.apply_lock_held)
         return;
     LOCKTAG tag;
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b61666b, 0x6170706c, 2);
@@ -505,7 +503,8 @@ void serialize_apply() {
         error_context_stack = context.previous;
         AtEOXact_GUC(true, nest);
     }
-    held_in = lock_stamp();
+    /* held until the transaction ends; one taken in a subtransaction may go with its abort */
+    txn.apply_lock_held = txn.may_note();
 }
 
 bool listed_table(const Subscription *sub, Oid relid) {
@@ -930,6 +929,150 @@ void log_constraint_conflict(const ApplyContext *ctx, const char *message, const
     log_conflict(c);
 }
 
+/*
+ * The record loop of every apply call: each record in order, except the one
+ * the subscription was resumed past (already a dead letter; its
+ * transaction's other records still apply), goes to policy.apply, which
+ * applies it and decides when to commit and what a failure does. Each
+ * record's allocations go with it (ctx.record_context). Returns the offset
+ * after the last record handled (-1: none); stops early when policy.apply
+ * returns false. No C++ object with a destructor lives in these frames: an
+ * ERROR unwinds them with longjmp.
+ */
+template <typename Policy>
+int64 drive_records(ApplyContext &ctx, const ChunkArgs &args, Policy &policy) {
+    int64 next_offset = -1;
+    MemoryContext outer = CurrentMemoryContext;
+    for (int i = 0; i < args.n; i++) {
+        ChunkRecord r = chunk_record(args, i);
+        ctx.current = &r;
+        if (r.offset == ctx.sub->skip_offset) {
+            /* its key is not noted: a resync in progress must delete nothing for want of it */
+            resync_not_applied(ctx.sub);
+            ctx.counters.skipped++;
+        } else {
+            MemoryContextSwitchTo(ctx.record_context);
+            const bool go_on = policy.apply(r, outer);
+            MemoryContextSwitchTo(outer);
+            MemoryContextReset(ctx.record_context);
+            if (!go_on) {
+                ctx.current = nullptr;
+                return next_offset;
+            }
+        }
+        next_offset = Max(next_offset, r.offset + 1);
+        ctx.current = nullptr;
+    }
+    return next_offset;
+}
+
+/*
+ * apply_chunk's commit policy: none. Its records join the sidecar's open
+ * local transaction (part of a streamed source transaction, or whole ones).
+ * Careful mode applies each record in a subtransaction of its own: a record
+ * that fails is a dead letter (on_error = 'skip') or stops the call with the
+ * failure (on_error = 'pause': the sidecar rolls back and records it).
+ */
+struct ChunkPolicy {
+    ApplyContext &ctx;
+    bool careful;
+    int64 dead = 0;
+    bool failed = false;
+    int64 failed_offset = 0;
+    char *failed_error = nullptr;
+
+    bool apply(const ChunkRecord &r, MemoryContext) {
+        if (!careful) {
+            apply_record(&ctx);
+            return true;
+        }
+        ErrorData *edata = kafka_sync::run_in_subtransaction(apply_record, &ctx);
+        if (!edata)
+            return true;
+        if (is_transient(edata->sqlerrcode))
+            ReThrowError(edata); /* a deadlock, say: the whole transaction is tried again */
+        MemoryContext old = MemoryContextSwitchTo(ctx.call_context);
+        char *message = describe_error(edata);
+        MemoryContextSwitchTo(old);
+        const bool conflict_pauses = edata->sqlerrcode == ERRCODE_KAFKA_SYNC_CONFLICT;
+        const bool constraint = ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
+        if (!ctx.sub->skip_on_error || conflict_pauses) {
+            failed = true;
+            failed_offset = r.offset;
+            failed_error = message;
+            return false;
+        }
+        if (constraint)
+            log_constraint_conflict(&ctx, message, "dead_letter");
+        ctx.current = nullptr;
+        insert_dead_letter(ctx.sub, &r, message);
+        /* its key may not be noted: the resync must not delete rows for want of it */
+        resync_not_applied(ctx.sub);
+        dead++;
+        return true;
+    }
+};
+
+/*
+ * apply_transactions' commit policy: complete source transactions, each
+ * committed here with its own origin progress and commit time. Consecutive
+ * ones that committed in the same millisecond share one local commit;
+ * snapshot rows commit per row time and last writer. Between commits the
+ * procedure runs as its owner (see become_function_owner).
+ */
+struct TransactionsPolicy {
+    ApplyContext &ctx;
+    Oid fn_oid;
+    OwnerContext &definer;
+    bool open = false;                 /* this local transaction applied something */
+    uint64 txn_lsn = 0;                /* its (last) source transaction */
+    int64 txn_commit_ms = -1;          /* and that one's commit time; -1: unknown */
+    int64 txn_row_ts = 0;              /* snapshot rows: their time */
+    char txn_writer[NAMEDATALEN] = ""; /* and their last writer */
+
+    /*
+     * Only the call's last commit records the Kafka offset and the counters
+     * (one row update per call, not per transaction): after a crash in
+     * between, the consumer starts a little early and the origin's progress,
+     * which every commit records, skips what was applied.
+     */
+    void commit(int64 next_offset) {
+        finish_local_transaction(&ctx, next_offset);
+        ctx.origin_ts_ms = 0;
+        restore_user(&definer);
+        SPI_commit();
+        become_function_owner(fn_oid, &definer);
+        apply_begin_call(true); /* what was looked up once per transaction is looked up again */
+        ctx.progress = replorigin_session_get_progress(false);
+        open = false;
+    }
+
+    bool apply(const ChunkRecord &, MemoryContext outer) {
+        decode_record(&ctx);
+        const kafka_sync::DecodedHeaders *h = ctx.headers;
+        const bool snapshot_row = ctx.rec && ctx.rec->op == 'r';
+        const int64 row_ts = snapshot_row ? snapshot_row_time(ctx.rec) : 0;
+        const char *writer = snapshot_row && ctx.rec->row_origin ? ctx.rec->row_origin : "";
+        const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
+        const int64 commit_ms = h->has_commit_ts && !snapshot_row ? h->commit_ts_ms : -1;
+        const bool same_ms = commit_ms >= 0 && commit_ms == txn_commit_ms;
+        if (open && ((lsn != txn_lsn && !same_ms) || row_ts != txn_row_ts || strcmp(writer, txn_writer) != 0)) {
+            MemoryContext record = MemoryContextSwitchTo(outer);
+            commit(-1);
+            MemoryContextSwitchTo(record);
+        }
+        txn_lsn = lsn;
+        txn_commit_ms = commit_ms;
+        txn_row_ts = row_ts;
+        strlcpy(txn_writer, writer, sizeof(txn_writer));
+        if (ctx.rec) {
+            apply_decoded(&ctx);
+            open = true;
+        }
+        return true;
+    }
+};
+
 } // namespace
 
 extern "C" {
@@ -961,71 +1104,21 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     ApplyContext ctx;
     ErrorContextCallback errcallback;
     begin_apply(&ctx, sub_name, careful, call_context, &errcallback);
-
-    int64 dead = 0;
-    int64 next_offset = -1;
-    bool failed = false;
-    int64 failed_offset = 0;
-    char *failed_error = nullptr;
-    for (int i = 0; i < args.n; i++) {
-        ChunkRecord r = chunk_record(args, i);
-        ctx.current = &r;
-        if (r.offset == ctx.sub->skip_offset) {
-            /* already in dead_letters; its transaction's other records still apply */
-            resync_not_applied(ctx.sub);
-            ctx.counters.skipped++;
-            next_offset = Max(next_offset, r.offset + 1);
-            ctx.current = nullptr;
-            continue;
-        }
-        MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
-        if (!careful) {
-            apply_record(&ctx);
-        } else {
-            ErrorData *edata = kafka_sync::run_in_subtransaction(apply_record, &ctx);
-            if (edata && is_transient(edata->sqlerrcode))
-                ReThrowError(edata); /* a deadlock, say: the whole transaction is tried again */
-            if (edata) {
-                MemoryContextSwitchTo(call_context);
-                char *message = describe_error(edata);
-                const bool conflict_pauses = edata->sqlerrcode == ERRCODE_KAFKA_SYNC_CONFLICT;
-                const bool constraint =
-                    ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
-                if (!ctx.sub->skip_on_error || conflict_pauses) {
-                    /* pause: the sidecar rolls back and records the failure */
-                    failed = true;
-                    failed_offset = r.offset;
-                    failed_error = message;
-                    MemoryContextSwitchTo(old);
-                    break;
-                }
-                if (constraint)
-                    log_constraint_conflict(&ctx, message, "dead_letter");
-                ctx.current = nullptr;
-                insert_dead_letter(ctx.sub, &r, message);
-                /* its key may not be noted: the resync must not delete rows for want of it */
-                resync_not_applied(ctx.sub);
-                dead++;
-            }
-        }
-        MemoryContextSwitchTo(old);
-        MemoryContextReset(ctx.record_context);
-        next_offset = Max(next_offset, r.offset + 1);
-        ctx.current = nullptr;
-    }
-    if (!failed)
+    ChunkPolicy policy{ctx, careful};
+    const int64 next_offset = drive_records(ctx, args, policy);
+    if (!policy.failed)
         finish_local_transaction(&ctx, next_offset);
     error_context_stack = errcallback.previous;
 
     MemoryContext spi_context = MemoryContextSwitchTo(call_context);
     Datum values[6];
-    bool nulls[6] = {false, false, false, false, !failed, !failed};
+    bool nulls[6] = {false, false, false, false, !policy.failed, !policy.failed};
     values[0] = Int64GetDatum(ctx.counters.applied);
     values[1] = Int64GetDatum(ctx.counters.skipped);
     values[2] = Int64GetDatum(ctx.counters.conflicts);
-    values[3] = Int64GetDatum(dead);
-    values[4] = Int64GetDatum(failed_offset);
-    values[5] = failed ? CStringGetTextDatum(failed_error) : (Datum)0;
+    values[3] = Int64GetDatum(policy.dead);
+    values[4] = Int64GetDatum(policy.failed_offset);
+    values[5] = policy.failed ? CStringGetTextDatum(policy.failed_error) : (Datum)0;
     HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
     MemoryContextSwitchTo(spi_context);
     SPI_finish();
@@ -1037,15 +1130,8 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
  *                         vals bytea[], headers bytea[],
  *                         INOUT applied int8, INOUT skipped int8, INOUT conflicts int8)
  *
- * Complete source transactions, committed here with their own origin
- * progress and commit time (so the rows' commit time is their source
- * transaction's, which conflict resolution compares). Consecutive source
- * transactions that committed in the same millisecond share one local
- * commit: records carry commit times in milliseconds, so their rows get
- * exactly the version separate commits would give them, and a busy peer's
- * backlog costs one local commit per millisecond of it rather than one per
- * transaction. Snapshot rows are committed per row time. An error stops the
- * call: what was committed stays, the rest is read again.
+ * Complete source transactions, committed here (TransactionsPolicy). An
+ * error stops the call: what was committed stays, the rest is read again.
  */
 Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     auto *call = fcinfo->context && IsA(fcinfo->context, CallContext) ? (CallContext *)fcinfo->context : nullptr;
@@ -1068,8 +1154,7 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
      * SQL it builds qualifies every name, and the sidecar pins the session's
      * search_path to pg_catalog, pg_temp (what user triggers on the synced
      * tables see, as with apply_chunk).
-     */
-    /*
+     *
      * As SECURITY DEFINER would (which a procedure that commits cannot be):
      * the bookkeeping runs as the procedure's owner, so that a sidecar role
      * granted EXECUTE needs no rights on kafka_sync's tables; each change
@@ -1081,67 +1166,10 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     ApplyContext ctx;
     ErrorContextCallback errcallback;
     begin_apply(&ctx, sub_name, false, call_context, &errcallback);
-
-    int64 next_offset = -1;
-    bool open = false;           /* this local transaction applied something */
-    uint64 txn_lsn = 0;          /* its (last) source transaction */
-    int64 txn_commit_ms = -1;    /* and that one's commit time; -1: unknown */
-    int64 txn_row_ts = 0;        /* snapshot rows: their time */
-    char txn_writer[NAMEDATALEN] = ""; /* and their last writer */
-    /*
-     * Only the call's last commit records the Kafka offset and the counters
-     * (one row update per call, not per transaction): after a crash in
-     * between, the consumer starts a little early and the origin's progress,
-     * which every commit records, skips what was applied.
-     */
-    auto commit = [&](bool last) {
-        finish_local_transaction(&ctx, last ? next_offset : -1);
-        ctx.origin_ts_ms = 0;
-        restore_user(&definer);
-        SPI_commit();
-        become_function_owner(fcinfo->flinfo->fn_oid, &definer);
-        apply_begin_call(true); /* what was looked up once per transaction is looked up again */
-        ctx.progress = replorigin_session_get_progress(false);
-        open = false;
-    };
-    for (int i = 0; i < args.n; i++) {
-        ChunkRecord r = chunk_record(args, i);
-        ctx.current = &r;
-        MemoryContext old = MemoryContextSwitchTo(ctx.record_context);
-        if (r.offset == ctx.sub->skip_offset) {
-            /* its key is not noted: a resync in progress must delete nothing for want of it */
-            resync_not_applied(ctx.sub);
-            ctx.counters.skipped++;
-        } else {
-            decode_record(&ctx);
-            const kafka_sync::DecodedHeaders *h = ctx.headers;
-            const bool snapshot_row = ctx.rec && ctx.rec->op == 'r';
-            const int64 row_ts = snapshot_row ? snapshot_row_time(ctx.rec) : 0;
-            const char *writer = snapshot_row && ctx.rec->row_origin ? ctx.rec->row_origin : "";
-            const uint64 lsn = h->has_lsn ? h->lsn : txn_lsn;
-            const int64 commit_ms = h->has_commit_ts && !snapshot_row ? h->commit_ts_ms : -1;
-            const bool same_ms = commit_ms >= 0 && commit_ms == txn_commit_ms;
-            if (open && ((lsn != txn_lsn && !same_ms) || row_ts != txn_row_ts || strcmp(writer, txn_writer) != 0)) {
-                MemoryContextSwitchTo(old);
-                commit(false);
-                MemoryContextSwitchTo(ctx.record_context);
-            }
-            txn_lsn = lsn;
-            txn_commit_ms = commit_ms;
-            txn_row_ts = row_ts;
-            strlcpy(txn_writer, writer, sizeof(txn_writer));
-            if (ctx.rec) {
-                apply_decoded(&ctx);
-                open = true;
-            }
-        }
-        MemoryContextSwitchTo(old);
-        MemoryContextReset(ctx.record_context);
-        next_offset = Max(next_offset, r.offset + 1);
-        ctx.current = nullptr;
-    }
+    TransactionsPolicy policy{ctx, fcinfo->flinfo->fn_oid, definer};
+    const int64 next_offset = drive_records(ctx, args, policy);
     if (next_offset >= 0)
-        commit(true);
+        policy.commit(next_offset);
     error_context_stack = errcallback.previous;
     restore_user(&definer);
 
@@ -1201,10 +1229,10 @@ Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
 Datum kafka_sync_release_origin(PG_FUNCTION_ARGS) {
     char *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
     RepOriginId id = replorigin_by_name(name, true);
-    if (id != InvalidRepOriginId && session_origin == id) {
+    if (id != InvalidRepOriginId && kafka_sync::apply_session().origin == id) {
         replorigin_session_reset();
         replorigin_session_origin = InvalidRepOriginId;
-        session_origin = InvalidRepOriginId;
+        kafka_sync::apply_session().origin = InvalidRepOriginId;
     }
     PG_RETURN_VOID();
 }

@@ -1,5 +1,6 @@
 // Conflict detection and resolution helpers (see conflicts.hpp).
 #include "apply/conflicts.hpp"
+#include "apply/apply_state.hpp"
 #include "common/identity_key.hpp"
 #include "common/origin_names.hpp"
 
@@ -79,12 +80,9 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
      * up once (a committed transaction's commit time and origin never change;
      * kept for the current local transaction only).
      */
-    static TransactionId cached_xid = InvalidTransactionId;
-    static LocalTransactionId cached_in = InvalidLocalTransactionId;
-    static RowVersion cached;
-    static char cached_for_node[NAMEDATALEN];
-    if (xid == cached_xid && cached_in == MyProc->lxid && strcmp(local_node ? local_node : "", cached_for_node) == 0)
-        return cached;
+    kafka_sync::ApplyTxn &txn = kafka_sync::apply_txn();
+    if (xid == txn.version_xid && strcmp(local_node ? local_node : "", txn.version_for_node) == 0)
+        return txn.version;
     TimestampTz ts;
     RepOriginId origin;
     if (!TransactionIdGetCommitTsData(xid, &ts, &origin))
@@ -100,10 +98,9 @@ RowVersion row_version_of_xid(TransactionId xid, const char *local_node) {
             strlcpy(v.node, peer ? peer : name, sizeof(v.node));
         }
     }
-    cached = v;
-    cached_xid = xid;
-    cached_in = MyProc->lxid;
-    strlcpy(cached_for_node, local_node ? local_node : "", sizeof(cached_for_node));
+    txn.version = v;
+    txn.version_xid = xid;
+    strlcpy(txn.version_for_node, local_node ? local_node : "", sizeof(txn.version_for_node));
     return v;
 }
 

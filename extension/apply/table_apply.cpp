@@ -1,6 +1,7 @@
 // Applying one decoded change to a local table (see table_apply.hpp).
 #include "apply/table_apply.hpp"
 #include "common/identity_key.hpp"
+#include "apply/apply_state.hpp"
 #include "apply/row_writer.hpp"
 #include "apply/run_as_owner.hpp"
 #include "boundary/pg_boundary.hpp"
@@ -48,19 +49,14 @@ struct TargetInfo {
     bool *owner_input; /* the column's input runs code a role wrote (a domain, a type not built in): as the owner */
     int nkeys;
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
-    uint64 tombstones_checked_in; /* apply call that last looked whether it has tombstones */
-    bool has_tombstones;
+    bool has_tombstones; /* once seen, until the entry is rebuilt; else looked at once per call */
     /* written through the executor (row_writer.hpp), as checked for this role; else through SPI */
     bool direct;
     Oid direct_checked_for;
     Oid owner; /* changes run as this role (run_as_owner.hpp) */
     Oid key_index;
     int nwritable; /* columns neither dropped nor generated */
-    LocalTransactionId locked_in; /* lock_stamp() of its RowExclusiveLock */
 };
-
-/* Numbers the apply calls: some facts are looked up once per call. */
-uint64 apply_call_number = 1;
 
 constexpr int kPlanKeyLen = 512;
 struct PlanEntry {
@@ -227,9 +223,10 @@ TargetInfo *target_for(Oid relid) {
         t->relid = relid;
     }
     /* taking the lock first also processes pending invalidations of the table */
-    if (!lock_still_held(t->locked_in)) {
+    kafka_sync::ApplyTxn &txn = kafka_sync::apply_txn();
+    if (!txn.has_locked(relid)) {
         LockRelationOid(relid, RowExclusiveLock);
-        t->locked_in = lock_stamp();
+        txn.note_locked(relid);
     }
     if (!t->valid || t->direct_checked_for != GetUserId())
         build_target(t);
@@ -716,10 +713,11 @@ void overwrite_row(const Change &ch, List *row, List *key) { update_row(ch, non_
 bool table_has_tombstones(TargetInfo *t) {
     if (t->has_tombstones)
         return true; /* they go only after kafka_sync.tombstone_retention */
-    if (t->tombstones_checked_in == apply_call_number)
+    kafka_sync::ApplyCall &call = kafka_sync::apply_call();
+    if (call.tombstones_checked(t->relid))
         return false;
     t->has_tombstones = tombstones_exist(t->relid);
-    t->tombstones_checked_in = apply_call_number;
+    call.note_tombstones_checked(t->relid);
     return t->has_tombstones;
 }
 
@@ -849,25 +847,23 @@ struct InsertBatch {
 InsertBatch *batch = nullptr;
 
 /*
- * The executor state of the table last written, kept for the next change of
- * the same table in the same local transaction (its memory is the
+ * The executor state of the table last written, kept (ApplyTxn) for the next
+ * change of the same table in the same local transaction (its memory is the
  * transaction's): opening it costs about as much as a row insert.
  */
-RowWriter *open_writer = nullptr;
-Oid open_writer_relid = InvalidOid;
-bool keep_writers = false;
-
 RowWriter *writer_for(TargetInfo *t) {
-    if (open_writer && open_writer_relid == t->relid)
-        return open_writer;
+    kafka_sync::ApplyTxn &txn = kafka_sync::apply_txn();
+    if (txn.open_writer && txn.open_writer_relid == t->relid)
+        return txn.open_writer;
     apply_close_writer();
-    if (!keep_writers)
+    if (!kafka_sync::apply_call().keep_writers)
         return row_writer_open(t->relid, t->key_index); /* closed after the change */
     MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-    open_writer = row_writer_open(t->relid, t->key_index);
+    RowWriter *w = row_writer_open(t->relid, t->key_index);
     MemoryContextSwitchTo(old);
-    open_writer_relid = t->relid;
-    return open_writer;
+    txn.open_writer = w;
+    txn.open_writer_relid = t->relid;
+    return w;
 }
 
 void build_batch_insert(TargetInfo *t, List *cols, List *, StringInfo sql) {
@@ -1062,25 +1058,17 @@ bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const R
     return true;
 }
 
-LocalTransactionId lock_stamp() { return GetCurrentTransactionNestLevel() == 1 ? MyProc->lxid : InvalidLocalTransactionId; }
-
-bool lock_still_held(LocalTransactionId stamp) {
-    return stamp != InvalidLocalTransactionId && stamp == MyProc->lxid;
-}
-
 void apply_begin_call(bool keep_writer) {
-    apply_call_number++;
+    kafka_sync::begin_apply_call(keep_writer);
     apply_discard_queued_inserts(); /* left by a call that failed */
-    /* one left open by a call that failed went with its transaction */
-    open_writer = nullptr;
-    keep_writers = keep_writer;
 }
 
 void apply_close_writer() {
-    if (!open_writer)
+    kafka_sync::ApplyTxn &txn = kafka_sync::apply_txn();
+    if (!txn.open_writer)
         return;
-    RowWriter *w = open_writer;
-    open_writer = nullptr; /* not closed twice, whatever happens */
+    RowWriter *w = txn.open_writer;
+    txn.open_writer = nullptr; /* not closed twice, whatever happens */
     row_writer_close(w);
 }
 
@@ -1091,12 +1079,10 @@ Oid apply_target_relid(const char *schema, const char *table) {
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("a record may not change table %s.%s", schema, table),
                         errdetail("System schemas and kafka_sync's own schema are never targets of sync.")));
-    /* the table of the previous record, within one local transaction (which holds a lock on it) */
-    static char last_schema[NAMEDATALEN], last_table[NAMEDATALEN];
-    static Oid last_relid = InvalidOid;
-    static uint64 last_looked_up_in = 0;
-    if (last_looked_up_in == apply_call_number && strcmp(schema, last_schema) == 0 && strcmp(table, last_table) == 0)
-        return last_relid;
+    /* the table of the previous record, within one call (its transaction holds a lock on it) */
+    kafka_sync::ApplyCall &call = kafka_sync::apply_call();
+    if (OidIsValid(call.last_relid) && strcmp(schema, call.last_schema) == 0 && strcmp(table, call.last_table) == 0)
+        return call.last_relid;
     Oid nsp = get_namespace_oid(schema, true);
     Oid relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
     if (!OidIsValid(relid))
@@ -1108,10 +1094,9 @@ Oid apply_target_relid(const char *schema, const char *table) {
         ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
                         errmsg("\"%s\".\"%s\" is not a table", schema, table)));
     if (strlen(schema) < NAMEDATALEN && strlen(table) < NAMEDATALEN) {
-        strlcpy(last_schema, schema, sizeof(last_schema));
-        strlcpy(last_table, table, sizeof(last_table));
-        last_relid = relid;
-        last_looked_up_in = apply_call_number;
+        strlcpy(call.last_schema, schema, sizeof(call.last_schema));
+        strlcpy(call.last_table, table, sizeof(call.last_table));
+        call.last_relid = relid;
     }
     return relid;
 }
@@ -1145,7 +1130,7 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
     }
     if (ch.w) {
         row_writer_end_change(ch.w);
-        if (!keep_writers)
+        if (!kafka_sync::apply_call().keep_writers)
             row_writer_close(ch.w);
     }
     counters->applied++;

@@ -33,24 +33,15 @@ struct RemoteChange {
 };
 
 /*
- * A new apply call (or local transaction) begins: facts cached per call are
- * looked up again. keep_writer: a table's executor state stays open from
- * one change to the next (not in careful mode, where each change runs in a
- * subtransaction of its own); apply_close_writer must then run before the
- * commit, and before anything else writes the table.
+ * A new apply call (or local transaction) begins (apply_state.hpp,
+ * ApplyCall): facts cached per call are looked up again. keep_writer: a
+ * table's executor state stays open from one change to the next (not in
+ * careful mode, where each change runs in a subtransaction of its own);
+ * apply_close_writer must then run before the commit, and before anything
+ * else writes the table.
  */
 void apply_begin_call(bool keep_writer);
 void apply_close_writer();
-
-/*
- * Locks a change needs, taken once per transaction: a lock taken at the top
- * level of a transaction is held until it ends, one taken in a
- * subtransaction (careful mode) may go with that subtransaction's abort.
- * lock_stamp() marks a lock just taken (0 inside a subtransaction);
- * lock_still_held(stamp) says whether it need not be taken again.
- */
-LocalTransactionId lock_stamp();
-bool lock_still_held(LocalTransactionId stamp);
 
 /* Resolves the record's table; raises ERROR when it cannot be a target. */
 Oid apply_target_relid(const char *schema, const char *table);
