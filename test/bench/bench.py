@@ -103,6 +103,7 @@ one way src -> dst on the same broker, two columns, left out by --no-debezium:
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -631,6 +632,7 @@ class ApplyBench:
                 sidecar.stop()
             if self.connect:
                 self.connect.stop()
+                shutil.rmtree(self.connect.dir, ignore_errors=True)
             if getattr(self, "_offsets", None) is not None:
                 self._offsets.close()
             self.dst["native"].sql("DROP SUBSCRIPTION native_sub", dbname="native")
