@@ -4,7 +4,7 @@
 // launcher can start a producer worker in every database that is a node,
 // after every server start or crash restart, with no user action.
 #include "api/drop_guard.hpp"
-#include "apply/conflicts.hpp"
+#include "common/settings.hpp"
 #include "common/shared_state.hpp"
 #include "produce/launcher.hpp"
 #include "produce/node_worker.hpp"
@@ -57,16 +57,9 @@ void register_launcher() {
 
 void _PG_init(void) {
     /* the apply side's settings exist wherever the library is loaded */
-    conflict_define_settings();
+    kafka_sync::define_settings();
     /* so does the refusal to drop the extension under a running node */
     drop_guard_install();
-    DefineCustomStringVariable("kafka_sync.allowed_kafka_properties",
-                               "Risky librdkafka properties that kafka_config and secrets files may set.",
-                               "A comma-separated list of names among plugin.library.paths, ssl.engine.location, "
-                               "ssl.engine.id, ssl.providers, sasl.kerberos.kinit.cmd and "
-                               "internal.termination.signal (they load code, run commands or change signal "
-                               "handling); empty: none.",
-                               &kafka_sync::allowed_kafka_properties, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     /*
      * Loaded later (e.g. as an output plugin by pg_logical_slot_get_changes,
      * or by CREATE EXTENSION): the plugin and SQL functions work, the
@@ -76,16 +69,7 @@ void _PG_init(void) {
         return;
     kafka_sync_preloaded = true;
 
-    DefineCustomIntVariable("kafka_sync.max_nodes", "Maximum number of databases of this server that are kafka_sync nodes.",
-                            "Each node has one producer worker; max_worker_processes must leave room for them.",
-                            &kafka_sync_max_nodes, 8, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.launcher_naptime", "Seconds between the launcher's checks for nodes to start.",
-                            nullptr, &kafka_sync::launcher_naptime_s, 10, 1, 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr,
-                            nullptr);
-    DefineCustomIntVariable("kafka_sync.retained_wal_warning",
-                            "WAL a node's slot may retain before a WARNING and node_status state retaining_wal.",
-                            "Nothing is dropped beyond it; 0 turns the warning off.", &kafka_sync::retained_wal_warning_mb,
-                            10240, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
+    kafka_sync::define_server_settings();
     MarkGUCPrefixReserved("kafka_sync");
 
     prev_shmem_request_hook = shmem_request_hook;

@@ -1,6 +1,7 @@
 // C halves of the node SQL API (the SQL halves are in kafka_sync--*.sql):
 // server requirement checks, kafka_config validation, worker coordination
 // with the launcher, and the worker status behind kafka_sync.node_status.
+#include "common/settings.hpp"
 #include "common/shared_state.hpp"
 #include "decode/relation_info.hpp"
 #include "produce/kafka_config.hpp"

@@ -1,8 +1,11 @@
-// Conflict detection and resolution helpers (see conflicts.hpp).
+// Conflict detection: the version of a row (the commit time and node of the
+// transaction that last wrote it) and of a delete (kafka_sync.tombstones).
+// See conflicts.hpp; the policy is conflict_policy.cpp, the log conflict_log.cpp.
 #include "apply/conflicts.hpp"
 #include "apply/apply_state.hpp"
 #include "common/identity_key.hpp"
 #include "common/origin_names.hpp"
+#include "common/settings.hpp"
 
 extern "C" {
 #include "access/commit_ts.h"
@@ -34,18 +37,6 @@ PG_FUNCTION_INFO_V1(kafka_sync_record_tombstone);
 PG_FUNCTION_INFO_V1(kafka_sync_last_written_by);
 }
 
-namespace {
-
-int conflict_log_max_rows = 100000;
-int tombstone_retention_s = 7 * 24 * 3600;
-
-const char *describe_version(const RowVersion &v) {
-    if (!v.known)
-        return "at an unknown time";
-    return psprintf("by node %s at %s", v.node[0] ? v.node : "(unknown)", timestamptz_to_str(v.ts));
-}
-
-} // namespace
 
 SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types) {
     SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
@@ -115,74 +106,6 @@ kafka_sync::VersionRef version_ref(const RowVersion &v) {
 
 int compare_versions(const RowVersion &a, const RowVersion &b) {
     return kafka_sync::compare_versions(version_ref(a), version_ref(b));
-}
-
-void raise_conflict(const char *kind, const char *table, const char *key_json, const RowVersion *local,
-                    const RowVersion &remote) {
-    ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
-                    errmsg("conflict %s on table %s, key %s", kind, table,
-                           key_json ? bounded_json_image(key_json) : "(none)"),
-                    errdetail("The local row was last changed %s; the incoming change was made %s.",
-                              describe_version(local ? *local : RowVersion()), describe_version(remote)),
-                    errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
-                            "choose a strategy with kafka_sync.alter_subscription(), then "
-                            "kafka_sync.resume_subscription().")));
-    pg_unreachable();
-}
-
-void log_conflict(const ConflictRecord &c) {
-    static SPIPlanPtr plan = nullptr;
-    static SPIPlanPtr prune_plan = nullptr;
-    if (conflict_log_max_rows == 0)
-        return;
-    if (!plan) {
-        Oid types[12] = {TEXTOID, TEXTOID,        TEXTOID, TEXTOID, TEXTOID,        TIMESTAMPTZOID,
-                         TEXTOID, TEXTOID,        TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
-        plan = keep_plan("INSERT INTO kafka_sync.conflicts (sub_name, peer_node, table_name, key, local_row, "
-                         "local_commit_ts, local_origin, remote_row, remote_commit_ts, remote_origin, kind, "
-                         "resolution) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12)",
-                         12, types);
-        Oid prune_types[1] = {INT8OID};
-        prune_plan = keep_plan("DELETE FROM kafka_sync.conflicts WHERE id <= "
-                               "(SELECT max(id) FROM kafka_sync.conflicts) - $1",
-                               1, prune_types);
-    }
-    Datum v[12];
-    char n[12];
-    auto text_or_null = [&](int i, const char *s) {
-        n[i] = s ? ' ' : 'n';
-        v[i] = s ? CStringGetTextDatum(s) : (Datum)0;
-    };
-    auto version = [&](int ts_i, int node_i, const RowVersion *rv) {
-        n[ts_i] = rv && rv->known ? ' ' : 'n';
-        v[ts_i] = rv && rv->known ? TimestampTzGetDatum(rv->ts) : (Datum)0;
-        text_or_null(node_i, rv && rv->node[0] ? rv->node : nullptr);
-    };
-    text_or_null(0, c.sub_name);
-    text_or_null(1, c.peer);
-    text_or_null(2, c.table);
-    /* a peer's row may be as large as a record: what the log keeps of it is bounded */
-    text_or_null(3, bounded_json_image(c.key_json));
-    text_or_null(4, bounded_json_image(c.local_row_json));
-    version(5, 6, c.local);
-    text_or_null(7, bounded_json_image(c.remote_row_json));
-    version(8, 9, c.remote);
-    text_or_null(10, c.kind);
-    text_or_null(11, c.resolution);
-    if (SPI_execute_plan(plan, v, n, false, 0) != SPI_OK_INSERT)
-        elog(ERROR, "kafka_sync could not log a conflict");
-    /*
-     * Pruned in batches of a tenth of the limit: the log stays within 110% of
-     * it, and a transaction with many conflicts does not rescan the rows it
-     * deleted itself at every one.
-     */
-    static int64 since_prune = 0;
-    if (conflict_log_max_rows > 0 && ++since_prune >= Max(1, conflict_log_max_rows / 10)) {
-        since_prune = 0;
-        Datum limit = Int64GetDatum(conflict_log_max_rows);
-        if (SPI_execute_plan(prune_plan, &limit, nullptr, false, 0) != SPI_OK_DELETE)
-            elog(ERROR, "kafka_sync could not prune kafka_sync.conflicts");
-    }
 }
 
 bytea *encode_key(int nkeys, const Oid *types, const Datum *values) {
@@ -304,82 +227,6 @@ void prune_tombstones_if_due() {
         elog(ERROR, "kafka_sync could not prune kafka_sync.tombstones");
 }
 
-int apply_max_clock_skew_s = 300;
-int apply_dead_letter_max_rows = 100000;
-int apply_lock_timeout_ms = 300000;
-int apply_max_lsn_jump_mb = 1024 * 1024;
-int apply_max_logged_value_size = 64 * 1024;
-int apply_partial_transaction_wait_ms = 30 * 1000;
-int apply_partial_transaction_hold_ms = 5 * 60 * 1000;
-
-const char *bounded_json_image(const char *text) {
-    if (!text)
-        return nullptr;
-    const size_t len = strlen(text);
-    if (len <= size_t(apply_max_logged_value_size))
-        return text;
-    return psprintf("{\"kafka_sync.omitted_bytes\": %zu}", len);
-}
-
-void conflict_define_settings() {
-    DefineCustomIntVariable("kafka_sync.apply_lock_timeout",
-                            "How long an apply waits for the database's apply lock (0: for ever).",
-                            "Another subscription's apply session holds it for the length of one local transaction; "
-                            "past this the apply fails with lock_not_available and the sidecar tries again.",
-                            &apply_lock_timeout_ms, 300000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr,
-                            nullptr);
-    DefineCustomIntVariable("kafka_sync.dead_letter_max_rows",
-                            "Number of the newest rows kept in kafka_sync.dead_letters (0: no limit).",
-                            "Older dead letters are deleted as new ones are stored; each record is still in Kafka "
-                            "at its offset while the topic keeps it.",
-                            &apply_dead_letter_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.max_clock_skew",
-                            "How far in the future a peer's record time may lie.",
-                            "A record whose commit time is later than now plus this is refused (a dead letter, or "
-                            "the subscription pauses): it would win every conflict.",
-                            &apply_max_clock_skew_s, 300, 0, 30 * 24 * 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr,
-                            nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.max_lsn_jump",
-                            "How far past what a subscription applied a peer's next record LSN may lie (0: no limit).",
-                            "A record beyond it is refused: applied, it would make every later record of the peer "
-                            "look applied already.",
-                            &apply_max_lsn_jump_mb, 1024 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr,
-                            nullptr);
-    DefineCustomIntVariable("kafka_sync.max_logged_value_size",
-                            "Largest row image, key or record value kept in kafka_sync.conflicts and "
-                            "kafka_sync.dead_letters.",
-                            "A larger one is replaced by {\"kafka_sync.omitted_bytes\": size} (a dead letter's value "
-                            "by NULL, its size in value_bytes): with the row limits, this bounds what the two tables "
-                            "can hold.",
-                            &apply_max_logged_value_size, 64 * 1024, 0, 1024 * 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
-                            nullptr, nullptr, nullptr);
-    /* read by the sidecar (kafka_sync.sidecar_subscriptions()), which enforces them */
-    DefineCustomIntVariable("kafka_sync.partial_transaction_wait",
-                            "How long the sidecar keeps a source transaction applied in part open while its next "
-                            "record does not arrive.",
-                            "Then it rolls the part back (releasing its locks), reads ahead without applying until "
-                            "the transaction's last record is in Kafka, and applies it whole.",
-                            &apply_partial_transaction_wait_ms, 30 * 1000, 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
-                            nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.partial_transaction_hold",
-                            "How long the sidecar keeps a source transaction applied in part open before its last "
-                            "record is in Kafka.",
-                            "Then it rolls the part back, reads ahead without applying until the transaction's last "
-                            "record is in Kafka, and applies it whole: a peer's transaction that never ends cannot "
-                            "hold locks (and the database's apply lock) for longer.",
-                            &apply_partial_transaction_hold_ms, 5 * 60 * 1000, 1000, INT_MAX, PGC_SIGHUP,
-                            GUC_UNIT_MS, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
-                            "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
-                            "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",
-                            &conflict_log_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.tombstone_retention",
-                            "How long the version of a deleted key is remembered.",
-                            "Must exceed the longest time a change can take to reach every node (pauses and "
-                            "outages included); an older change of a key deleted longer ago can bring it back.",
-                            &tombstone_retention_s, 7 * 24 * 3600, 60, INT_MAX, PGC_SUSET, GUC_UNIT_S, nullptr,
-                            nullptr, nullptr);
-}
 
 extern "C" {
 

@@ -83,16 +83,6 @@ bool tombstones_exist(Oid relid);
 /* Records (or renews) a tombstone written by the current transaction. */
 void write_tombstone(Oid relid, bytea *key);
 
-/* kafka_sync.max_clock_skew (s) and kafka_sync.max_lsn_jump (MB): what a peer's record metadata may claim. */
-extern int apply_max_clock_skew_s;
-/* kafka_sync.dead_letter_max_rows: the newest dead letters kept (0: all). */
-extern int apply_dead_letter_max_rows;
-/* kafka_sync.apply_lock_timeout (ms): how long an apply waits for the database's apply lock (0: for ever). */
-extern int apply_lock_timeout_ms;
-extern int apply_max_lsn_jump_mb;
-/* kafka_sync.max_logged_value_size (bytes): the largest row image, key or record kept in
- * kafka_sync.conflicts and kafka_sync.dead_letters, and quoted in an error message. */
-extern int apply_max_logged_value_size;
 
 /*
  * text itself when it is within kafka_sync.max_logged_value_size, else a
@@ -103,5 +93,3 @@ const char *bounded_json_image(const char *text);
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */
 void prune_tombstones_if_due();
 
-/* Settings: kafka_sync.conflict_log_max_rows, kafka_sync.tombstone_retention. */
-void conflict_define_settings();

@@ -1,5 +1,6 @@
 // See origin_names.hpp.
 #include "common/origin_names.hpp"
+#include "wire/wire.hpp"
 
 extern "C" {
 #include "miscadmin.h"
@@ -14,13 +15,16 @@ namespace {
 
 /* "kafka_sync_<MyDatabaseId>_": the part every origin of this database starts with. */
 int this_database_prefix(char *buf, size_t size) {
-    return snprintf(buf, size, "kafka_sync_%u_", MyDatabaseId);
+    return snprintf(buf, size, "%.*s%u_", int(wire::kOriginNamePrefix.size()), wire::kOriginNamePrefix.data(),
+                    MyDatabaseId);
 }
 
 } // namespace
 
 char *peer_origin_name(const char *peer) {
-    return psprintf("kafka_sync_%u_%s", MyDatabaseId, peer);
+    char prefix[32];
+    this_database_prefix(prefix, sizeof(prefix));
+    return psprintf("%s%s", prefix, peer);
 }
 
 const char *peer_of_origin_name(const char *roname) {

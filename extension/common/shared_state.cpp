@@ -1,4 +1,5 @@
 // Shared memory of kafka_sync (see shared_state.hpp).
+#include "common/settings.hpp"
 #include "common/shared_state.hpp"
 
 extern "C" {

@@ -54,7 +54,6 @@ struct KafkaSyncShared {
 };
 
 extern KafkaSyncShared *kafka_sync_shared;
-extern int kafka_sync_max_nodes;
 
 void shared_state_request(void);
 void shared_state_startup(void);

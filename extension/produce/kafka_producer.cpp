@@ -1,5 +1,6 @@
 // KafkaProducer (see kafka_producer.hpp).
 #include "produce/kafka_producer.hpp"
+#include "wire/wire.hpp"
 
 #include "common/secrets_file.hpp"
 
@@ -49,36 +50,19 @@ const std::pair<const char *, const char *> kDefaults[] = {
 
 namespace {
 
-// PostgreSQL's %X: upper-case hex digits, no leading zeros.
-char *append_hex(char *p, uint32_t v) {
-    char digits[8];
-    int n = 0;
-    do {
-        digits[n++] = "0123456789ABCDEF"[v & 0xf];
-        v >>= 4;
-    } while (v != 0);
-    while (n > 0)
-        *p++ = digits[--n];
-    return p;
+void add_header(rd_kafka_headers_t *hdrs, std::string_view name, const char *value, size_t size) {
+    rd_kafka_header_add(hdrs, name.data(), static_cast<ssize_t>(name.size()), value, static_cast<ssize_t>(size));
 }
 
 // Adds a header whose value is v in decimal.
 template <typename Int>
-void add_decimal_header(rd_kafka_headers_t *hdrs, const char *name, Int v) {
+void add_decimal_header(rd_kafka_headers_t *hdrs, std::string_view name, Int v) {
     char buf[24];
     const char *end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
-    rd_kafka_header_add(hdrs, name, -1, buf, end - buf);
+    add_header(hdrs, name, buf, static_cast<size_t>(end - buf));
 }
 
 } // namespace
-
-std::string format_lsn(uint64_t lsn) {
-    char buf[20];
-    char *p = append_hex(buf, static_cast<uint32_t>(lsn >> 32));
-    *p++ = '/';
-    p = append_hex(p, static_cast<uint32_t>(lsn));
-    return std::string(buf, static_cast<size_t>(p - buf));
-}
 
 KafkaProducer::KafkaProducer(const ProducerSettings &settings, InflightTransactions &inflight)
     : settings_(settings), inflight_(inflight) {
@@ -202,24 +186,22 @@ bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
 ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *key, size_t key_len, const char *value,
                                      size_t value_len, const RecordHeaders &h) {
     rd_kafka_headers_t *hdrs = rd_kafka_headers_new(h.txn_end_count >= 0 ? 7 : 6);
-    rd_kafka_header_add(hdrs, "kafka_sync.origin", -1, settings_.node_name.data(),
-                        static_cast<ssize_t>(settings_.node_name.size()));
+    add_header(hdrs, wire::kOrigin, settings_.node_name.data(), settings_.node_name.size());
     if (!settings_.incarnation.empty())
-        rd_kafka_header_add(hdrs, "kafka_sync.incarnation", -1, settings_.incarnation.data(),
-                            static_cast<ssize_t>(settings_.incarnation.size()));
-    const std::string lsn = format_lsn(h.commit_lsn);
-    rd_kafka_header_add(hdrs, "kafka_sync.lsn", -1, lsn.data(), static_cast<ssize_t>(lsn.size()));
-    add_decimal_header(hdrs, "kafka_sync.xid", h.xid);
-    add_decimal_header(hdrs, "kafka_sync.commit_ts", h.commit_ts_ms);
+        add_header(hdrs, wire::kIncarnation, settings_.incarnation.data(), settings_.incarnation.size());
+    const std::string lsn = wire::format_lsn(h.commit_lsn);
+    add_header(hdrs, wire::kLsn, lsn.data(), lsn.size());
+    add_decimal_header(hdrs, wire::kXid, h.xid);
+    add_decimal_header(hdrs, wire::kCommitTs, h.commit_ts_ms);
     // Lets a consumer see a transaction start over (a partial copy from
     // before a producer restart, followed by the complete one).
-    add_decimal_header(hdrs, "kafka_sync.seq", h.seq);
+    add_decimal_header(hdrs, wire::kSeq, h.seq);
     if (h.txn_end_count >= 0)
-        add_decimal_header(hdrs, "kafka_sync.txn_end", h.txn_end_count);
+        add_decimal_header(hdrs, wire::kTxnEnd, h.txn_end_count);
     // Snapshot rows each carry their own version, so a consumer may apply
     // them one by one instead of holding the whole snapshot as one transaction.
     if (h.snapshot)
-        rd_kafka_header_add(hdrs, "kafka_sync.snapshot", -1, "true", 4);
+        add_header(hdrs, wire::kSnapshot, "true", 4);
 
     rd_kafka_resp_err_t err = rd_kafka_producev(
         rk_, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

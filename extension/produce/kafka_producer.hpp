@@ -6,6 +6,8 @@
 // the worker reads them afterwards. Every call is bounded in time.
 #pragma once
 
+#include "wire/wire.hpp"
+
 #include "produce/inflight.hpp"
 #include "produce/kafka_config.hpp"
 
@@ -97,7 +99,7 @@ class KafkaProducer {
     std::vector<std::string> log_lines_;
 };
 
-// "16/B374D848" as PostgreSQL prints an LSN.
-std::string format_lsn(uint64_t lsn);
+// "16/B374D848" as PostgreSQL prints an LSN (wire.hpp).
+using wire::format_lsn;
 
 } // namespace kafka_sync

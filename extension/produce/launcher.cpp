@@ -7,6 +7,7 @@
 // just the producer worker itself: it exits quietly, freeing its shared slot,
 // when its database has no node, and the launcher remembers that until
 // create_node() bumps the shared generation counter.
+#include "common/settings.hpp"
 #include "produce/launcher.hpp"
 
 #include "common/shared_state.hpp"

@@ -10,9 +10,3 @@ PGDLLEXPORT void kafka_sync_node_worker_main(Datum main_arg);
 
 extern bool kafka_sync_preloaded;
 
-namespace kafka_sync {
-
-/* kafka_sync.launcher_naptime, in seconds. */
-extern int launcher_naptime_s;
-
-} // namespace kafka_sync

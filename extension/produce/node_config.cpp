@@ -1,4 +1,5 @@
 // The producer worker's configuration (see node_config.hpp).
+#include "common/settings.hpp"
 #include "produce/node_config.hpp"
 
 #include "common/secrets_file.hpp"

@@ -21,12 +21,6 @@ struct NodeWorker;
 /* Reads this server's own WAL: for the slot create_node() makes and for the worker's stream. */
 XLogReaderRoutine *node_local_wal_reader(void);
 
-/* kafka_sync.retained_wal_warning, in MB (0: off). */
-extern int retained_wal_warning_mb;
-
-/* kafka_sync.allowed_kafka_properties (common/kafka_properties.hpp). */
-extern char *allowed_kafka_properties;
-
 /* Opens a source transaction (commit order) whose records follow. */
 void node_worker_begin_txn(NodeWorker *w, uint64 commit_lsn, uint32 xid, int64 commit_ts_ms);
 

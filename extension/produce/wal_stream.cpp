@@ -5,6 +5,7 @@
 // plugin writes binary frames (decode/plugin_frames.hpp) that come back
 // here. Between two decoded transactions the stream also serves
 // kafka_sync.resnapshot() requests and watches the WAL the slot retains.
+#include "common/settings.hpp"
 #include "produce/worker_state.hpp"
 
 #include "boundary/pg_boundary.hpp"

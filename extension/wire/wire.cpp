@@ -2,7 +2,6 @@
 #include "wire/wire.hpp"
 
 #include <charconv>
-#include <cstdio>
 
 namespace kafka_sync::wire {
 
@@ -51,10 +50,25 @@ bool parse_lsn(std::string_view text, uint64_t &lsn) {
     return true;
 }
 
+// PostgreSQL's %X: upper-case hex digits, no leading zeros (no snprintf: once per record produced).
+static char *append_hex(char *p, uint32_t v) {
+    char digits[8];
+    int n = 0;
+    do {
+        digits[n++] = "0123456789ABCDEF"[v & 0xf];
+        v >>= 4;
+    } while (v != 0);
+    while (n > 0)
+        *p++ = digits[--n];
+    return p;
+}
+
 std::string format_lsn(uint64_t lsn) {
-    char buf[32];
-    snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(lsn >> 32), static_cast<unsigned>(lsn));
-    return buf;
+    char buf[20];
+    char *p = append_hex(buf, static_cast<uint32_t>(lsn >> 32));
+    *p++ = '/';
+    p = append_hex(p, static_cast<uint32_t>(lsn));
+    return std::string(buf, static_cast<size_t>(p - buf));
 }
 
 bool parse_count(std::string_view s, int64_t &out) {
