@@ -211,6 +211,7 @@ void DbSession::close() {
         PQfinish(conn_);
     conn_ = nullptr;
     pending_ = Pending::None;
+    chunk_prepared_ = transactions_prepared_ = false;
 }
 
 void DbSession::cancel() {
@@ -350,8 +351,25 @@ DbStatus DbSession::send_apply(const std::string &sub, const ApplyCall &call) {
                                     "$5::bytea[], $6::bool)"
                                   : "CALL kafka_sync.apply_transactions($1::text, $2::int8[], $3::bytea[], "
                                     "$4::bytea[], $5::bytea[], NULL, NULL, NULL)";
+    // A named statement, not PQexecParams' unnamed one: the server plans an
+    // unnamed statement for its parameters' values, folding each into the plan
+    // as a constant, and copies the plan; with megabytes of records a call
+    // (Connect schemas make a record five times larger) those copies cost
+    // more than decoding the records. A named statement soon gets a generic
+    // plan, which reads the parameters where they arrived.
+    const char *name = call.chunk_ ? "kafka_sync_apply_chunk" : "kafka_sync_apply_transactions";
+    bool &prepared = call.chunk_ ? chunk_prepared_ : transactions_prepared_;
+    const int nparams = call.chunk_ ? 6 : 5;
+    if (!prepared) {
+        PGresult *res = PQprepare(conn_, name, sql, nparams, types);
+        DbStatus st = check(res, PGRES_COMMAND_OK);
+        PQclear(res);
+        if (!st.ok())
+            return st;
+        prepared = true;
+    }
     // In blocking mode the whole message is written before this returns.
-    if (!PQsendQueryParams(conn_, sql, call.chunk_ ? 6 : 5, types, params, lengths, formats, 0))
+    if (!PQsendQueryPrepared(conn_, name, nparams, params, lengths, formats, 0))
         return check(nullptr, PGRES_TUPLES_OK);
     pending_ = call.chunk_ ? Pending::Chunk : Pending::Transactions;
     return DbStatus();

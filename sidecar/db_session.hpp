@@ -119,6 +119,10 @@ class DbSession {
 
     enum class Pending { None, Chunk, Transactions };
     Pending pending_ = Pending::None;
+    // The apply calls are named statements of this connection, prepared at
+    // their first use (see send_apply).
+    bool chunk_prepared_ = false;
+    bool transactions_prepared_ = false;
 
     std::string dsn_;
     std::string application_name_;
