@@ -6,6 +6,7 @@
 #include "api/drop_guard.hpp"
 #include "common/settings.hpp"
 #include "common/shared_state.hpp"
+#include "produce/commit_wake.hpp"
 #include "produce/launcher.hpp"
 #include "produce/node_worker.hpp"
 
@@ -70,6 +71,7 @@ void _PG_init(void) {
     kafka_sync_preloaded = true;
 
     kafka_sync::define_server_settings();
+    kafka_sync::commit_wake_install();
     MarkGUCPrefixReserved("kafka_sync");
 
     prev_shmem_request_hook = shmem_request_hook;

@@ -58,6 +58,8 @@ NodeSlot *node_slot_for(Oid dboid, bool create) {
         free_slot->dboid = dboid;
         free_slot->in_use = true;
         free_slot->worker_pid = 0;
+        free_slot->worker_latch = nullptr;
+        free_slot->resnapshot_wake = false;
         free_slot->stop_requested = false;
         free_slot->no_node = false;
         free_slot->state = NODE_STATE_STOPPED;

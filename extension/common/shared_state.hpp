@@ -30,6 +30,8 @@ struct NodeSlot {
 
     /* coordination */
     pid_t worker_pid;
+    Latch *worker_latch;  /* the worker's: set at every commit in its database (produce/commit_wake.cpp) */
+    bool resnapshot_wake; /* kafka_sync.resnapshot() committed: look for its request now */
     bool stop_requested;  /* drop_node() or pause_node() in progress: do not (re)start */
     bool no_node;         /* worker found no node here at generation ... */
     uint64 no_node_generation;

@@ -92,6 +92,7 @@ void cleanup_worker(int, Datum) {
         /* drop_node() or pause_node() may have released the slot already */
         if (w->slot->in_use && w->slot->dboid == MyDatabaseId && w->slot->worker_pid == MyProcPid) {
             w->slot->worker_pid = 0;
+            w->slot->worker_latch = nullptr;
             if (w->slot->state != NODE_STATE_ERROR)
                 w->slot->state = NODE_STATE_STOPPED;
         }
@@ -134,8 +135,10 @@ NodeWorker *claim_node_slot() {
     SpinLockAcquire(&slot->mutex);
     pid_t other = slot->worker_pid;
     bool other_alive = other != 0 && other != MyProcPid && kill(other, 0) == 0;
-    if (!other_alive)
+    if (!other_alive) {
         slot->worker_pid = MyProcPid;
+        slot->worker_latch = MyLatch;
+    }
     SpinLockRelease(&slot->mutex);
     if (other_alive) {
         worker = nullptr;

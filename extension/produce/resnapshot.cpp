@@ -45,6 +45,7 @@ void wake_worker() {
         return;
     SpinLockAcquire(&slot->mutex);
     pid_t pid = slot->worker_pid;
+    slot->resnapshot_wake = pid != 0;
     SpinLockRelease(&slot->mutex);
     if (pid == 0)
         return;

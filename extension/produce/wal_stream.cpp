@@ -253,8 +253,13 @@ void stream_wal(NodeWorker *w) {
             int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kPollIntervalMs,
                                PG_WAIT_EXTENSION);
             ResetLatch(MyLatch);
-            if (rc & WL_LATCH_SET)
-                w->resnapshot_wake = true; /* kafka_sync.resnapshot() sets it at commit */
+            if (rc & WL_LATCH_SET) {
+                /* every commit in this database sets the latch (commit_wake.cpp); kafka_sync.resnapshot()'s says so */
+                SpinLockAcquire(&w->slot->mutex);
+                w->resnapshot_wake |= w->slot->resnapshot_wake;
+                w->slot->resnapshot_wake = false;
+                SpinLockRelease(&w->slot->mutex);
+            }
         } else {
             /* waiting for acknowledgements: sleep inside librdkafka */
             service_producer(w, kPollIntervalMs);

@@ -622,6 +622,7 @@ class ApplyBench:
         last = [ms for t, ms in lat if t >= (commits[-1][1] - t_first) - window]
         return {"p50_ms": percentile(all_ms, 50), "p99_ms": percentile(all_ms, 99), "max_ms": all_ms[-1],
                 "p50_first_ms": percentile(sorted(first), 50), "p50_last_ms": percentile(sorted(last), 50),
+                "p99_last_ms": percentile(sorted(last), 99),
                 "window_s": window, "txns": n, "write_rate": n / write_secs}
 
     def close(self):

@@ -44,6 +44,7 @@ def build_table(args, runs, peak_rss, systems):
         ("S4 latency max, ms", med("S4", "max_ms"), 1),
         (f"S4 latency p50 of the first {win}, ms", med("S4", "p50_first_ms"), 1),
         (f"S4 latency p50 of the last {win}, ms", med("S4", "p50_last_ms"), 1),
+        (f"S4 latency p99 of the last {win} (steady state), ms", med("S4", "p99_last_ms"), 1),
         ("S4 achieved write rate, txn/s", med("S4", "write_rate"), 0),
     ]
     for s in ("S1", "S2", "S3"):
