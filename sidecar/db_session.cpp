@@ -226,7 +226,8 @@ DbStatus DbSession::usable() const {
     if (!conn_)
         return DbStatus{DbStatus::Kind::Lost, "", "no connection"};
     if (pending_ != Pending::None)
-        return DbStatus{DbStatus::Kind::Failed, "", "internal error: the result of the apply call in flight was not read"};
+        return DbStatus{DbStatus::Kind::Failed, "",
+                        "internal error: the result of the apply call in flight was not read"};
     return DbStatus();
 }
 
@@ -312,9 +313,13 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
     return st;
 }
 
-ApplyCall ApplyCall::chunk(const std::vector<Record> &records, bool careful) { return ApplyCall(records, true, careful); }
+ApplyCall ApplyCall::chunk(const std::vector<Record> &records, bool careful) {
+    return ApplyCall(records, true, careful);
+}
 
-ApplyCall ApplyCall::transactions(const std::vector<Record> &records) { return ApplyCall(records, false, false); }
+ApplyCall ApplyCall::transactions(const std::vector<Record> &records) {
+    return ApplyCall(records, false, false);
+}
 
 // Parameters $2..$5 of apply_chunk and apply_transactions: the records as
 // binary arrays.
@@ -341,10 +346,14 @@ DbStatus DbSession::send_apply(const std::string &sub, const ApplyCall &call) {
     if (DbStatus u = usable(); !u.ok())
         return u;
     const Oid types[6] = {kTextOid, kInt8ArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kBoolOid};
-    const char *params[6] = {sub.c_str(),        call.offsets_.data(), call.keys_.data(),
+    const char *params[6] = {sub.c_str(),         call.offsets_.data(), call.keys_.data(),
                              call.values_.data(), call.headers_.data(), call.careful_ ? "t" : "f"};
-    const int lengths[6] = {0, static_cast<int>(call.offsets_.size()), static_cast<int>(call.keys_.size()),
-                            static_cast<int>(call.values_.size()), static_cast<int>(call.headers_.size()), 0};
+    const int lengths[6] = {0,
+                            static_cast<int>(call.offsets_.size()),
+                            static_cast<int>(call.keys_.size()),
+                            static_cast<int>(call.values_.size()),
+                            static_cast<int>(call.headers_.size()),
+                            0};
     const int formats[6] = {0, 1, 1, 1, 1, 0};
     const char *sql = call.chunk_ ? "SELECT applied, skipped, conflicts, dead_letters, failed_offset, failed_error "
                                     "FROM kafka_sync.apply_chunk($1::text, $2::int8[], $3::bytea[], $4::bytea[], "
@@ -456,8 +465,8 @@ DbStatus DbSession::begin_resync(const std::string &sub, int64_t gap_offset, int
     const std::string gap = std::to_string(gap_offset), at = std::to_string(snapshot_offset);
     const std::string lsn = format_lsn(snapshot_lsn);
     const char *params[4] = {sub.c_str(), gap.c_str(), at.c_str(), lsn.c_str()};
-    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync._begin_resync($1::text, $2::int8, $3::int8, $4::pg_lsn)",
-                                 4, nullptr, params, nullptr, nullptr, 0);
+    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync._begin_resync($1::text, $2::int8, $3::int8, $4::pg_lsn)", 4,
+                                 nullptr, params, nullptr, nullptr, 0);
     DbStatus st = check(res, PGRES_TUPLES_OK);
     PQclear(res);
     return st;

@@ -94,8 +94,7 @@ class DbSession {
     // The enabled subscriptions; only_sub: just that one (none if it is not enabled).
     // kafka_sync._begin_resync(): resynchronise from the peer's snapshot at
     // snapshot_offset (lsn header snapshot_lsn) after the gap from gap_offset.
-    DbStatus begin_resync(const std::string &sub, int64_t gap_offset, int64_t snapshot_offset,
-                          uint64_t snapshot_lsn);
+    DbStatus begin_resync(const std::string &sub, int64_t gap_offset, int64_t snapshot_offset, uint64_t snapshot_lsn);
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     // The apply calls are sent without waiting for their result, so that the
     // next records are consumed while the server applies these; one at a

@@ -177,7 +177,8 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
                               " on, not applied here yet, are no longer in Kafka (deleted by retention or "
                               "compaction, or the topic was re-created): the peer's changes in them are missing "
                               "from this database; the subscription waits at that offset (see the README, "
-                              "Troubleshooting) [" + text + "]";
+                              "Troubleshooting) [" +
+                              text + "]";
             problem_offset_ = assigned_offset_;
             break;
         case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:

@@ -60,8 +60,8 @@ class KafkaConsumer {
     std::string sub_name_;
     std::string topic_;
     std::vector<HeaderView> header_views_; // poll()'s, kept for its capacity
-    std::vector<std::string> secrets_; // kafka_config values, masked in every message
-    int64_t min_offset_ = 0;           // records below it belong to a previous position
+    std::vector<std::string> secrets_;     // kafka_config values, masked in every message
+    int64_t min_offset_ = 0;               // records below it belong to a previous position
     int64_t assigned_offset_ = -1;
     // Connection state, from the statistics: a problem is reported once the
     // partition leader has been unreachable for a little while (a dropped idle

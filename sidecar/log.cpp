@@ -66,8 +66,7 @@ std::string percent_decode(const std::string &s, size_t begin, size_t end) {
     std::string out;
     for (size_t i = begin; i < end; i++) {
         int hi, lo;
-        if (s[i] == '%' && i + 2 < end && (hi = hex_digit(s[i + 1])) >= 0 &&
-            (lo = hex_digit(s[i + 2])) >= 0) {
+        if (s[i] == '%' && i + 2 < end && (hi = hex_digit(s[i + 1])) >= 0 && (lo = hex_digit(s[i + 2])) >= 0) {
             out += static_cast<char>(hi * 16 + lo);
             i += 2;
         } else {
@@ -258,10 +257,9 @@ std::string mask_conninfo_message(const std::string &message, const std::string 
         std::string piece = message.substr(open + 1, close - open - 1);
         // "=", ":", "/", "]" are libpq's own words (missing "=" after ...)
         const bool syntax = piece.size() == 1 && strchr("=:/]", piece[0]);
-        bool inside_secret =
-            !piece.empty() && !syntax && std::any_of(raw.begin(), raw.end(), [&](const std::string &r) {
-                return r.find(piece) != std::string::npos;
-            });
+        bool inside_secret = !piece.empty() && !syntax &&
+                             std::any_of(raw.begin(), raw.end(),
+                                         [&](const std::string &r) { return r.find(piece) != std::string::npos; });
         out.append(message, p, open + 1 - p);
         out += inside_secret ? "****" : piece;
         out += '"';

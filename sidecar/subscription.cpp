@@ -135,7 +135,8 @@ bool consumer_properties(const SubscriptionConfig &sub, std::vector<ConsumerProp
     // the same refusal as the extension's, before librdkafka sees them (plugin.library.paths loads code when set)
     for (const ConsumerProperty &p : out) {
         std::string hint;
-        if (p.from_kafka_config && kafka_sync::kafka_property_refused(p.name, sub.allowed_kafka_properties, error, hint)) {
+        if (p.from_kafka_config &&
+            kafka_sync::kafka_property_refused(p.name, sub.allowed_kafka_properties, error, hint)) {
             error += ". " + hint;
             return false;
         }

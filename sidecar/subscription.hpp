@@ -38,8 +38,9 @@ struct SubscriptionConfig {
     bool same_settings(const SubscriptionConfig &other) const {
         return name == other.name && peer == other.peer && brokers == other.brokers && topic == other.topic &&
                start == other.start && on_error == other.on_error && kafka_config == other.kafka_config &&
-               secrets_file_hash == other.secrets_file_hash && allowed_kafka_properties == other.allowed_kafka_properties &&
-               partial_wait_ms == other.partial_wait_ms && partial_hold_ms == other.partial_hold_ms;
+               secrets_file_hash == other.secrets_file_hash &&
+               allowed_kafka_properties == other.allowed_kafka_properties && partial_wait_ms == other.partial_wait_ms &&
+               partial_hold_ms == other.partial_hold_ms;
     }
 };
 

@@ -215,8 +215,11 @@ bool SubscriptionRunner::start_seeking_snapshot() {
     gap_problem_ = "records of " + config_.topic + " from offset " + std::to_string(gap) +
                    " on, not applied here yet, are no longer in Kafka (deleted by retention or compaction, or the "
                    "topic was re-created): the peer's changes in them are missing from this database; waiting for a "
-                   "snapshot of node " + config_.peer + " in the topic to resynchronise from: run SELECT "
-                   "kafka_sync.resnapshot() on node " + config_.peer;
+                   "snapshot of node " +
+                   config_.peer +
+                   " in the topic to resynchronise from: run SELECT "
+                   "kafka_sync.resnapshot() on node " +
+                   config_.peer;
     if (!consumer_.assign(low, error)) {
         LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
         return false;
@@ -238,8 +241,8 @@ void SubscriptionRunner::seeking_record(const Record &record) {
         return;
     }
     if (!st.ok()) {
-        LOG_WARNING("subscription %s: cannot resynchronise from the snapshot at offset %" PRId64 ": %s",
-                    name_.c_str(), record.offset, st.message.c_str());
+        LOG_WARNING("subscription %s: cannot resynchronise from the snapshot at offset %" PRId64 ": %s", name_.c_str(),
+                    record.offset, st.message.c_str());
         return; // a later snapshot may do
     }
     LOG_WARNING("subscription %s: records from offset %" PRId64 " to %" PRId64 " of %s are lost; resynchronising "
@@ -513,8 +516,9 @@ void SubscriptionRunner::awaiting_end_record(const Record &record) {
     const AwaitEnd a = await_end_;
     await_end_ = AwaitEnd();
     LOG_INFO("subscription %s: %s of transaction %s is in Kafka at offset %" PRId64 "; applying it from offset "
-             "%" PRId64, name_.c_str(), ends ? "the last record" : "the record after an incomplete copy",
-             format_lsn(a.lsn).c_str(), record.offset, a.first_offset);
+             "%" PRId64,
+             name_.c_str(), ends ? "the last record" : "the record after an incomplete copy", format_lsn(a.lsn).c_str(),
+             record.offset, a.first_offset);
     whole_first_offset_ = ends ? a.first_offset : -1;
     restart_from(a.first_offset, a.careful_through);
 }

@@ -49,13 +49,13 @@ void check_nothing_runs() {
     char *node = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
     char *subscriptions = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
     if (node)
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_IN_USE),
-                        errmsg("cannot drop extension kafka_sync while this database is the kafka_sync node \"%s\"",
-                               node),
-                        errdetail("The node's producer worker and replication slot live outside the extension and "
-                                  "would be left running."),
-                        errhint("Run SELECT kafka_sync.drop_node(); first, and kafka_sync.drop_subscription() for "
-                                "each subscription.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_IN_USE),
+                 errmsg("cannot drop extension kafka_sync while this database is the kafka_sync node \"%s\"", node),
+                 errdetail("The node's producer worker and replication slot live outside the extension and "
+                           "would be left running."),
+                 errhint("Run SELECT kafka_sync.drop_node(); first, and kafka_sync.drop_subscription() for "
+                         "each subscription.")));
     if (subscriptions && strcmp(subscriptions, "0") != 0)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_IN_USE),
                         errmsg("cannot drop extension kafka_sync while this database has %s kafka_sync "

@@ -96,9 +96,9 @@ Datum kafka_sync_check_requirements(PG_FUNCTION_ARGS) {
                         errhint("Add kafka_sync to shared_preload_libraries in postgresql.conf and restart the "
                                 "server.")));
     if (wal_level < WAL_LEVEL_LOGICAL)
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("kafka_sync needs wal_level = logical"),
-                        errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("kafka_sync needs wal_level = logical"),
+                 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
     /*
      * Debian's PostgreSQL 15.20 and later only let approved libraries act as
      * output plugins; without it the worker could never decode.
@@ -144,7 +144,8 @@ Datum kafka_sync_validate_kafka_config(PG_FUNCTION_ARGS) {
         kafka_sync::NodeKafkaSettings settings;
         std::string e, h;
         if (!kafka_sync::parse_node_kafka_config(
-                pairs, settings, e, h, kafka_sync::allowed_kafka_properties ? kafka_sync::allowed_kafka_properties : ""))
+                pairs, settings, e, h,
+                kafka_sync::allowed_kafka_properties ? kafka_sync::allowed_kafka_properties : ""))
             throw kafka_sync::Error(ERRCODE_INVALID_PARAMETER_VALUE, "invalid kafka_config: " + e, std::string(), h);
     });
     PG_RETURN_VOID();
@@ -172,8 +173,9 @@ Datum kafka_sync_stop_node_worker(PG_FUNCTION_ARGS) {
     const bool for_drop = PG_GETARG_BOOL(0);
     /* the stop is undone at the end of the top transaction only */
     if (IsSubTransaction())
-        ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-                        errmsg("kafka_sync.%s() cannot run inside a subtransaction", for_drop ? "drop_node" : "pause_node")));
+        ereport(ERROR,
+                (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+                 errmsg("kafka_sync.%s() cannot run inside a subtransaction", for_drop ? "drop_node" : "pause_node")));
     if (for_drop && IsTransactionBlock())
         ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
                         errmsg("kafka_sync.drop_node() cannot run inside a transaction block"),

@@ -46,9 +46,7 @@ void drop_created_slot() {
     if (MyReplicationSlot != nullptr)
         ReplicationSlotRelease();
     PG_TRY();
-    {
-        ReplicationSlotDrop(name, true);
-    }
+    { ReplicationSlotDrop(name, true); }
     PG_CATCH();
     {
         /* the transaction's abort released its locks before this ran: these are the drop's own */
@@ -71,9 +69,7 @@ void at_xact_event(XactEvent event, void *) {
         return;
     switch (event) {
     case XACT_EVENT_ABORT:
-    case XACT_EVENT_PARALLEL_ABORT:
-        drop_created_slot();
-        break;
+    case XACT_EVENT_PARALLEL_ABORT: drop_created_slot(); break;
     case XACT_EVENT_COMMIT:
     case XACT_EVENT_PARALLEL_COMMIT:
         created_slot[0] = '\0';
@@ -83,8 +79,7 @@ void at_xact_event(XactEvent event, void *) {
         ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                         errmsg("cannot PREPARE a transaction that has run kafka_sync.create_node()")));
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -128,15 +123,14 @@ Datum kafka_sync_create_node_slot(PG_FUNCTION_ARGS) {
      * that is running now (and has written) to end.
      */
     ReplicationSlotCreate(slot_name, true, RS_EPHEMERAL, false);
-    LogicalDecodingContext *ctx = CreateInitDecodingContext("kafka_sync", NIL, false, InvalidXLogRecPtr,
-                                                            kafka_sync::node_local_wal_reader(), nullptr, nullptr, nullptr);
+    LogicalDecodingContext *ctx = CreateInitDecodingContext(
+        "kafka_sync", NIL, false, InvalidXLogRecPtr, kafka_sync::node_local_wal_reader(), nullptr, nullptr, nullptr);
     DecodingContextFindStartpoint(ctx);
     const XLogRecPtr consistent = MyReplicationSlot->data.confirmed_flush;
     FreeDecodingContext(ctx);
     ReplicationSlotPersist();
     ReplicationSlotRelease();
-    ereport(LOG, (errmsg("kafka_sync: replication slot %s consistent at %X/%X", slot_name,
-                         KS_LSN_ARGS(consistent))));
+    ereport(LOG, (errmsg("kafka_sync: replication slot %s consistent at %X/%X", slot_name, KS_LSN_ARGS(consistent))));
     strlcpy(created_slot, slot_name, sizeof(created_slot));
     created_in = GetCurrentSubTransactionId();
     PG_RETURN_LSN(consistent);

@@ -87,7 +87,6 @@ void deconstruct(ArrayType *arr, Oid type, const char *what, int expected, Datum
                         errmsg("apply_chunk: %s has %d elements, offsets has %d", what, n, expected)));
 }
 
-
 /* The records of apply_chunk / apply_transactions, from arguments 1..4. */
 struct ChunkArgs {
     int n;
@@ -134,8 +133,7 @@ ChunkRecord chunk_record(const ChunkArgs &a, int i) {
  * returns false. No C++ object with a destructor lives in these frames: an
  * ERROR unwinds them with longjmp.
  */
-template <typename Policy>
-int64 drive_records(ApplyContext &ctx, const ChunkArgs &args, Policy &policy) {
+template <typename Policy> int64 drive_records(ApplyContext &ctx, const ChunkArgs &args, Policy &policy) {
     int64 next_offset = -1;
     MemoryContext outer = CurrentMemoryContext;
     for (int i = 0; i < args.n; i++) {
@@ -412,8 +410,8 @@ Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
     if (SPI_execute_with_args("UPDATE kafka_sync.subscription SET enabled = false, paused_by_error = true, "
                               "last_error = $2, last_error_at = now() WHERE sub_name = $1",
                               2, types, args, nullptr, false, 0) != SPI_OK_UPDATE ||
-        SPI_execute_with_args("SELECT pg_notify('kafka_sync_subscriptions', $1)", 1, types, args, nullptr, false,
-                              0) != SPI_OK_SELECT)
+        SPI_execute_with_args("SELECT pg_notify('kafka_sync_subscriptions', $1)", 1, types, args, nullptr, false, 0) !=
+            SPI_OK_SELECT)
         elog(ERROR, "kafka_sync could not pause subscription %s", sub_name);
     SPI_finish();
     PG_RETURN_VOID();

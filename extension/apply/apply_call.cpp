@@ -44,7 +44,6 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-
 }
 
 namespace kafka_sync {
@@ -63,12 +62,13 @@ Subscription *load_subscription(const char *name) {
          * can begin (and take the replication origin it is about to drop)
          * until it committed, after which the subscription is gone.
          */
-        plan = keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
-                    "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
-                    "s.conflict_resolution, coalesce(s.resync_lsn, '0/0'), s.tables::oid[], s.allow_truncate, "
-                    "(SELECT n.publication FROM kafka_sync.node n), s.peer_incarnation "
-                    "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
-                    1, types);
+        plan =
+            keep_plan("SELECT s.peer_node, s.origin_name, s.topic_prefix || '.' || s.peer_node, s.on_error, s.enabled, "
+                      "(SELECT n.node_name FROM kafka_sync.node n), coalesce(s.skip_offset, -1), "
+                      "s.conflict_resolution, coalesce(s.resync_lsn, '0/0'), s.tables::oid[], s.allow_truncate, "
+                      "(SELECT n.publication FROM kafka_sync.node n), s.peer_incarnation "
+                      "FROM kafka_sync.subscription s WHERE s.sub_name = $1 FOR SHARE OF s",
+                      1, types);
     }
     Datum arg = CStringGetTextDatum(name);
     if (SPI_execute_plan(plan, &arg, nullptr, false, 1) != SPI_OK_SELECT)
@@ -76,9 +76,9 @@ Subscription *load_subscription(const char *name) {
     if (SPI_processed == 0)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("subscription \"%s\" does not exist", name)));
     if (strcmp(text_col(0, 5), "t") != 0)
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("subscription \"%s\" is paused", name),
-                        errhint("Resume it with kafka_sync.resume_subscription('%s').", name)));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("subscription \"%s\" is paused", name),
+                 errhint("Resume it with kafka_sync.resume_subscription('%s').", name)));
     auto *sub = static_cast<Subscription *>(palloc0(sizeof(Subscription)));
     sub->name = pstrdup(name);
     sub->peer = text_col(0, 1);
@@ -131,10 +131,10 @@ void use_origin(const Subscription *sub) {
     }
     RepOriginId id = replorigin_by_name(sub->origin_name, true);
     if (id == InvalidRepOriginId)
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-                        errmsg("replication origin \"%s\" of subscription \"%s\" is missing", sub->origin_name,
-                               sub->name),
-                        errhint("Drop and re-create the subscription.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_UNDEFINED_OBJECT),
+                 errmsg("replication origin \"%s\" of subscription \"%s\" is missing", sub->origin_name, sub->name),
+                 errhint("Drop and re-create the subscription.")));
     if (replorigin_session_origin == id)
         return;
     if (replorigin_session_origin != InvalidRepOriginId) {
@@ -193,7 +193,8 @@ void flush_truncates(ApplyContext *ctx) {
     ctx->pending_truncates = NIL;
 }
 
-/* At the end of the local transaction: the incarnation seen becomes the subscription's, and a new one resets the origin. */
+/* At the end of the local transaction: the incarnation seen becomes the subscription's, and a new one resets the
+ * origin. */
 static void switch_incarnation(ApplyContext *ctx) {
     Subscription *sub = ctx->sub;
     if (ctx->incarnation_reset) {
@@ -227,10 +228,10 @@ static void save_progress(const ApplyContext *ctx, int64 next_offset) {
     if (!plan) {
         Oid types[6] = {TEXTOID, INT8OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, INT8OID};
         plan = keep_plan("UPDATE kafka_sync.subscription SET next_offset = $2, "
-                    "last_applied_lsn = coalesce($3, last_applied_lsn), "
-                    "last_source_commit = coalesce($4, last_source_commit), last_applied_at = now(), "
-                    "rows_applied = rows_applied + $5, conflicts = conflicts + $6 WHERE sub_name = $1",
-                    6, types);
+                         "last_applied_lsn = coalesce($3, last_applied_lsn), "
+                         "last_source_commit = coalesce($4, last_source_commit), last_applied_at = now(), "
+                         "rows_applied = rows_applied + $5, conflicts = conflicts + $6 WHERE sub_name = $1",
+                         6, types);
     }
     Datum values[6];
     char nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};

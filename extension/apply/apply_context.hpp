@@ -28,8 +28,8 @@ struct Subscription {
     char *origin_name;
     char *topic;
     bool skip_on_error;
-    char *local_node;   /* NULL when this database is not a node */
-    int64 skip_offset;  /* resumed past this failed record; -1: none */
+    char *local_node;  /* NULL when this database is not a node */
+    int64 skip_offset; /* resumed past this failed record; -1: none */
     ConflictStrategy strategy;
     XLogRecPtr resync_lsn; /* resynchronising from the peer's snapshot with this lsn header; 0: not */
     /* the tables it may write: these (sorted), or, when ntables < 0, those of the node's publication */
@@ -54,7 +54,7 @@ struct ChunkRecord {
 struct ApplyContext {
     Subscription *sub;
     ApplyCounters counters; /* of the current local transaction */
-    XLogRecPtr progress; /* origin progress committed before this transaction */
+    XLogRecPtr progress;    /* origin progress committed before this transaction */
     /*
      * The highest source transaction this call has applied to its end (its
      * txn_end record): a record at or below it is a copy of one (a producer
@@ -64,7 +64,7 @@ struct ApplyContext {
     XLogRecPtr completed_lsn;
     XLogRecPtr max_lsn;
     int64 max_lsn_commit_ms;
-    int64 origin_ts_ms; /* the local commit's time: the source's (a snapshot row's own); 0: now */
+    int64 origin_ts_ms;     /* the local commit's time: the source's (a snapshot row's own); 0: now */
     RepOriginId row_origin; /* snapshot rows: the origin of their last writer, when known here */
     Oid allowed_relid;      /* the table last found writable by this subscription, in this call */
     char *new_incarnation;  /* the peer's incarnation, when other than sub->incarnation (switch_incarnation) */
@@ -85,8 +85,7 @@ struct ApplyContext {
 };
 
 /* Ties a C++ object's lifetime to a memory context: deleted when it goes. */
-template <typename T>
-T *new_in_context(MemoryContext cxt) {
+template <typename T> T *new_in_context(MemoryContext cxt) {
     T *obj = kafka_sync::ks_guard([]() { return new T(); });
     auto *cb = static_cast<MemoryContextCallback *>(MemoryContextAlloc(cxt, sizeof(MemoryContextCallback)));
     cb->func = [](void *arg) { delete static_cast<T *>(arg); };

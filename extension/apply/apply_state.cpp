@@ -23,7 +23,9 @@ void end_apply_txn(XactEvent event, void *) {
 
 } // namespace
 
-bool ApplyTxn::may_note() const { return GetCurrentTransactionNestLevel() == 1; }
+bool ApplyTxn::may_note() const {
+    return GetCurrentTransactionNestLevel() == 1;
+}
 
 bool ApplyTxn::has_locked(Oid relid) const {
     for (int i = 0; i < nlocked; i++)
@@ -49,7 +51,9 @@ void ApplyCall::note_tombstones_checked(Oid relid) {
         checked[nchecked++] = relid;
 }
 
-ApplySession &apply_session() { return session; }
+ApplySession &apply_session() {
+    return session;
+}
 
 ApplyTxn &apply_txn() {
     if (!callback_registered) {
@@ -59,7 +63,9 @@ ApplyTxn &apply_txn() {
     return txn;
 }
 
-ApplyCall &apply_call() { return call; }
+ApplyCall &apply_call() {
+    return call;
+}
 
 void begin_apply_call(bool keep_writers) {
     (void)apply_txn(); /* the callback that ends it is in place before anything is noted */

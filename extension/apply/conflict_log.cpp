@@ -33,14 +33,14 @@ const char *bounded_json_image(const char *text) {
 
 void raise_conflict(const char *kind, const char *table, const char *key_json, const RowVersion *local,
                     const RowVersion &remote) {
-    ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
-                    errmsg("conflict %s on table %s, key %s", kind, table,
-                           key_json ? bounded_json_image(key_json) : "(none)"),
-                    errdetail("The local row was last changed %s; the incoming change was made %s.",
-                              describe_version(local ? *local : RowVersion()), describe_version(remote)),
-                    errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
-                            "choose a strategy with kafka_sync.alter_subscription(), then "
-                            "kafka_sync.resume_subscription().")));
+    ereport(ERROR,
+            (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
+             errmsg("conflict %s on table %s, key %s", kind, table, key_json ? bounded_json_image(key_json) : "(none)"),
+             errdetail("The local row was last changed %s; the incoming change was made %s.",
+                       describe_version(local ? *local : RowVersion()), describe_version(remote)),
+             errhint("The subscription's conflict_resolution is 'error'. Make the row right by hand, or "
+                     "choose a strategy with kafka_sync.alter_subscription(), then "
+                     "kafka_sync.resume_subscription().")));
     pg_unreachable();
 }
 
@@ -50,8 +50,8 @@ void log_conflict(const ConflictRecord &c) {
     if (conflict_log_max_rows == 0)
         return;
     if (!plan) {
-        Oid types[12] = {TEXTOID, TEXTOID,        TEXTOID, TEXTOID, TEXTOID,        TIMESTAMPTZOID,
-                         TEXTOID, TEXTOID,        TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+        Oid types[12] = {TEXTOID, TEXTOID, TEXTOID,        TEXTOID, TEXTOID, TIMESTAMPTZOID,
+                         TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
         plan = keep_plan("INSERT INTO kafka_sync.conflicts (sub_name, peer_node, table_name, key, local_row, "
                          "local_commit_ts, local_origin, remote_row, remote_commit_ts, remote_origin, kind, "
                          "resolution) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12)",
@@ -98,4 +98,3 @@ void log_conflict(const ConflictRecord &c) {
             elog(ERROR, "kafka_sync could not prune kafka_sync.conflicts");
     }
 }
-

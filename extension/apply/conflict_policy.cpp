@@ -8,24 +8,15 @@ namespace kafka_sync {
 
 const char *conflict_kind_name(ConflictKind kind) {
     switch (kind) {
-    case ConflictKind::None:
-        return "none";
-    case ConflictKind::InsertExists:
-        return "insert_exists";
-    case ConflictKind::InsertDeleted:
-        return "insert_deleted";
-    case ConflictKind::UpdateUpdate:
-        return "update_update";
-    case ConflictKind::UpdateMissing:
-        return "update_missing";
-    case ConflictKind::UpdateDeleted:
-        return "update_deleted";
-    case ConflictKind::DeleteUpdated:
-        return "delete_updated";
-    case ConflictKind::DeleteMissing:
-        return "delete_missing";
-    case ConflictKind::Constraint:
-        return "constraint";
+    case ConflictKind::None: return "none";
+    case ConflictKind::InsertExists: return "insert_exists";
+    case ConflictKind::InsertDeleted: return "insert_deleted";
+    case ConflictKind::UpdateUpdate: return "update_update";
+    case ConflictKind::UpdateMissing: return "update_missing";
+    case ConflictKind::UpdateDeleted: return "update_deleted";
+    case ConflictKind::DeleteUpdated: return "delete_updated";
+    case ConflictKind::DeleteMissing: return "delete_missing";
+    case ConflictKind::Constraint: return "constraint";
     }
     return "unknown";
 }
@@ -50,7 +41,8 @@ int compare_versions(const VersionRef &a, const VersionRef &b) {
 }
 
 bool same_origin(const VersionRef &local, const VersionRef &remote) {
-    return local.current_xact || (local.node && local.node[0] != '\0' && remote.node && strcmp(local.node, remote.node) == 0);
+    return local.current_xact ||
+           (local.node && local.node[0] != '\0' && remote.node && strcmp(local.node, remote.node) == 0);
 }
 
 Action resolve(ConflictStrategy strategy, const VersionRef &remote, const VersionRef *local) {
@@ -60,19 +52,11 @@ Action resolve(ConflictStrategy strategy, const VersionRef &remote, const Versio
         return strategy == ConflictStrategy::KeepLocal ? Action::Skip : Action::Apply;
     bool wins = false;
     switch (strategy) {
-    case ConflictStrategy::LastUpdateWins:
-        wins = compare_versions(remote, *local) > 0;
-        break;
-    case ConflictStrategy::FirstUpdateWins:
-        wins = compare_versions(remote, *local) < 0;
-        break;
-    case ConflictStrategy::ApplyRemote:
-        wins = true;
-        break;
+    case ConflictStrategy::LastUpdateWins: wins = compare_versions(remote, *local) > 0; break;
+    case ConflictStrategy::FirstUpdateWins: wins = compare_versions(remote, *local) < 0; break;
+    case ConflictStrategy::ApplyRemote: wins = true; break;
     case ConflictStrategy::KeepLocal:
-    case ConflictStrategy::Error:
-        wins = false;
-        break;
+    case ConflictStrategy::Error: wins = false; break;
     }
     return wins ? Action::Apply : Action::Skip;
 }
@@ -119,8 +103,7 @@ Decision decide(ChangeOp op, LocalState local, const VersionRef &lv, const Versi
                         : conflict(ConflictKind::DeleteUpdated, strategy, remote, &lv);
         if (local == LocalState::Tombstone && same)
             return {Action::Apply, ConflictKind::None};
-        return conflict(ConflictKind::DeleteMissing, strategy, remote,
-                        local == LocalState::Tombstone ? &lv : nullptr);
+        return conflict(ConflictKind::DeleteMissing, strategy, remote, local == LocalState::Tombstone ? &lv : nullptr);
     }
     return {Action::Skip, ConflictKind::None};
 }

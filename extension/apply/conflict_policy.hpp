@@ -34,7 +34,7 @@ struct VersionRef {
     bool known = false;        // the commit time could be read
     bool current_xact = false; // written by the very local transaction applying
     int64_t ts = 0;
-    const char *node = "";     // "" when unknown
+    const char *node = ""; // "" when unknown
 };
 
 // <0, 0, >0: a older than, same as, newer than b. Milliseconds (what records
@@ -53,9 +53,9 @@ enum class ChangeOp {
 };
 
 enum class Action {
-    Apply,   // write the change (insert, update, delete; an update that finds nothing inserts)
-    Skip,    // leave the local state as it is
-    Refuse,  // strategy "error": the subscription pauses at the change
+    Apply,  // write the change (insert, update, delete; an update that finds nothing inserts)
+    Skip,   // leave the local state as it is
+    Refuse, // strategy "error": the subscription pauses at the change
 };
 
 struct Decision {

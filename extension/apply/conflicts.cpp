@@ -37,7 +37,6 @@ PG_FUNCTION_INFO_V1(kafka_sync_record_tombstone);
 PG_FUNCTION_INFO_V1(kafka_sync_last_written_by);
 }
 
-
 SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types) {
     SPIPlanPtr plan = SPI_prepare(sql, nargs, types);
     if (!plan)
@@ -226,7 +225,6 @@ void prune_tombstones_if_due() {
     if (SPI_execute_plan(plan, &arg, nullptr, false, 0) != SPI_OK_DELETE)
         elog(ERROR, "kafka_sync could not prune kafka_sync.tombstones");
 }
-
 
 extern "C" {
 

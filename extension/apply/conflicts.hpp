@@ -34,7 +34,7 @@ SPIPlanPtr keep_plan(const char *sql, int nargs, Oid *types);
 ConflictStrategy conflict_strategy_from_name(const char *name);
 
 struct RowVersion {
-    bool known = false;       /* commit time and origin could be read */
+    bool known = false;        /* commit time and origin could be read */
     bool current_xact = false; /* written by this very local transaction */
     TimestampTz ts = 0;
     char node[NAMEDATALEN] = {0}; /* "" when unknown */
@@ -83,7 +83,6 @@ bool tombstones_exist(Oid relid);
 /* Records (or renews) a tombstone written by the current transaction. */
 void write_tombstone(Oid relid, bytea *key);
 
-
 /*
  * text itself when it is within kafka_sync.max_logged_value_size, else a
  * small JSON object in its place that gives its size: {"kafka_sync.omitted_bytes": N}.
@@ -92,4 +91,3 @@ const char *bounded_json_image(const char *text);
 
 /* Deletes tombstones older than kafka_sync.tombstone_retention (now and then). */
 void prune_tombstones_if_due();
-

@@ -43,7 +43,6 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-
 }
 
 namespace kafka_sync {
@@ -66,9 +65,10 @@ void insert_dead_letter(const Subscription *sub, const ChunkRecord *r, const cha
     static SPIPlanPtr plan = nullptr;
     if (!plan) {
         Oid types[9] = {TEXTOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID, INT4OID};
-        plan = keep_plan("INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
-                         "headers, error, value_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)",
-                         9, types);
+        plan = keep_plan(
+            "INSERT INTO kafka_sync.dead_letters (sub_name, topic, kafka_partition, kafka_offset, key, value, "
+            "headers, error, value_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)",
+            9, types);
     }
     auto *headers = new_in_context<kafka_sync::DecodedHeaders>(CurrentMemoryContext);
     kafka_sync::ks_guard([&]() {

@@ -48,8 +48,8 @@ constexpr int kMaxBatch = 1000;
 constexpr int kMinBatch = 8; /* fewer rows go one statement each */
 
 struct QueuedInsert {
-    char **values;        /* by position in InsertBatch::attnums; NULL: SQL NULL */
-    RemoteChange remote;  /* with row_origin copied */
+    char **values;       /* by position in InsertBatch::attnums; NULL: SQL NULL */
+    RemoteChange remote; /* with row_origin copied */
     const char *schema, *table;
 };
 
@@ -165,21 +165,24 @@ void apply_flush_inserts(ApplyCounters *counters) {
         get_typlenbyvalalign(t->types[a], &typlen, &typbyval, &typalign);
         int dims[1] = {n};
         int lbs[1] = {1};
-        arrays[c] = PointerGetDatum(
-            construct_md_array(elems, nulls, 1, dims, lbs, t->types[a], typlen, typbyval, typalign));
+        arrays[c] =
+            PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, t->types[a], typlen, typbyval, typalign));
     }
     StringInfoData key;
     initStringInfo(&key);
     appendStringInfo(&key, "%u:B:", t->relid);
     append_plan_key(&key, cols);
     bool temporary;
-    SPIPlanPtr plan = cached_plan(key, ncols, [&](StringInfo sql) {
-        build_batch_insert(t, cols, NIL, sql);
-        Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * ncols));
-        for (int c = 0; c < ncols; c++)
-            types[c] = t->array_types[batch->attnums[c] - 1];
-        return types;
-    }, &temporary);
+    SPIPlanPtr plan = cached_plan(
+        key, ncols,
+        [&](StringInfo sql) {
+            build_batch_insert(t, cols, NIL, sql);
+            Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * ncols));
+            for (int c = 0; c < ncols; c++)
+                types[c] = t->array_types[batch->attnums[c] - 1];
+            return types;
+        },
+        &temporary);
     int rc = SPI_execute_plan(plan, arrays, nullptr, false, 0);
     restore_user(&owner);
     if (rc < 0)

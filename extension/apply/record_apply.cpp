@@ -44,7 +44,6 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-
 }
 
 namespace kafka_sync {
@@ -117,7 +116,8 @@ void apply_decoded(ApplyContext *ctx) {
     remote.sub_name = ctx->sub->name;
     remote.peer = ctx->sub->peer;
     remote.local_node = ctx->sub->local_node ? ctx->sub->local_node : "";
-    const char *node = !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
+    const char *node =
+        !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
     remote.row_origin = rec->op == 'r' && rec->row_origin ? rec->row_origin : node;
     ctx->row_origin = InvalidRepOriginId;
     if (rec->op == 'r' && strcmp(remote.row_origin, node) != 0) {

@@ -44,7 +44,6 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-
 }
 
 namespace kafka_sync {
@@ -70,15 +69,15 @@ static void check_record_time(const char *what, int64 ms) {
  * later genuine record would be skipped as applied before).
  */
 static void check_metadata(const ApplyContext *ctx, const kafka_sync::DecodedHeaders *headers,
-                    const kafka_sync::DecodedRecord *rec) {
+                           const kafka_sync::DecodedRecord *rec) {
     const char *peer = ctx->sub->peer;
     if ((!headers->origin.empty() && headers->origin != peer) || (rec->origin && strcmp(rec->origin, peer) != 0))
-        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-                        errmsg("a record of origin \"%s\" is on the topic of node %s",
-                               !headers->origin.empty() && headers->origin != peer ? headers->origin.c_str()
-                                                                                   : rec->origin,
-                               peer),
-                        errdetail("A node's topic carries only the changes made at that node.")));
+        ereport(
+            ERROR,
+            (errcode(ERRCODE_DATA_EXCEPTION),
+             errmsg("a record of origin \"%s\" is on the topic of node %s",
+                    !headers->origin.empty() && headers->origin != peer ? headers->origin.c_str() : rec->origin, peer),
+             errdetail("A node's topic carries only the changes made at that node.")));
     if (headers->has_commit_ts)
         check_record_time("commit time", headers->commit_ts_ms);
     if (rec->op == 'r' && rec->has_row_ts)
@@ -163,15 +162,15 @@ void decode_record(ApplyContext *ctx) {
         return;
     }
     if (r->value_len < 0) {
-        ctx->counters.skipped++; /* tombstone: only for topic compaction */
+        ctx->counters.skipped++;            /* tombstone: only for topic compaction */
         note_transaction_end(ctx, headers); /* the last record of a transaction ending in a delete */
         return;
     }
     if (ctx->sub->local_node && strcmp(headers->origin.c_str(), ctx->sub->local_node) == 0)
-        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-                        errmsg("the record originated at this node (%s) and is not applied again",
-                               ctx->sub->local_node),
-                        errdetail("A node's own changes must never come back to it.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_DATA_EXCEPTION),
+                 errmsg("the record originated at this node (%s) and is not applied again", ctx->sub->local_node),
+                 errdetail("A node's own changes must never come back to it.")));
 
     kafka_sync::RecordDecoder *decoder = ctx->decoder;
     kafka_sync::DecodedRecord *rec = ctx->decoded;
@@ -185,9 +184,9 @@ void decode_record(ApplyContext *ctx) {
                                         sub_name + "', skip_failed => true) passes over it.");
     });
     if (ctx->sub->local_node && rec->origin && strcmp(rec->origin, ctx->sub->local_node) == 0)
-        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-                        errmsg("the record originated at this node (%s) and is not applied again",
-                               ctx->sub->local_node)));
+        ereport(ERROR,
+                (errcode(ERRCODE_DATA_EXCEPTION),
+                 errmsg("the record originated at this node (%s) and is not applied again", ctx->sub->local_node)));
 
     check_metadata(ctx, headers, rec);
     ctx->current_op = rec->op;
@@ -235,15 +234,15 @@ void check_target_allowed(ApplyContext *ctx, Oid relid) {
             foreach (lc, ancestors)
                 allowed = allowed || in_publication(pub, lfirst_oid(lc));
             if (allowed && pub->alltables && OidIsValid(getExtensionOfObject(RelationRelationId, relid)))
-                ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                                errmsg("subscription %s may not write table %s, a table of extension %s", sub->name,
-                                       current_table(ctx),
-                                       get_extension_name(getExtensionOfObject(RelationRelationId, relid))),
-                                errdetail("Publication %s is FOR ALL TABLES; an extension's tables are written only "
-                                          "when the subscription names them.",
-                                          sub->publication),
-                                errhint("Name the tables: kafka_sync.alter_subscription('%s', tables => ...).",
-                                        sub->name)));
+                ereport(
+                    ERROR,
+                    (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                     errmsg("subscription %s may not write table %s, a table of extension %s", sub->name,
+                            current_table(ctx), get_extension_name(getExtensionOfObject(RelationRelationId, relid))),
+                     errdetail("Publication %s is FOR ALL TABLES; an extension's tables are written only "
+                               "when the subscription names them.",
+                               sub->publication),
+                     errhint("Name the tables: kafka_sync.alter_subscription('%s', tables => ...).", sub->name)));
         }
     }
     if (!allowed) {

@@ -287,7 +287,7 @@ class PlainReader {
         }
         if (p_ == end_)
             return nullptr;
-        p_++;     // the closing quote, which the terminator may overwrite
+        p_++; // the closing quote, which the terminator may overwrite
         *w = '\0';
         last_length_ = static_cast<size_t>(w - out);
         return any < 0x80 || valid_utf8(out, last_length_) ? out : nullptr;
@@ -313,8 +313,7 @@ class PlainReader {
     void skip_word(Kind k) { p_ += k == Kind::False ? 5 : 4; }
     // A member name spelled exactly name, quotes included (r before it):
     // no escape can spell a letter, so none other is that name.
-    template <size_t N>
-    bool at_name(const char (&name)[N]) {
+    template <size_t N> bool at_name(const char (&name)[N]) {
         ws();
         return word(name);
     }
@@ -325,9 +324,7 @@ class PlainReader {
         return p_;
     }
     const char *end() const { return end_; }
-    void skip_to(const char *p) {
-        p_ = polled_ = const_cast<char *>(p);
-    }
+    void skip_to(const char *p) { p_ = polled_ = const_cast<char *>(p); }
     // Counts what was read since the last call towards the interrupt check.
     void poll() {
         poller_.read(static_cast<size_t>(p_ - polled_));
@@ -335,8 +332,7 @@ class PlainReader {
     }
 
   private:
-    template <size_t N>
-    bool word(const char (&w)[N]) {
+    template <size_t N> bool word(const char (&w)[N]) {
         return static_cast<size_t>(end_ - p_) >= N - 1 && memcmp(p_, w, N - 1) == 0;
     }
     // The high bit set in each byte of the eight that is a quote, a
@@ -569,14 +565,11 @@ const char *pass_schema(const char *p, const char *end, InterruptPoller &poller,
 // A scalar value (r at it): its kind and its text (the string or integer
 // text; nullptr for null; "true"/"false"); false for anything else.
 // own(): a string to keep an integer's text in.
-template <typename O>
-bool read_scalar(PlainReader &r, O own, PlainReader::Kind &kind, const char *&text) {
+template <typename O> bool read_scalar(PlainReader &r, O own, PlainReader::Kind &kind, const char *&text) {
     kind = r.peek();
     text = nullptr;
     switch (kind) {
-    case PlainReader::Kind::String:
-        text = r.string();
-        return text != nullptr;
+    case PlainReader::Kind::String: text = r.string(); return text != nullptr;
     case PlainReader::Kind::Integer: {
         std::string &digits = own();
         if (!r.integer(digits))
@@ -589,11 +582,8 @@ bool read_scalar(PlainReader &r, O own, PlainReader::Kind &kind, const char *&te
         text = kind == PlainReader::Kind::True ? "true" : "false";
         r.skip_word(kind);
         return true;
-    case PlainReader::Kind::Null:
-        r.skip_word(kind);
-        return true;
-    default:
-        return false;
+    case PlainReader::Kind::Null: r.skip_word(kind); return true;
+    default: return false;
     }
 }
 
@@ -617,7 +607,9 @@ bool read_plain_object(PlainReader &r, std::vector<std::string_view> &keys, O ow
     return r.eat('}') && distinct_names(keys);
 }
 
-bool plain_identifier(const char *s) { return s && *s && strlen(s) <= kMaxIdentifier; }
+bool plain_identifier(const char *s) {
+    return s && *s && strlen(s) <= kMaxIdentifier;
+}
 
 } // namespace
 
@@ -712,23 +704,24 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 ok = plain_row(out.has_after, out.after);
             } else if (key == "source") {
                 has_source = true;
-                ok = read_plain_object(r, inner_keys_, own, [&](std::string_view k, PlainReader::Kind kind, const char *text) {
-                    const bool str = kind == PlainReader::Kind::String;
-                    if (k == "schema")
-                        out.schema = str ? text : nullptr;
-                    else if (k == "table")
-                        out.table = str ? text : nullptr;
-                    else if (k == "origin" && str)
-                        out.origin = text;
-                    else if (k == "name" && str)
-                        source_name = text;
-                    else if (k == "row_ts_ms" && kind == PlainReader::Kind::Integer) {
-                        out.has_row_ts = true;
-                        out.row_ts_ms = strtoll(text, nullptr, 10);
-                    } else if (k == "row_origin")
-                        out.row_origin = str && plain_identifier(text) ? text : nullptr;
-                    return true;
-                });
+                ok = read_plain_object(r, inner_keys_, own,
+                                       [&](std::string_view k, PlainReader::Kind kind, const char *text) {
+                                           const bool str = kind == PlainReader::Kind::String;
+                                           if (k == "schema")
+                                               out.schema = str ? text : nullptr;
+                                           else if (k == "table")
+                                               out.table = str ? text : nullptr;
+                                           else if (k == "origin" && str)
+                                               out.origin = text;
+                                           else if (k == "name" && str)
+                                               source_name = text;
+                                           else if (k == "row_ts_ms" && kind == PlainReader::Kind::Integer) {
+                                               out.has_row_ts = true;
+                                               out.row_ts_ms = strtoll(text, nullptr, 10);
+                                           } else if (k == "row_origin")
+                                               out.row_origin = str && plain_identifier(text) ? text : nullptr;
+                                           return true;
+                                       });
             } else if (key == "transaction" && r.peek() == PlainReader::Kind::Object) {
                 ok = read_plain_object(r, inner_keys_, own,
                                        [](std::string_view, PlainReader::Kind, const char *) { return true; });
@@ -916,10 +909,10 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
         size_t size;
         while (reader.next(name, value, size)) {
             if (all) {
-                const std::string key = valid_utf8(name.data(), name.size()) ? std::string(name)
-                                                                            : hex_of(name.data(), name.size());
-                const std::string text = !value || valid_utf8(value, size) ? std::string(value ? value : "", size)
-                                                                           : hex_of(value, size);
+                const std::string key =
+                    valid_utf8(name.data(), name.size()) ? std::string(name) : hex_of(name.data(), name.size());
+                const std::string text =
+                    !value || valid_utf8(value, size) ? std::string(value ? value : "", size) : hex_of(value, size);
                 json_object_set_new(all, key.c_str(), !value ? json_null() : json_stringn(text.data(), text.size()));
             }
             facts.note(name, value, size);

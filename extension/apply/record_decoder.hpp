@@ -106,8 +106,7 @@ class RecordDecoder {
     // previous record's strings.
     // plain_first false: jansson alone (the tests compare both readers).
     // Throws nothing but what the interrupt check throws.
-    bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error,
-                      bool plain_first = true);
+    bool decode_value(const char *data, size_t len, DecodedRecord &out, std::string &error, bool plain_first = true);
 
     // Called while a record decodes, about every 64 KB of it (never for a
     // small record), so that a long decode can be cancelled: the apply side
@@ -136,7 +135,7 @@ class RecordDecoder {
     size_t owned_used_ = 0;
     std::vector<std::string_view> keys_; // the member names of the record's object, then of an inner one
     std::vector<std::string_view> inner_keys_;
-    std::string text_;              // decode_plain's copy of the value, strings unescaped in place
+    std::string text_;                 // decode_plain's copy of the value, strings unescaped in place
     std::vector<std::string> schemas_; // Connect schemas that passed the plain reader's check, latest first
     std::vector<std::vector<std::string_view>> schema_names_; // member names per nesting level, while one is checked
     bool read_in_place_ = false;

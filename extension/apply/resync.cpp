@@ -64,11 +64,11 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
     bool isnull;
     const bool incomplete = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     if (incomplete) {
-        ereport(WARNING, (errmsg("kafka_sync subscription %s: rows of the snapshot of node %s were not applied (see "
-                                 "kafka_sync.dead_letters): rows the peer deleted are not deleted here",
-                                 sub_name, peer),
-                          errhint("Fix the cause, then run SELECT kafka_sync.resnapshot() on node %s once more.",
-                                  peer)));
+        ereport(WARNING,
+                (errmsg("kafka_sync subscription %s: rows of the snapshot of node %s were not applied (see "
+                        "kafka_sync.dead_letters): rows the peer deleted are not deleted here",
+                        sub_name, peer),
+                 errhint("Fix the cause, then run SELECT kafka_sync.resnapshot() on node %s once more.", peer)));
     }
     /*
      * The tables the peer's rows can be in: those the subscription may write
@@ -78,22 +78,29 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
      * there (records named the root), a partition on its own otherwise; a
      * tree whose keys were noted on the other level is left alone.
      */
-    rc = incomplete ? SPI_OK_SELECT : SPI_execute_with_args(
-        "WITH scope AS ("
-        "  SELECT k.relid FROM kafka_sync.resync_keys k WHERE k.sub_name = $1"
-        "  UNION SELECT unnest(s.tables::oid[]) FROM kafka_sync.subscription s WHERE s.sub_name = $1"
-        "  UNION SELECT g.relid FROM kafka_sync.subscription s, kafka_sync.node nd,"
-        "        pg_get_publication_tables(nd.publication) g WHERE s.sub_name = $1 AND s.tables IS NULL) "
-        "SELECT r.oid, format('%I.%I', n.nspname, r.relname), r.relkind = 'p', "
-        "       r.relkind = 'p' AND EXISTS (SELECT 1 FROM kafka_sync.resync_keys k, pg_partition_tree(r.oid) t"
-        "                                   WHERE k.sub_name = $1 AND k.relid = t.relid AND t.relid <> r.oid)"
-        "       OR r.relispartition AND EXISTS (SELECT 1 FROM kafka_sync.resync_keys k, pg_partition_ancestors(r.oid) a"
-        "                                   WHERE k.sub_name = $1 AND k.relid = a.relid AND a.relid <> r.oid) "
-        "  FROM scope JOIN pg_class r ON r.oid = scope.relid JOIN pg_namespace n ON n.oid = r.relnamespace "
-        " WHERE r.relkind IN ('r', 'p') "
-        "   AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = r.oid AND (i.indisprimary OR i.indisreplident)) "
-        " ORDER BY 2",
-        1, types, args, nullptr, false, 0);
+    rc =
+        incomplete
+            ? SPI_OK_SELECT
+            : SPI_execute_with_args(
+                  "WITH scope AS ("
+                  "  SELECT k.relid FROM kafka_sync.resync_keys k WHERE k.sub_name = $1"
+                  "  UNION SELECT unnest(s.tables::oid[]) FROM kafka_sync.subscription s WHERE s.sub_name = $1"
+                  "  UNION SELECT g.relid FROM kafka_sync.subscription s, kafka_sync.node nd,"
+                  "        pg_get_publication_tables(nd.publication) g WHERE s.sub_name = $1 AND s.tables IS NULL) "
+                  "SELECT r.oid, format('%I.%I', n.nspname, r.relname), r.relkind = 'p', "
+                  "       r.relkind = 'p' AND EXISTS (SELECT 1 FROM kafka_sync.resync_keys k, pg_partition_tree(r.oid) "
+                  "t"
+                  "                                   WHERE k.sub_name = $1 AND k.relid = t.relid AND t.relid <> r.oid)"
+                  "       OR r.relispartition AND EXISTS (SELECT 1 FROM kafka_sync.resync_keys k, "
+                  "pg_partition_ancestors(r.oid) a"
+                  "                                   WHERE k.sub_name = $1 AND k.relid = a.relid AND a.relid <> "
+                  "r.oid) "
+                  "  FROM scope JOIN pg_class r ON r.oid = scope.relid JOIN pg_namespace n ON n.oid = r.relnamespace "
+                  " WHERE r.relkind IN ('r', 'p') "
+                  "   AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = r.oid AND (i.indisprimary OR "
+                  "i.indisreplident)) "
+                  " ORDER BY 2",
+                  1, types, args, nullptr, false, 0);
     if (rc != SPI_OK_SELECT)
         elog(ERROR, "kafka_sync could not list the tables to resynchronise");
     const uint64 ntables = incomplete ? 0 : SPI_processed;
@@ -142,10 +149,11 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
         rows[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
         /* the delete, like every change of a peer, runs as the table's owner (its triggers with its rights) */
         resetStringInfo(&sql);
-        appendStringInfo(&sql,
-                         "DELETE FROM %s%s t WHERE (t.tableoid, t.ctid) IN (SELECT * FROM unnest($1::oid[], $2::tid[])) "
-                         "AND kafka_sync._last_written_by(t.xmin, $3)",
-                         only, names[i]);
+        appendStringInfo(
+            &sql,
+            "DELETE FROM %s%s t WHERE (t.tableoid, t.ctid) IN (SELECT * FROM unnest($1::oid[], $2::tid[])) "
+            "AND kafka_sync._last_written_by(t.xmin, $3)",
+            only, names[i]);
         Oid del_types[3] = {OIDARRAYOID, TIDARRAYOID, TEXTOID};
         OwnerContext owner;
         switch_to_owner(table_owner(relids[i]), names[i], &owner);
@@ -162,8 +170,8 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
         deleted += SPI_processed;
     }
 
-    rc = SPI_execute_with_args("DELETE FROM kafka_sync.resync_keys WHERE sub_name = $1", 1, types, args, nullptr,
-                               false, 0);
+    rc = SPI_execute_with_args("DELETE FROM kafka_sync.resync_keys WHERE sub_name = $1", 1, types, args, nullptr, false,
+                               0);
     if (rc != SPI_OK_DELETE)
         elog(ERROR, "kafka_sync could not clear kafka_sync.resync_keys");
     rc = SPI_execute_with_args("UPDATE kafka_sync.subscription SET resync_lsn = NULL, resync_from = NULL, "
@@ -172,9 +180,10 @@ uint64 resync_finish(const char *sub_name, const char *peer, XLogRecPtr snapshot
                                1, types, args, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE)
         elog(ERROR, "kafka_sync could not record the end of a resynchronisation");
-    ereport(LOG, (errmsg("kafka_sync subscription %s: resynchronised from the snapshot of node %s at %X/%X; "
-                         UINT64_FORMAT " rows the peer no longer has were deleted",
-                         sub_name, peer, (uint32)(snapshot_lsn >> 32), (uint32)snapshot_lsn, deleted)));
+    ereport(LOG,
+            (errmsg("kafka_sync subscription %s: resynchronised from the snapshot of node %s at %X/%X; " UINT64_FORMAT
+                    " rows the peer no longer has were deleted",
+                    sub_name, peer, (uint32)(snapshot_lsn >> 32), (uint32)snapshot_lsn, deleted)));
     return deleted;
 }
 

@@ -233,11 +233,9 @@ bool find_by_key(RowWriter *w) {
                                                GetCurrentCommandId(false), LockTupleExclusive, LockWaitBlock, 0, &tmfd);
         PopActiveSnapshot();
         switch (res) {
-        case TM_Ok:
-            return true;
+        case TM_Ok: return true;
         case TM_Updated:
-        case TM_Deleted:
-            continue; /* changed by a transaction that committed meanwhile: look again */
+        case TM_Deleted: continue; /* changed by a transaction that committed meanwhile: look again */
         case TM_Invisible:
             elog(ERROR, "kafka_sync: attempted to lock an invisible row of table \"%s\"",
                  RelationGetRelationName(w->rel));

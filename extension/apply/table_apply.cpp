@@ -128,7 +128,6 @@ void delete_row(const Change &ch, List *key) {
         run(ch.t, 'd', NIL, key, build_delete);
 }
 
-
 /*
  * A snapshot row whose version this node already has: the same time (to the
  * millisecond) from the row's last writer, or from the peer that applied it.
@@ -259,7 +258,9 @@ LocalRow lookup_inserted_meanwhile(const Change &ch, List *key) {
 }
 
 /* The row of key, which the last lookup() found, takes row's values. */
-void overwrite_row(const Change &ch, List *row, List *key) { update_row(ch, non_key(ch.t, row), key); }
+void overwrite_row(const Change &ch, List *row, List *key) {
+    update_row(ch, non_key(ch.t, row), key);
+}
 
 /* A key with no row here: was it deleted here, and does the change beat that? */
 bool may_create(const Change &ch, List *key, kafka_sync::ChangeOp op, List *row) {
@@ -319,8 +320,8 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
         bool found;
         RowVersion tomb = find_tombstone(t->relid, key_bytes(t, where), ch.remote->local_node, &found);
         if (!decided(ch, kafka_sync::ChangeOp::Update,
-                     found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing, found ? &tomb : nullptr,
-                     where, after) ||
+                     found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing,
+                     found ? &tomb : nullptr, where, after) ||
             insert_row(ch, after))
             return;
         /* now an update of an existing row, resolved like one */
@@ -349,8 +350,9 @@ void apply_delete(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     bytea *kb = key_bytes(t, key);
     bool found;
     RowVersion tomb = find_tombstone(t->relid, kb, ch.remote->local_node, &found);
-    decided(ch, kafka_sync::ChangeOp::Delete, found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing,
-            found ? &tomb : nullptr, key, NIL);
+    decided(ch, kafka_sync::ChangeOp::Delete,
+            found ? kafka_sync::LocalState::Tombstone : kafka_sync::LocalState::Nothing, found ? &tomb : nullptr, key,
+            NIL);
     if (!found || compare_versions(ch.remote->version, tomb) > 0) {
         write_tombstone(t->relid, kb);
         t->has_tombstones = true;
@@ -395,9 +397,9 @@ Oid apply_target_relid(const char *schema, const char *table) {
     if (strcmp(schema, "kafka_sync") == 0 || strcmp(schema, "pg_catalog") == 0 ||
         strcmp(schema, "information_schema") == 0 || strncmp(schema, "pg_toast", 8) == 0 ||
         strncmp(schema, "pg_temp", 7) == 0)
-        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                        errmsg("a record may not change table %s.%s", schema, table),
-                        errdetail("System schemas and kafka_sync's own schema are never targets of sync.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("a record may not change table %s.%s", schema, table),
+                 errdetail("System schemas and kafka_sync's own schema are never targets of sync.")));
     /* the table of the previous record, within one call (its transaction holds a lock on it) */
     kafka_sync::ApplyCall &call = kafka_sync::apply_call();
     if (OidIsValid(call.last_relid) && strcmp(schema, call.last_schema) == 0 && strcmp(table, call.last_table) == 0)
@@ -410,8 +412,7 @@ Oid apply_target_relid(const char *schema, const char *table) {
                         errhint("Create the table, with the same columns as on the peer, on every node.")));
     char kind = get_rel_relkind(relid);
     if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-                        errmsg("\"%s\".\"%s\" is not a table", schema, table)));
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("\"%s\".\"%s\" is not a table", schema, table)));
     if (strlen(schema) < NAMEDATALEN && strlen(table) < NAMEDATALEN) {
         strlcpy(call.last_schema, schema, sizeof(call.last_schema));
         strlcpy(call.last_table, table, sizeof(call.last_table));
@@ -433,9 +434,7 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
         row_writer_begin_change(ch.w);
     switch (rec->op) {
     case 'c':
-    case 'r':
-        apply_insert(ch, rec);
-        break;
+    case 'r': apply_insert(ch, rec); break;
     case 'u':
         require_key(t, "an UPDATE");
         apply_update(ch, rec);
@@ -444,8 +443,7 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
         require_key(t, "a DELETE");
         apply_delete(ch, rec);
         break;
-    default:
-        elog(ERROR, "kafka_sync: unexpected operation '%c'", rec->op);
+    default: elog(ERROR, "kafka_sync: unexpected operation '%c'", rec->op);
     }
     if (ch.w) {
         row_writer_end_change(ch.w);

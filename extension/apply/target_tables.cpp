@@ -38,7 +38,6 @@ MemoryContext apply_cache_context = nullptr;
 HTAB *targets = nullptr;
 HTAB *plans = nullptr;
 
-
 void forget_plans_of(Oid relid) {
     if (!plans)
         return;
@@ -83,8 +82,7 @@ void ensure_caches() {
     CacheRegisterRelcacheCallback(invalidate_target, (Datum)0);
 }
 
-template <typename P>
-void free_and_clear(P *&p) {
+template <typename P> void free_and_clear(P *&p) {
     if (p)
         pfree(p);
     p = nullptr;
@@ -119,8 +117,8 @@ void build_target(TargetInfo *t) {
     TupleDesc desc = RelationGetDescr(rel);
     /* Same order as the source (relation_info.cpp): the columns a record's "before" carries. */
     Bitmapset *keys = kafka_sync::identity_key_columns(rel);
-    char *qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-                                                 RelationGetRelationName(rel));
+    char *qualified =
+        quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)), RelationGetRelationName(rel));
     MemoryContext old = MemoryContextSwitchTo(apply_cache_context);
     t->qualified_name = pstrdup(qualified);
     t->natts = desc->natts;
@@ -288,8 +286,8 @@ List *key_params(TargetInfo *t, List *row, bool required) {
             if (!required)
                 return NIL;
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("the record lacks key column %s of table %s",
-                                   t->quoted_names[t->key_attnums[i] - 1], t->qualified_name)));
+                            errmsg("the record lacks key column %s of table %s", t->quoted_names[t->key_attnums[i] - 1],
+                                   t->qualified_name)));
         }
         /* a key is never null: a record that says so is refused, whatever looks the key up */
         if (!found->value)
@@ -307,7 +305,6 @@ void append_plan_key(StringInfo key, List *params) {
         appendStringInfo(key, "%d,", static_cast<ColumnParam *>(lfirst(lc))->attnum);
     appendStringInfoChar(key, ';');
 }
-
 
 /*
  * Runs sql (built only when not cached) with params = set ++ where, typed as
@@ -327,16 +324,19 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
     OwnerContext owner;
     switch_to_owner(t->owner, t->qualified_name, &owner);
     bool temporary;
-    SPIPlanPtr plan = cached_plan(key, nparams, [&](StringInfo sql) {
-        build(t, set, where, sql);
-        Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * Max(nparams, 1)));
-        ListCell *lc;
-        foreach (lc, all) {
-            const AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
-            types[foreach_current_index(lc)] = attnum == kWriterParam ? TEXTOID : t->types[attnum - 1];
-        }
-        return types;
-    }, &temporary);
+    SPIPlanPtr plan = cached_plan(
+        key, nparams,
+        [&](StringInfo sql) {
+            build(t, set, where, sql);
+            Oid *types = static_cast<Oid *>(palloc(sizeof(Oid) * Max(nparams, 1)));
+            ListCell *lc;
+            foreach (lc, all) {
+                const AttrNumber attnum = static_cast<ColumnParam *>(lfirst(lc))->attnum;
+                types[foreach_current_index(lc)] = attnum == kWriterParam ? TEXTOID : t->types[attnum - 1];
+            }
+            return types;
+        },
+        &temporary);
 
     Datum *values = static_cast<Datum *>(palloc(sizeof(Datum) * Max(nparams, 1)));
     char *nulls = static_cast<char *>(palloc(Max(nparams, 1)));
@@ -358,7 +358,8 @@ uint64 run(TargetInfo *t, char op, List *set, List *where, void (*build)(TargetI
     return processed;
 }
 
-void append_column_list(TargetInfo *t, List *params, StringInfo sql, const char *sep, const char *fmt, int first_param) {
+void append_column_list(TargetInfo *t, List *params, StringInfo sql, const char *sep, const char *fmt,
+                        int first_param) {
     int n = first_param;
     ListCell *lc;
     foreach (lc, params) {

@@ -28,17 +28,17 @@ struct TargetInfo {
     bool valid;
     char *qualified_name; /* quoted schema.table */
     int natts;
-    char **quoted_names;   /* by attnum - 1; NULL for dropped/generated */
-    char **names;          /* by attnum - 1, as in the catalog; NULL for dropped */
+    char **quoted_names; /* by attnum - 1; NULL for dropped/generated */
+    char **names;        /* by attnum - 1, as in the catalog; NULL for dropped */
     Oid *types;
     FmgrInfo *in_funcs;
     Oid *ioparams;
     int32 *typmods;
-    Oid *array_types; /* for batched inserts; InvalidOid: the type has none */
+    Oid *array_types;  /* for batched inserts; InvalidOid: the type has none */
     bool *owner_input; /* the column's input runs code a role wrote (a domain, a type not built in): as the owner */
     int nkeys;
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
-    bool has_tombstones; /* once seen, until the entry is rebuilt; else looked at once per call */
+    bool has_tombstones;     /* once seen, until the entry is rebuilt; else looked at once per call */
     /* written through the executor (row_writer.hpp), as checked for this role; else through SPI */
     bool direct;
     Oid direct_checked_for;

@@ -13,8 +13,9 @@ void raise_guarded_error(ErrorData *pg_error, const GuardedError &error) {
         ReThrowError(pg_error);
     if (error.internal)
         ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("kafka_sync: %s", error.message)));
-    ereport(ERROR, (errcode(error.sqlstate), errmsg("%s", error.message),
-                    error.detail[0] ? errdetail("%s", error.detail) : 0, error.hint[0] ? errhint("%s", error.hint) : 0));
+    ereport(ERROR,
+            (errcode(error.sqlstate), errmsg("%s", error.message), error.detail[0] ? errdetail("%s", error.detail) : 0,
+             error.hint[0] ? errhint("%s", error.hint) : 0));
     pg_unreachable();
 }
 

@@ -38,7 +38,9 @@ namespace kafka_sync {
 class PgError : public std::exception {
   public:
     explicit PgError(ErrorData *edata) : edata_(edata) {}
-    const char *what() const noexcept override { return edata_ && edata_->message ? edata_->message : "PostgreSQL error"; }
+    const char *what() const noexcept override {
+        return edata_ && edata_->message ? edata_->message : "PostgreSQL error";
+    }
     ErrorData *edata() const { return edata_; }
 
   private:
@@ -91,8 +93,7 @@ struct GuardedError {
 // style: no C++ object with a destructor may live in its frames.
 ErrorData *run_in_subtransaction(void (*fn)(void *), void *arg);
 
-template <typename F>
-auto pg_call(F &&f) -> decltype(f()) {
+template <typename F> auto pg_call(F &&f) -> decltype(f()) {
     using R = decltype(f());
     sigjmp_buf *volatile saved_stack = PG_exception_stack;
     ErrorContextCallback *volatile saved_context = error_context_stack;
@@ -146,8 +147,7 @@ auto pg_call(F &&f) -> decltype(f()) {
 
 // Run f (which may throw) from a frame that PostgreSQL called. Returns f's
 // value; on an exception, raises ERROR once all of f's objects are destroyed.
-template <typename F>
-auto ks_guard(F &&f) -> decltype(f()) {
+template <typename F> auto ks_guard(F &&f) -> decltype(f()) {
     ErrorData *pg_error = nullptr;
     GuardedError error;
     try {

@@ -19,9 +19,9 @@ extern "C" {
 
 #undef PG_FUNCTION_INFO_V1
 /* PostgreSQL 16's definition: the function is PGDLLEXPORT too. */
-#define PG_FUNCTION_INFO_V1(funcname)                                                                                 \
+#define PG_FUNCTION_INFO_V1(funcname)                                                                                  \
     extern PGDLLEXPORT Datum funcname(PG_FUNCTION_ARGS);                                                               \
-    extern PGDLLEXPORT const Pg_finfo_record *CppConcat(pg_finfo_, funcname)(void);                                   \
+    extern PGDLLEXPORT const Pg_finfo_record *CppConcat(pg_finfo_, funcname)(void);                                    \
     const Pg_finfo_record *CppConcat(pg_finfo_, funcname)(void) {                                                      \
         static const Pg_finfo_record my_finfo = {1};                                                                   \
         return &my_finfo;                                                                                              \

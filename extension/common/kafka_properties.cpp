@@ -9,11 +9,11 @@ namespace {
 
 // What each one does, from librdkafka's CONFIGURATION.md (2.0).
 const char *const kRisky[] = {
-    "plugin.library.paths",    // dlopen()s libraries, already when the property is set
-    "ssl.engine.location",     // loads an OpenSSL engine
-    "ssl.engine.id",           // selects (and initialises) an OpenSSL engine
-    "ssl.providers",           // loads OpenSSL 3 providers
-    "sasl.kerberos.kinit.cmd", // a shell command, run periodically
+    "plugin.library.paths",        // dlopen()s libraries, already when the property is set
+    "ssl.engine.location",         // loads an OpenSSL engine
+    "ssl.engine.id",               // selects (and initialises) an OpenSSL engine
+    "ssl.providers",               // loads OpenSSL 3 providers
+    "sasl.kerberos.kinit.cmd",     // a shell command, run periodically
     "internal.termination.signal", // replaces the handling of a signal in the whole process
 };
 
@@ -39,15 +39,16 @@ bool listed(const std::string &key, const std::string &list) {
 
 const char *const kNoKinitProperty = "sasl.kerberos.min.time.before.relogin";
 
-bool kinit_allowed(const std::string &allowed) { return listed("sasl.kerberos.kinit.cmd", allowed); }
+bool kinit_allowed(const std::string &allowed) {
+    return listed("sasl.kerberos.kinit.cmd", allowed);
+}
 
 const char *risky_kafka_properties() {
     return "plugin.library.paths, ssl.engine.location, ssl.engine.id, ssl.providers, sasl.kerberos.kinit.cmd, "
            "internal.termination.signal";
 }
 
-bool kafka_property_refused(const std::string &key, const std::string &allowed, std::string &error,
-                            std::string &hint) {
+bool kafka_property_refused(const std::string &key, const std::string &allowed, std::string &error, std::string &hint) {
     bool risky = false;
     for (const char *r : kRisky)
         if (key == r)

@@ -15,8 +15,7 @@ const char *risky_kafka_properties();
 // True when key is risky and not named in allowed (a comma-separated list of
 // property names, as kafka_sync.allowed_kafka_properties holds it); error and
 // hint then say why and what to do.
-bool kafka_property_refused(const std::string &key, const std::string &allowed, std::string &error,
-                            std::string &hint);
+bool kafka_property_refused(const std::string &key, const std::string &allowed, std::string &error, std::string &hint);
 
 // librdkafka runs its default kinit command, into which it pastes
 // sasl.kerberos.principal and sasl.kerberos.keytab, through the shell. Unless

@@ -30,23 +30,21 @@ void define_settings() {
                                "handling); empty: none.",
                                &allowed_kafka_properties, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 
-    DefineCustomIntVariable("kafka_sync.apply_lock_timeout",
-                            "How long an apply waits for the database's apply lock (0: for ever).",
-                            "Another subscription's apply session holds it for the length of one local transaction; "
-                            "past this the apply fails with lock_not_available and the sidecar tries again.",
-                            &apply_lock_timeout_ms, 300000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr,
-                            nullptr);
+    DefineCustomIntVariable(
+        "kafka_sync.apply_lock_timeout", "How long an apply waits for the database's apply lock (0: for ever).",
+        "Another subscription's apply session holds it for the length of one local transaction; "
+        "past this the apply fails with lock_not_available and the sidecar tries again.",
+        &apply_lock_timeout_ms, 300000, 0, INT_MAX, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.dead_letter_max_rows",
                             "Number of the newest rows kept in kafka_sync.dead_letters (0: no limit).",
                             "Older dead letters are deleted as new ones are stored; each record is still in Kafka "
                             "at its offset while the topic keeps it.",
                             &apply_dead_letter_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.max_clock_skew",
-                            "How far in the future a peer's record time may lie.",
+    DefineCustomIntVariable("kafka_sync.max_clock_skew", "How far in the future a peer's record time may lie.",
                             "A record whose commit time is later than now plus this is refused (a dead letter, or "
                             "the subscription pauses): it would win every conflict.",
-                            &apply_max_clock_skew_s, 300, 0, 30 * 24 * 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr,
-                            nullptr, nullptr);
+                            &apply_max_clock_skew_s, 300, 0, 30 * 24 * 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr,
+                            nullptr);
     DefineCustomIntVariable("kafka_sync.max_lsn_jump",
                             "How far past what a subscription applied a peer's next record LSN may lie (0: no limit).",
                             "A record beyond it is refused: applied, it would make every later record of the peer "
@@ -75,22 +73,22 @@ void define_settings() {
                             "Then it rolls the part back, reads ahead without applying until the transaction's last "
                             "record is in Kafka, and applies it whole: a peer's transaction that never ends cannot "
                             "hold locks (and the database's apply lock) for longer.",
-                            &apply_partial_transaction_hold_ms, 5 * 60 * 1000, 1000, INT_MAX, PGC_SIGHUP,
-                            GUC_UNIT_MS, nullptr, nullptr, nullptr);
+                            &apply_partial_transaction_hold_ms, 5 * 60 * 1000, 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
                             "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",
                             "Older rows are deleted as new conflicts are logged, so the log cannot fill the disk.",
                             &conflict_log_max_rows, 100000, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("kafka_sync.tombstone_retention",
-                            "How long the version of a deleted key is remembered.",
+    DefineCustomIntVariable("kafka_sync.tombstone_retention", "How long the version of a deleted key is remembered.",
                             "Must exceed the longest time a change can take to reach every node (pauses and "
                             "outages included); an older change of a key deleted longer ago can bring it back.",
-                            &tombstone_retention_s, 7 * 24 * 3600, 60, INT_MAX, PGC_SUSET, GUC_UNIT_S, nullptr,
-                            nullptr, nullptr);
+                            &tombstone_retention_s, 7 * 24 * 3600, 60, INT_MAX, PGC_SUSET, GUC_UNIT_S, nullptr, nullptr,
+                            nullptr);
 }
 
 void define_server_settings() {
-    DefineCustomIntVariable("kafka_sync.max_nodes", "Maximum number of databases of this server that are kafka_sync nodes.",
+    DefineCustomIntVariable("kafka_sync.max_nodes",
+                            "Maximum number of databases of this server that are kafka_sync nodes.",
                             "Each node has one producer worker; max_worker_processes must leave room for them.",
                             &kafka_sync_max_nodes, 8, 1, 1024, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.launcher_naptime", "Seconds between the launcher's checks for nodes to start.",
@@ -98,8 +96,8 @@ void define_server_settings() {
                             nullptr);
     DefineCustomIntVariable("kafka_sync.retained_wal_warning",
                             "WAL a node's slot may retain before a WARNING and node_status state retaining_wal.",
-                            "Nothing is dropped beyond it; 0 turns the warning off.", &retained_wal_warning_mb,
-                            10240, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
+                            "Nothing is dropped beyond it; 0 turns the warning off.", &retained_wal_warning_mb, 10240,
+                            0, INT_MAX, PGC_SIGHUP, GUC_UNIT_MB, nullptr, nullptr, nullptr);
 }
 
 } // namespace kafka_sync

@@ -14,7 +14,9 @@ int kafka_sync_max_nodes = 8;
 
 namespace {
 
-Size shared_size() { return add_size(offsetof(KafkaSyncShared, slots), mul_size(sizeof(NodeSlot), kafka_sync_max_nodes)); }
+Size shared_size() {
+    return add_size(offsetof(KafkaSyncShared, slots), mul_size(sizeof(NodeSlot), kafka_sync_max_nodes));
+}
 
 } // namespace
 

@@ -12,8 +12,14 @@ extern "C" {
 
 constexpr int64 kPostgresEpochUnixMs = (int64)(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 
-inline int64 timestamptz_to_unix_ms(TimestampTz ts) { return ts / 1000 + kPostgresEpochUnixMs; }
+inline int64 timestamptz_to_unix_ms(TimestampTz ts) {
+    return ts / 1000 + kPostgresEpochUnixMs;
+}
 
-inline TimestampTz unix_ms_to_timestamptz(int64 ms) { return (ms - kPostgresEpochUnixMs) * 1000; }
+inline TimestampTz unix_ms_to_timestamptz(int64 ms) {
+    return (ms - kPostgresEpochUnixMs) * 1000;
+}
 
-inline int64 unix_ms_now() { return timestamptz_to_unix_ms(GetCurrentTimestamp()); }
+inline int64 unix_ms_now() {
+    return timestamptz_to_unix_ms(GetCurrentTimestamp());
+}

@@ -107,10 +107,10 @@ void parse_options(PluginState *state, List *options, bool is_init) {
             else if (strcmp(framing, "kafka") == 0)
                 state->kafka_framing = true;
             else
-                ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                                errmsg("invalid value \"%s\" for option \"framing\" of output plugin kafka_sync",
-                                       framing),
-                                errhint("Use \"json\" (the default).")));
+                ereport(ERROR,
+                        (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                         errmsg("invalid value \"%s\" for option \"framing\" of output plugin kafka_sync", framing),
+                         errhint("Use \"json\" (the default).")));
         } else
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                             errmsg("unrecognized option \"%s\" for output plugin kafka_sync", name),
@@ -127,7 +127,9 @@ void parse_options(PluginState *state, List *options, bool is_init) {
                                 "'node_name', 'chat1').")));
 }
 
-PluginState *state_of(LogicalDecodingContext *ctx) { return static_cast<PluginState *>(ctx->output_plugin_private); }
+PluginState *state_of(LogicalDecodingContext *ctx) {
+    return static_cast<PluginState *>(ctx->output_plugin_private);
+}
 
 void write_frame(LogicalDecodingContext *ctx, bool last, kafka_sync::FrameKind kind, const void *body, size_t len) {
     OutputPluginPrepareWrite(ctx, last);
@@ -244,8 +246,7 @@ void kafka_sync_change(LogicalDecodingContext *ctx, ReorderBufferTXN *, Relation
             oldtuple = change->data.tp.oldtuple ? &change->data.tp.oldtuple->tuple : nullptr;
         }
         break;
-    default:
-        break;
+    default: break;
     }
     /* An insert or update always carries its new tuple; be defensive anyway. */
     if (op != 0 && (op == 'd' || newtuple != nullptr)) {

@@ -74,7 +74,9 @@ void invalidate_relation(Datum, Oid relid) {
 }
 
 /* Publication membership can change without a relcache event on the table. */
-void invalidate_all(Datum arg, int, uint32) { invalidate_relation(arg, InvalidOid); }
+void invalidate_all(Datum arg, int, uint32) {
+    invalidate_relation(arg, InvalidOid);
+}
 
 /* Runs when the cache's memory context goes, by destroy or by an ERROR. */
 void cache_freed(void *arg) {
@@ -157,8 +159,8 @@ struct ColumnSpec {
     bool is_key;
 };
 
-kafka_sync::TableEncoder *make_encoder(const RelationInfoCache *cache, const char *schema, const char *table, const ColumnSpec *cols, int ncols,
-                                       bool has_key) {
+kafka_sync::TableEncoder *make_encoder(const RelationInfoCache *cache, const char *schema, const char *table,
+                                       const ColumnSpec *cols, int ncols, bool has_key) {
     return kafka_sync::ks_guard([&]() {
         kafka_sync::TableDesc desc;
         desc.node = cache->settings.node_name;

@@ -29,10 +29,10 @@ struct RelationInfo {
     bool pub_update;
     bool pub_delete;
     bool pub_truncate;
-    int ncolumns;          /* published columns */
-    AttrNumber *attnums;   /* their attribute numbers, in order */
-    bool *is_key;          /* part of the record key */
-    FmgrInfo *out_funcs;   /* type output functions */
+    int ncolumns;        /* published columns */
+    AttrNumber *attnums; /* their attribute numbers, in order */
+    bool *is_key;        /* part of the record key */
+    FmgrInfo *out_funcs; /* type output functions */
     bool has_key;
     kafka_sync::TableEncoder *encoder; /* C++-owned; deleted on rebuild */
     /* per-transaction counter for transaction.data_collection_order */

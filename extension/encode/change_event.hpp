@@ -22,7 +22,7 @@ struct ColumnDesc {
 };
 
 struct TableDesc {
-    std::string node;   // node name: first part of the Debezium schema names
+    std::string node; // node name: first part of the Debezium schema names
     std::string db;
     std::string schema;
     std::string table;
@@ -61,7 +61,7 @@ enum class Op : char {
 struct SourceMeta {
     int64_t commit_ts_ms = 0; // source commit time, ms since the Unix epoch
     uint32_t xid = 0;
-    uint64_t lsn = 0;         // commit (end) LSN of the source transaction
+    uint64_t lsn = 0;               // commit (end) LSN of the source transaction
     const char *snapshot = "false"; // "true", "last" or "false", as Debezium
     // The version of the row itself, on snapshot records: a receiver that
     // resolves conflicts by last update needs when and where the row last
@@ -75,15 +75,15 @@ struct ChangeEvent {
     Op op = Op::Create;
     const RowImage *before = nullptr; // null -> JSON null
     const RowImage *after = nullptr;
-    const RowImage *key = nullptr;    // identity values; null -> no key
+    const RowImage *key = nullptr; // identity values; null -> no key
     SourceMeta source;
-    int64_t event_ts_ms = 0;  // when the record was made (payload.ts_ms)
-    uint64_t total_order = 0; // 1-based position in the source transaction
+    int64_t event_ts_ms = 0;            // when the record was made (payload.ts_ms)
+    uint64_t total_order = 0;           // 1-based position in the source transaction
     uint64_t data_collection_order = 0; // same, counted per table
 };
 
 struct EncodeOptions {
-    bool include_schema = true;     // Kafka Connect "schema" + "payload" wrapper
+    bool include_schema = true; // Kafka Connect "schema" + "payload" wrapper
     bool include_xids = true;
     bool include_lsn = true;
     bool include_timestamps = true;

@@ -12,6 +12,8 @@
 
 namespace kafka_sync {
 
-inline json_t *json_object_new() { return json_pack("{}"); }
+inline json_t *json_object_new() {
+    return json_pack("{}");
+}
 
 } // namespace kafka_sync

@@ -122,17 +122,22 @@ std::string dump(json_t *j) {
     return out;
 }
 
-template <typename Int>
-void append_decimal(std::string &out, Int v) {
+template <typename Int> void append_decimal(std::string &out, Int v) {
     char buf[24];
     out.append(buf, static_cast<size_t>(std::to_chars(buf, buf + sizeof(buf), v).ptr - buf));
 }
 
-void append_int(std::string &out, int64_t v) { append_decimal(out, v); }
+void append_int(std::string &out, int64_t v) {
+    append_decimal(out, v);
+}
 
-void append_uint(std::string &out, uint64_t v) { append_decimal(out, v); }
+void append_uint(std::string &out, uint64_t v) {
+    append_decimal(out, v);
+}
 
-void append_cstr(std::string &out, const std::string &s) { append_json_string(out, s.data(), s.size()); }
+void append_cstr(std::string &out, const std::string &s) {
+    append_json_string(out, s.data(), s.size());
+}
 
 } // namespace
 

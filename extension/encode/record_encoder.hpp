@@ -38,7 +38,7 @@ class TableEncoder {
     std::vector<std::string> quoted_names_; // "\"name\":" per column
     std::string key_schema_;                // serialised Connect schema
     std::string value_schema_;
-    std::string source_static_;             // constant head of "source"
+    std::string source_static_; // constant head of "source"
 };
 
 // Append s as a JSON string literal (with quotes), escaping as RFC 8259 asks.

@@ -37,6 +37,8 @@ void wake_worker_at_commit(XactEvent event, void *) {
 
 } // namespace
 
-void commit_wake_install() { RegisterXactCallback(wake_worker_at_commit, nullptr); }
+void commit_wake_install() {
+    RegisterXactCallback(wake_worker_at_commit, nullptr);
+}
 
 } // namespace kafka_sync

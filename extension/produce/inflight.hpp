@@ -46,7 +46,7 @@ class InflightTransactions {
     };
     Txn *find(Seq seq);
 
-    std::deque<Txn> txns_;  // txns_[i] has sequence first_seq_ + i
+    std::deque<Txn> txns_; // txns_[i] has sequence first_seq_ + i
     Seq first_seq_ = 1;
     uint64_t last_lsn_ = 0;
     uint64_t unacked_ = 0;

@@ -15,8 +15,14 @@ namespace kafka_sync {
 namespace {
 
 // Set by kafka_sync itself: changing them would break the delivery promise.
-const char *const kFixedProperties[] = {"acks", "request.required.acks", "enable.idempotence", "bootstrap.servers",
-                                        "metadata.broker.list", "dr_cb", "dr_msg_cb", "log.queue"};
+const char *const kFixedProperties[] = {"acks",
+                                        "request.required.acks",
+                                        "enable.idempotence",
+                                        "bootstrap.servers",
+                                        "metadata.broker.list",
+                                        "dr_cb",
+                                        "dr_msg_cb",
+                                        "log.queue"};
 
 bool parse_bool(const std::string &v, bool &out) {
     if (v == "true" || v == "on" || v == "1") {
@@ -65,8 +71,8 @@ bool own_setting(const std::string &key, const std::string &value, NodeKafkaSett
     if (!ok) {
         error = "invalid value \"" + value + "\" for \"" + key + "\"";
         hint = name == "schemas" || name == "tombstones" ? "Use true or false."
-               : key == kSecretsFileSetting    ? "Name the file by its absolute path."
-                                               : "Use a positive integer (-1 for the broker default replication factor).";
+               : key == kSecretsFileSetting              ? "Name the file by its absolute path."
+                                            : "Use a positive integer (-1 for the broker default replication factor).";
     }
     return ok;
 }
@@ -93,9 +99,8 @@ namespace {
 
 // One librdkafka property of kafka_config or of the secrets file (where;
 // every value of that file is a secret, never echoed).
-bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value,
-                            const char *where, bool secret_value, const std::string &allowed, std::string &error,
-                            std::string &hint) {
+bool check_rdkafka_property(rd_kafka_conf_t *conf, const std::string &key, const std::string &value, const char *where,
+                            bool secret_value, const std::string &allowed, std::string &error, std::string &hint) {
     /* before librdkafka sees it: setting plugin.library.paths loads the plugin */
     if (kafka_property_refused(key, allowed, error, hint)) {
         error += std::string(" (in ") + where + ")";

@@ -15,15 +15,14 @@ namespace kafka_sync {
 using ConfigPairs = std::vector<std::pair<std::string, std::string>>;
 
 struct NodeKafkaSettings {
-    ConfigPairs rdkafka;            // passed to librdkafka as is
-    bool schemas = true;            // Kafka Connect schema in every record
-    bool tombstones = false;        // a null-value record after each delete
-    int topic_partitions = 1;       // when kafka_sync creates the topic
-    int topic_replication_factor = -1; // -1: the broker's default
-    std::string secrets_file;       // kafka_sync.secrets_file; its properties are in rdkafka
+    ConfigPairs rdkafka;                    // passed to librdkafka as is
+    bool schemas = true;                    // Kafka Connect schema in every record
+    bool tombstones = false;                // a null-value record after each delete
+    int topic_partitions = 1;               // when kafka_sync creates the topic
+    int topic_replication_factor = -1;      // -1: the broker's default
+    std::string secrets_file;               // kafka_sync.secrets_file; its properties are in rdkafka
     std::vector<std::string> secret_values; // to mask in librdkafka's messages: the file's and secret keys' values
 };
-
 
 // True for properties whose values must never be shown (passwords, keys...).
 bool is_secret_config_key(const std::string &key);

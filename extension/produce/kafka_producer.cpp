@@ -59,8 +59,7 @@ void add_header(rd_kafka_headers_t *hdrs, std::string_view name, const char *val
 }
 
 // Adds a header whose value is v in decimal.
-template <typename Int>
-void add_decimal_header(rd_kafka_headers_t *hdrs, std::string_view name, Int v) {
+template <typename Int> void add_decimal_header(rd_kafka_headers_t *hdrs, std::string_view name, Int v) {
     char buf[24];
     const char *end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
     add_header(hdrs, name, buf, static_cast<size_t>(end - buf));
@@ -166,18 +165,19 @@ bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
     if (!ev) {
         error_ = "topic " + settings_.topic + " does not exist and creating it timed out";
     } else if (rd_kafka_event_error(ev)) {
-        error_ = "topic " + settings_.topic + " does not exist and could not be created: " +
-                 rd_kafka_event_error_string(ev);
+        error_ =
+            "topic " + settings_.topic + " does not exist and could not be created: " + rd_kafka_event_error_string(ev);
     } else {
         size_t cnt = 0;
-        const rd_kafka_topic_result_t **res = rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+        const rd_kafka_topic_result_t **res =
+            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
         rd_kafka_resp_err_t terr = cnt > 0 ? rd_kafka_topic_result_error(res[0]) : RD_KAFKA_RESP_ERR_UNKNOWN;
         if (terr == RD_KAFKA_RESP_ERR_NO_ERROR || terr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
             ok = true;
         else
             error_ = "topic " + settings_.topic + " does not exist and could not be created: " +
                      (cnt > 0 && rd_kafka_topic_result_error_string(res[0]) ? rd_kafka_topic_result_error_string(res[0])
-                                                                           : rd_kafka_err2str(terr));
+                                                                            : rd_kafka_err2str(terr));
     }
     if (ev)
         rd_kafka_event_destroy(ev);
@@ -207,11 +207,11 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     if (h.snapshot)
         add_header(hdrs, wire::kSnapshot, "true", 4);
 
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk_, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_KEY(const_cast<char *>(key), key ? key_len : 0),
-        RD_KAFKA_V_VALUE(const_cast<char *>(value), value ? value_len : 0), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_OPAQUE(reinterpret_cast<void *>(static_cast<uintptr_t>(seq))), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t err =
+        rd_kafka_producev(rk_, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_KEY(const_cast<char *>(key), key ? key_len : 0),
+                          RD_KAFKA_V_VALUE(const_cast<char *>(value), value ? value_len : 0), RD_KAFKA_V_HEADERS(hdrs),
+                          RD_KAFKA_V_OPAQUE(reinterpret_cast<void *>(static_cast<uintptr_t>(seq))), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         inflight_.record_produced(seq);
         return ProduceStatus::Ok;
@@ -227,7 +227,9 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     return ProduceStatus::Failed;
 }
 
-void KafkaProducer::poll(int timeout_ms) { rd_kafka_poll(rk_, timeout_ms); }
+void KafkaProducer::poll(int timeout_ms) {
+    rd_kafka_poll(rk_, timeout_ms);
+}
 
 std::vector<std::string> KafkaProducer::take_log_lines() {
     std::vector<std::string> out;
@@ -272,8 +274,8 @@ void KafkaProducer::on_error(rd_kafka_t *rk, int err, const char *reason, void *
         char buf[512];
         rd_kafka_fatal_error(rk, buf, sizeof(buf));
         try {
-            self->error_ = mask_secrets(std::string("fatal Kafka producer error: ") + buf,
-                                        self->settings_.kafka.secret_values);
+            self->error_ =
+                mask_secrets(std::string("fatal Kafka producer error: ") + buf, self->settings_.kafka.secret_values);
         } catch (...) {
         }
         self->delivery_failed_ = true;

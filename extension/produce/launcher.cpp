@@ -205,7 +205,8 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
     ctl.entrysize = sizeof(DatabaseWorker);
     workers = hash_create("kafka_sync launcher workers", 32, &ctl, HASH_ELEM | HASH_BLOBS);
 
-    MemoryContext loop_context = AllocSetContextCreate(TopMemoryContext, "kafka_sync launcher loop", ALLOCSET_DEFAULT_SIZES);
+    MemoryContext loop_context =
+        AllocSetContextCreate(TopMemoryContext, "kafka_sync launcher loop", ALLOCSET_DEFAULT_SIZES);
     ereport(LOG, (errmsg("kafka_sync launcher started")));
 
     for (;;) {
@@ -239,4 +240,6 @@ void check_database(Oid dboid, uint64 generation, TimestampTz now) {
 
 } // namespace kafka_sync
 
-void kafka_sync_launcher_main(Datum) { kafka_sync::run_launcher(); }
+void kafka_sync_launcher_main(Datum) {
+    kafka_sync::run_launcher();
+}

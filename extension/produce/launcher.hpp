@@ -9,4 +9,3 @@ PGDLLEXPORT void kafka_sync_node_worker_main(Datum main_arg);
 }
 
 extern bool kafka_sync_preloaded;
-

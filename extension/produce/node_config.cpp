@@ -79,9 +79,13 @@ bool read_node(NodeConfig *cfg) {
 
 } // namespace
 
-bool node_exists() { return read_node(nullptr); }
+bool node_exists() {
+    return read_node(nullptr);
+}
 
-bool read_node_config(NodeConfig *cfg) { return read_node(cfg); }
+bool read_node_config(NodeConfig *cfg) {
+    return read_node(cfg);
+}
 
 ProducerSetup producer_setup(const NodeConfig &cfg, uint64 sysid, TimeLineID timeline) {
     const List *pairs = cfg.kafka_config;

@@ -52,14 +52,16 @@ void check_secrets_file(NodeWorker *w) {
         return error.empty() && now != *w->secrets_content;
     });
     if (changed) {
-        ereport(LOG, (errmsg("kafka_sync node %s: its secrets file changed: restarting the producer",
-                             w->cfg.node_name)));
+        ereport(LOG,
+                (errmsg("kafka_sync node %s: its secrets file changed: restarting the producer", w->cfg.node_name)));
         proc_exit(1);
     }
 }
 
 /* Read by librdkafka waits, on our own thread: only flags, no PostgreSQL calls. */
-bool exit_requested() { return ProcDiePending || InterruptPending; }
+bool exit_requested() {
+    return ProcDiePending || InterruptPending;
+}
 
 void ensure_topic(NodeWorker *w) {
     for (;;) {
@@ -124,10 +126,10 @@ void pin_session_settings() {
 NodeWorker *claim_node_slot() {
     NodeSlot *slot = node_slot_for(MyDatabaseId, true);
     if (!slot)
-        ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-                        errmsg("a kafka_sync node cannot start in database %u: every node slot is in use",
-                               MyDatabaseId),
-                        errhint("Raise kafka_sync.max_nodes (needs a server restart).")));
+        ereport(ERROR,
+                (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                 errmsg("a kafka_sync node cannot start in database %u: every node slot is in use", MyDatabaseId),
+                 errhint("Raise kafka_sync.max_nodes (needs a server restart).")));
     auto *w = static_cast<NodeWorker *>(MemoryContextAllocZero(TopMemoryContext, sizeof(NodeWorker)));
     w->slot = slot;
     worker = w;
@@ -234,7 +236,8 @@ void check_stop_requested(NodeWorker *w) {
     bool drop = w->slot->stop_requested;
     SpinLockRelease(&w->slot->mutex);
     if (drop) {
-        ereport(LOG, (errmsg("kafka_sync producer of database %u: stopping for drop_node() or pause_node()", MyDatabaseId)));
+        ereport(LOG,
+                (errmsg("kafka_sync producer of database %u: stopping for drop_node() or pause_node()", MyDatabaseId)));
         proc_exit(0);
     }
 }

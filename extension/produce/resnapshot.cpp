@@ -138,8 +138,9 @@ void resnapshot_mark_started(TimestampTz requested_at) {
     Oid types[1] = {TIMESTAMPTZOID};
     Datum values[1] = {TimestampTzGetDatum(requested_at)};
     begin_worker_transaction();
-    int rc = SPI_execute_with_args("UPDATE kafka_sync.resnapshot_request SET started_at = now() WHERE requested_at = $1",
-                                   1, types, values, nullptr, false, 0);
+    int rc =
+        SPI_execute_with_args("UPDATE kafka_sync.resnapshot_request SET started_at = now() WHERE requested_at = $1", 1,
+                              types, values, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE)
         elog(ERROR, "could not record the start of a resnapshot");
     end_worker_transaction();

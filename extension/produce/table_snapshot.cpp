@@ -43,11 +43,12 @@ namespace {
 List *user_tables() {
     List *relids = NIL;
     SPI_connect();
-    int rc = SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                         "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
-                         "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'kafka_sync') "
-                         "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY c.oid",
-                         true, 0);
+    int rc =
+        SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+                    "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'kafka_sync') "
+                    "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY c.oid",
+                    true, 0);
     if (rc != SPI_OK_SELECT)
         elog(ERROR, "could not list the tables for the snapshot");
     for (uint64 i = 0; i < SPI_processed; i++) {
@@ -120,8 +121,10 @@ uint64 publish_table_snapshot(NodeWorker *w, XLogRecPtr header_lsn, XLogRecPtr c
     settings.include_lsn = true;
     settings.include_timestamps = true;
 
-    MemoryContext snapshot_context = AllocSetContextCreate(CurrentMemoryContext, "kafka_sync snapshot", ALLOCSET_DEFAULT_SIZES);
-    MemoryContext row_context = AllocSetContextCreate(snapshot_context, "kafka_sync snapshot row", ALLOCSET_DEFAULT_SIZES);
+    MemoryContext snapshot_context =
+        AllocSetContextCreate(CurrentMemoryContext, "kafka_sync snapshot", ALLOCSET_DEFAULT_SIZES);
+    MemoryContext row_context =
+        AllocSetContextCreate(snapshot_context, "kafka_sync snapshot row", ALLOCSET_DEFAULT_SIZES);
     RelationInfoCache *relations = relation_info_cache_create(&settings, snapshot_context);
     OriginNames names{settings.node_name, snapshot_context, InvalidRepOriginId, nullptr, false};
 

@@ -74,10 +74,11 @@ void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key
             return;
         }
         if (status == ProduceStatus::Failed)
-            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-                            errmsg("kafka_sync node %s could not produce a record: %s", w->cfg.node_name, producer_error(w)),
-                            errhint("For large rows raise message.max.bytes in the node's kafka_config and the topic's "
-                                    "max.message.bytes. WAL is retained until the record is sent.")));
+            ereport(ERROR,
+                    (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                     errmsg("kafka_sync node %s could not produce a record: %s", w->cfg.node_name, producer_error(w)),
+                     errhint("For large rows raise message.max.bytes in the node's kafka_config and the topic's "
+                             "max.message.bytes. WAL is retained until the record is sent.")));
         /* QueueFull: librdkafka holds as much as we allow; let it drain. */
         service_producer(w, 100);
         CHECK_FOR_INTERRUPTS();
@@ -145,7 +146,8 @@ void service_producer(NodeWorker *w, int timeout_ms) {
         w->confirmable = v.confirmable;
     log_librdkafka_lines(w);
     if (v.delivery_failed)
-        ereport(ERROR, (errcode(ERRCODE_CONNECTION_FAILURE), errmsg("kafka_sync node %s: %s", w->cfg.node_name, producer_error(w)),
+        ereport(ERROR, (errcode(ERRCODE_CONNECTION_FAILURE),
+                        errmsg("kafka_sync node %s: %s", w->cfg.node_name, producer_error(w)),
                         errdetail("The slot was not confirmed past this record."),
                         errhint("The worker restarts and sends again from the last confirmed position.")));
     confirm(w);
@@ -190,8 +192,14 @@ void node_worker_end_txn(NodeWorker *w, uint64 nrecords) {
         w->last_header_lsn = w->headers.commit_lsn;
 }
 
-const char *node_worker_node_name(NodeWorker *w) { return w->cfg.node_name; }
-const char *node_worker_publication(NodeWorker *w) { return w->cfg.publication; }
-bool node_worker_schemas(NodeWorker *w) { return w->schemas; }
+const char *node_worker_node_name(NodeWorker *w) {
+    return w->cfg.node_name;
+}
+const char *node_worker_publication(NodeWorker *w) {
+    return w->cfg.publication;
+}
+bool node_worker_schemas(NodeWorker *w) {
+    return w->schemas;
+}
 
 } // namespace kafka_sync

@@ -40,7 +40,9 @@ constexpr int kResnapshotPollMs = 1000;
 
 /* ---- decoding: the output plugin writes frames, we produce them ---- */
 
-void frames_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) { resetStringInfo(ctx->out); }
+void frames_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) {
+    resetStringInfo(ctx->out);
+}
 
 void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) {
     auto *w = static_cast<NodeWorker *>(ctx->output_writer_private);
@@ -80,8 +82,7 @@ void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) 
         node_worker_end_txn(w, f.nrecords);
         break;
     }
-    default:
-        elog(ERROR, "kafka_sync: unknown frame kind %d", data[0]);
+    default: elog(ERROR, "kafka_sync: unknown frame kind %d", data[0]);
     }
 }
 
@@ -90,10 +91,10 @@ List *plugin_options(NodeWorker *w) {
     opts = lappend(opts, makeDefElem(pstrdup("node_name"), (Node *)makeString(pstrdup(w->cfg.node_name)), -1));
     opts = lappend(opts, makeDefElem(pstrdup("publication"), (Node *)makeString(pstrdup(w->cfg.publication)), -1));
     opts = lappend(opts, makeDefElem(pstrdup("framing"), (Node *)makeString(pstrdup("kafka")), -1));
-    opts = lappend(opts, makeDefElem(pstrdup("include_schema"),
-                                     (Node *)makeString(pstrdup(w->schemas ? "true" : "false")), -1));
-    opts = lappend(opts, makeDefElem(pstrdup("tombstones"),
-                                     (Node *)makeString(pstrdup(w->tombstones ? "true" : "false")), -1));
+    opts = lappend(
+        opts, makeDefElem(pstrdup("include_schema"), (Node *)makeString(pstrdup(w->schemas ? "true" : "false")), -1));
+    opts = lappend(
+        opts, makeDefElem(pstrdup("tombstones"), (Node *)makeString(pstrdup(w->tombstones ? "true" : "false")), -1));
     return opts;
 }
 
@@ -199,9 +200,9 @@ void check_retained_wal(NodeWorker *w) {
 
 void stream_wal(NodeWorker *w) {
     ReplicationSlotAcquire(w->cfg.slot_name, true);
-    LogicalDecodingContext *ctx = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false,
-                                                        node_local_wal_reader(),
-                                                        frames_prepare_write, frames_write, nullptr);
+    LogicalDecodingContext *ctx =
+        CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, node_local_wal_reader(),
+                              frames_prepare_write, frames_write, nullptr);
     ctx->output_writer_private = w;
     XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
     w->confirmed = MyReplicationSlot->data.confirmed_flush;
@@ -250,8 +251,8 @@ void stream_wal(NodeWorker *w) {
         }
         if (idle) {
             service_producer(w, 0);
-            int rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kPollIntervalMs,
-                               PG_WAIT_EXTENSION);
+            int rc =
+                WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kPollIntervalMs, PG_WAIT_EXTENSION);
             ResetLatch(MyLatch);
             if (rc & WL_LATCH_SET) {
                 /* every commit in this database sets the latch (commit_wake.cpp); kafka_sync.resnapshot()'s says so */

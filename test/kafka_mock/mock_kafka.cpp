@@ -38,7 +38,9 @@ namespace {
 
 volatile sig_atomic_t g_stop_signal = 0;
 
-void on_stop_signal(int sig) { g_stop_signal = sig; }
+void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+}
 
 bool g_verbose = false;
 
@@ -52,34 +54,34 @@ void log_cb(const rd_kafka_t *, int level, const char *fac, const char *buf) {
 
 void usage(FILE *out, const char *prog) {
     std::fprintf(out,
-        "Usage: %s [--brokers N] [--topic NAME[:PARTITIONS]]... [--verbose]\n"
-        "\n"
-        "Starts a librdkafka mock Kafka cluster with N brokers (default 1,\n"
-        "broker ids 1..N) listening on 127.0.0.1 and prints one line\n"
-        "  BOOTSTRAP <host:port,...>\n"
-        "to stdout. Then reads commands from stdin, one per line, each\n"
-        "answered by one line 'OK ...' or 'ERR <reason>':\n"
-        "  create_topic NAME [PARTITIONS]      create a topic (default 1 partition)\n"
-        "  down all|BROKER_ID                  disconnect broker(s), refuse connections\n"
-        "  up all|BROKER_ID                    accept connections again\n"
-        "  request_errors API_KEY ERR [ERR...] fail the next requests of API_KEY\n"
-        "                                      (e.g. 0 = Produce) with these errors;\n"
-        "                                      ERR is numeric or a name such as\n"
-        "                                      NOT_LEADER_FOR_PARTITION or _TRANSPORT\n"
-        "  clear_errors API_KEY                drop pending injected errors\n"
-        "  leader TOPIC PARTITION BROKER_ID    move partition leadership (-1: none);\n"
-        "                                      'down' alone never moves it\n"
-        "  rtt all|BROKER_ID MS                add round-trip delay to a broker\n"
-        "  bootstraps                          print the bootstrap servers\n"
-        "  ping                                answers 'OK pong'\n"
-        "  quit                                destroy the cluster and exit\n"
-        "EOF on stdin, SIGTERM or SIGINT also shut the cluster down (exit 0).\n"
-        "Options:\n"
-        "  --brokers N            number of brokers (default 1)\n"
-        "  --topic NAME[:PARTS]   pre-create a topic, repeatable (default 1 partition)\n"
-        "  -v, --verbose          pass all librdkafka logs (debug=mock) to stderr\n"
-        "  -h, --help             show this help\n",
-        prog);
+                 "Usage: %s [--brokers N] [--topic NAME[:PARTITIONS]]... [--verbose]\n"
+                 "\n"
+                 "Starts a librdkafka mock Kafka cluster with N brokers (default 1,\n"
+                 "broker ids 1..N) listening on 127.0.0.1 and prints one line\n"
+                 "  BOOTSTRAP <host:port,...>\n"
+                 "to stdout. Then reads commands from stdin, one per line, each\n"
+                 "answered by one line 'OK ...' or 'ERR <reason>':\n"
+                 "  create_topic NAME [PARTITIONS]      create a topic (default 1 partition)\n"
+                 "  down all|BROKER_ID                  disconnect broker(s), refuse connections\n"
+                 "  up all|BROKER_ID                    accept connections again\n"
+                 "  request_errors API_KEY ERR [ERR...] fail the next requests of API_KEY\n"
+                 "                                      (e.g. 0 = Produce) with these errors;\n"
+                 "                                      ERR is numeric or a name such as\n"
+                 "                                      NOT_LEADER_FOR_PARTITION or _TRANSPORT\n"
+                 "  clear_errors API_KEY                drop pending injected errors\n"
+                 "  leader TOPIC PARTITION BROKER_ID    move partition leadership (-1: none);\n"
+                 "                                      'down' alone never moves it\n"
+                 "  rtt all|BROKER_ID MS                add round-trip delay to a broker\n"
+                 "  bootstraps                          print the bootstrap servers\n"
+                 "  ping                                answers 'OK pong'\n"
+                 "  quit                                destroy the cluster and exit\n"
+                 "EOF on stdin, SIGTERM or SIGINT also shut the cluster down (exit 0).\n"
+                 "Options:\n"
+                 "  --brokers N            number of brokers (default 1)\n"
+                 "  --topic NAME[:PARTS]   pre-create a topic, repeatable (default 1 partition)\n"
+                 "  -v, --verbose          pass all librdkafka logs (debug=mock) to stderr\n"
+                 "  -h, --help             show this help\n",
+                 prog);
 }
 
 bool parse_int(const std::string &s, long min, long max, long *out) {
@@ -140,9 +142,7 @@ class MockCluster {
         char errstr[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
         rd_kafka_conf_set_log_cb(conf, log_cb);
-        if (g_verbose &&
-            rd_kafka_conf_set(conf, "debug", "mock", errstr, sizeof(errstr)) !=
-                RD_KAFKA_CONF_OK) {
+        if (g_verbose && rd_kafka_conf_set(conf, "debug", "mock", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
             *err = errstr;
             rd_kafka_conf_destroy(conf);
             return false;
@@ -170,15 +170,12 @@ class MockCluster {
             rd_kafka_destroy(rk_);
     }
 
-    const char *bootstraps() const {
-        return rd_kafka_mock_cluster_bootstraps(mcluster_);
-    }
+    const char *bootstraps() const { return rd_kafka_mock_cluster_bootstraps(mcluster_); }
 
     rd_kafka_resp_err_t create_topic(const std::string &name, int partitions) {
         // Replication factor above the broker count is rejected by the mock.
         int rf = brokers_ < 3 ? brokers_ : 3;
-        return rd_kafka_mock_topic_create(mcluster_, name.c_str(), partitions,
-                                          rf);
+        return rd_kafka_mock_topic_create(mcluster_, name.c_str(), partitions, rf);
     }
 
     // "all" maps to -1, which the mock API treats as every broker.
@@ -202,8 +199,7 @@ class MockCluster {
     int brokers_ = 0;
 };
 
-bool parse_topic_spec(const std::string &spec, std::string *name,
-                      int *partitions) {
+bool parse_topic_spec(const std::string &spec, std::string *name, int *partitions) {
     // Kafka topic names cannot contain ':', so the last one separates the
     // partition count.
     size_t colon = spec.rfind(':');
@@ -219,13 +215,11 @@ bool parse_topic_spec(const std::string &spec, std::string *name,
 }
 
 std::string err_reply(rd_kafka_resp_err_t err) {
-    return std::string("ERR ") + rd_kafka_err2name(err) + ": " +
-           rd_kafka_err2str(err);
+    return std::string("ERR ") + rd_kafka_err2name(err) + ": " + rd_kafka_err2str(err);
 }
 
 // Returns the reply line; sets *quit for the quit command.
-std::string handle_command(MockCluster &mc, const std::string &line,
-                           bool *quit) {
+std::string handle_command(MockCluster &mc, const std::string &line, bool *quit) {
     std::vector<std::string> w = split_words(line);
     if (w.empty())
         return "ERR empty command";
@@ -260,9 +254,8 @@ std::string handle_command(MockCluster &mc, const std::string &line,
             return "ERR usage: " + cmd + " all|BROKER_ID";
         if (!mc.parse_broker(w[1], &id))
             return "ERR invalid broker: " + w[1];
-        rd_kafka_resp_err_t err =
-            cmd == "down" ? rd_kafka_mock_broker_set_down(mc.handle(), id)
-                          : rd_kafka_mock_broker_set_up(mc.handle(), id);
+        rd_kafka_resp_err_t err = cmd == "down" ? rd_kafka_mock_broker_set_down(mc.handle(), id)
+                                                : rd_kafka_mock_broker_set_up(mc.handle(), id);
         if (err)
             return err_reply(err);
         return "OK " + cmd + " " + w[1];
@@ -276,8 +269,8 @@ std::string handle_command(MockCluster &mc, const std::string &line,
             return "ERR invalid partition: " + w[2];
         if (!parse_int(w[3], -1, INT32_MAX, &broker) || broker == 0)
             return "ERR invalid broker: " + w[3];
-        rd_kafka_resp_err_t err = rd_kafka_mock_partition_set_leader(
-            mc.handle(), w[1].c_str(), (int32_t)partition, (int32_t)broker);
+        rd_kafka_resp_err_t err =
+            rd_kafka_mock_partition_set_leader(mc.handle(), w[1].c_str(), (int32_t)partition, (int32_t)broker);
         if (err)
             return err_reply(err);
         return "OK leader " + w[1] + " " + w[2] + " " + w[3];
@@ -292,8 +285,7 @@ std::string handle_command(MockCluster &mc, const std::string &line,
             return "ERR invalid broker: " + w[1];
         if (!parse_int(w[2], 0, INT_MAX, &ms))
             return "ERR invalid rtt: " + w[2];
-        rd_kafka_resp_err_t err =
-            rd_kafka_mock_broker_set_rtt(mc.handle(), id, (int)ms);
+        rd_kafka_resp_err_t err = rd_kafka_mock_broker_set_rtt(mc.handle(), id, (int)ms);
         if (err)
             return err_reply(err);
         return "OK rtt " + w[1] + " " + w[2];
@@ -312,10 +304,8 @@ std::string handle_command(MockCluster &mc, const std::string &line,
                 return "ERR invalid error code: " + w[i];
             errs.push_back(e);
         }
-        rd_kafka_mock_push_request_errors_array(
-            mc.handle(), (int16_t)api_key, errs.size(), errs.data());
-        return "OK pushed " + std::to_string(errs.size()) + " error(s) for api " +
-               w[1];
+        rd_kafka_mock_push_request_errors_array(mc.handle(), (int16_t)api_key, errs.size(), errs.data());
+        return "OK pushed " + std::to_string(errs.size()) + " error(s) for api " + w[1];
     }
 
     if (cmd == "clear_errors") {
@@ -366,8 +356,7 @@ int main(int argc, char **argv) {
             }
             topics.emplace_back(name, parts);
         } else {
-            std::fprintf(stderr, "unknown or incomplete argument: %s\n",
-                         a.c_str());
+            std::fprintf(stderr, "unknown or incomplete argument: %s\n", a.c_str());
             usage(stderr, argv[0]);
             return 2;
         }
@@ -397,16 +386,14 @@ int main(int argc, char **argv) {
     MockCluster mc;
     std::string err;
     if (!mc.start(brokers, &err)) {
-        std::fprintf(stderr, "failed to start mock cluster: %s\n",
-                     err.c_str());
+        std::fprintf(stderr, "failed to start mock cluster: %s\n", err.c_str());
         return 1;
     }
 
     for (const auto &t : topics) {
         rd_kafka_resp_err_t e = mc.create_topic(t.first, t.second);
         if (e) {
-            std::fprintf(stderr, "failed to create topic %s: %s\n",
-                         t.first.c_str(), rd_kafka_err2str(e));
+            std::fprintf(stderr, "failed to create topic %s: %s\n", t.first.c_str(), rd_kafka_err2str(e));
             return 1;
         }
     }

@@ -75,14 +75,10 @@ struct Row {
 
 const char *op_name(ChangeOp op) {
     switch (op) {
-    case ChangeOp::Insert:
-        return "insert";
-    case ChangeOp::SnapshotRow:
-        return "snapshot";
-    case ChangeOp::Update:
-        return "update";
-    case ChangeOp::Delete:
-        return "delete";
+    case ChangeOp::Insert: return "insert";
+    case ChangeOp::SnapshotRow: return "snapshot";
+    case ChangeOp::Update: return "update";
+    case ChangeOp::Delete: return "delete";
     }
     return "?";
 }
@@ -189,9 +185,9 @@ void check_coverage() {
                     listed = listed || (row.op == op && row.state == state && !strcmp(row.relation, rel));
                 if (listed)
                     continue;
-                const char *like = !strcmp(rel, "xact") || !strcmp(rel, "same_newer") ? "same"
+                const char *like = !strcmp(rel, "xact") || !strcmp(rel, "same_newer")     ? "same"
                                    : !strcmp(rel, "tie_lower") || !strcmp(rel, "unknown") ? "older"
-                                   : !strcmp(rel, "tie_higher")                          ? "newer"
+                                   : !strcmp(rel, "tie_higher")                           ? "newer"
                                                                                           : nullptr;
                 if (op == O::SnapshotRow && !strcmp(rel, "xact"))
                     like = "same_newer"; // the applying transaction's own write is newer than any snapshot row
@@ -209,8 +205,8 @@ void check_coverage() {
                     const Decision b = decide(op, state, local(like), remote(), st);
                     if (!(a == b)) {
                         failures++;
-                        fprintf(stderr, "FAIL %s against %s (%s) decides unlike (%s)\n", op_name(op),
-                                state_name(state), rel, like);
+                        fprintf(stderr, "FAIL %s against %s (%s) decides unlike (%s)\n", op_name(op), state_name(state),
+                                rel, like);
                     }
                 }
             }

@@ -119,7 +119,9 @@ Record snap(int64_t offset, uint64_t lsn, int seq, int txn_end = 0) {
     return make_record(offset, "k", 1, "row", 3, h);
 }
 
-bool record_reads_snapshot_header() { return snap(0, 1, 1).snapshot && !rec(0, 1, 1).snapshot; }
+bool record_reads_snapshot_header() {
+    return snap(0, 1, 1).snapshot && !rec(0, 1, 1).snapshot;
+}
 
 void snapshot_rows_travel_like_small_transactions_never_streamed() {
     TxnAssembler a(limits(3));
@@ -637,8 +639,7 @@ void a_connection_string_that_does_not_parse_shows_no_password() {
     // a decoded value, wherever it is
     CHECK_EQ(mask_conninfo_message("cannot use 'a b' or a b here", "password='a b'", kSecretKeywords),
              "cannot use **** or **** here");
-    CHECK_EQ(mask_conninfo_message("could not translate host name \"db\"", "host=db password=s3cret",
-                                   kSecretKeywords),
+    CHECK_EQ(mask_conninfo_message("could not translate host name \"db\"", "host=db password=s3cret", kSecretKeywords),
              "could not translate host name \"db\"");
 }
 
@@ -694,4 +695,3 @@ int main() {
     printf("sidecar unit tests: all %d checks passed\n", checks);
     return 0;
 }
-

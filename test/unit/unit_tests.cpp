@@ -330,20 +330,22 @@ void table_without_key_has_no_kafka_key() {
 void kafka_config_accepts_librdkafka_properties_and_own_settings() {
     NodeKafkaSettings s;
     std::string err, hint;
-    CHECK(parse_node_kafka_config({{"linger.ms", "20"}, {"kafka_sync.tombstones", "true"},
-                                   {"kafka_sync.topic_partitions", "3"}, {"sasl.password", "hunter2"}},
+    CHECK(parse_node_kafka_config({{"linger.ms", "20"},
+                                   {"kafka_sync.tombstones", "true"},
+                                   {"kafka_sync.topic_partitions", "3"},
+                                   {"sasl.password", "hunter2"}},
                                   s, err, hint));
     CHECK(s.tombstones);
     CHECK(s.topic_partitions == 3);
     CHECK(s.rdkafka.size() == 3);
     // librdkafka's kinit (a shell command with the principal and keytab pasted in) is off, last
     CHECK(s.rdkafka.back().first == "sasl.kerberos.min.time.before.relogin" && s.rdkafka.back().second == "0");
-    CHECK(parse_node_kafka_config({{"sasl.kerberos.principal", "x;touch /tmp/p"},
-                                   {"sasl.kerberos.min.time.before.relogin", "60000"}},
-                                  s, err, hint));
+    CHECK(parse_node_kafka_config(
+        {{"sasl.kerberos.principal", "x;touch /tmp/p"}, {"sasl.kerberos.min.time.before.relogin", "60000"}}, s, err,
+        hint));
     CHECK(s.rdkafka.back().first == "sasl.kerberos.min.time.before.relogin" && s.rdkafka.back().second == "0");
-    CHECK(parse_node_kafka_config({{"sasl.kerberos.principal", "kafka/host"}}, s, err, hint,
-                                  "sasl.kerberos.kinit.cmd"));
+    CHECK(
+        parse_node_kafka_config({{"sasl.kerberos.principal", "kafka/host"}}, s, err, hint, "sasl.kerberos.kinit.cmd"));
     CHECK(s.rdkafka.size() == 1);
 }
 
@@ -453,11 +455,15 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         R"("data_collection_order":1}})",
         R"({"op":"r","before":null,"after":{"id":-7},"source":{"schema":"s","table":"t","name":"n2","row_ts_ms":1700000000123,"row_origin":"chat3"}})",
         R"({"op":"d","before":{"id":"x"},"after":null,"source":{"schema":"s","table":"t","row_origin":""}})",
-        " { \"op\" : \"u\" , \"after\" : { \"k\" : \"\xc3\xa9 \xe6\xbc\xa2\" } , \"source\" : { \"schema\" : \"s\" , \"table\" : \"t\" } } ",
+        " { \"op\" : \"u\" , \"after\" : { \"k\" : \"\xc3\xa9 \xe6\xbc\xa2\" } , \"source\" : { \"schema\" : \"s\" , "
+        "\"table\" : \"t\" } } ",
         // long strings: read eight bytes at a time up to an escape, a multi-byte character or the end
-        "{\"op\":\"c\",\"after\":{\"id\":\"abcdefghijklmnopqrstuvwxyz0123456789\",\"v\":\"0123456\\\"89abcdef\\\\ghijklm\xc3\xa9nopqrstuvwxyz\"},\"source\":{\"schema\":\"public_schema_name\",\"table\":\"t\"}}",
+        "{\"op\":\"c\",\"after\":{\"id\":\"abcdefghijklmnopqrstuvwxyz0123456789\",\"v\":"
+        "\"0123456\\\"89abcdef\\\\ghijklm\xc3\xa9nopqrstuvwxyz\"},\"source\":{\"schema\":\"public_schema_name\","
+        "\"table\":\"t\"}}",
         // multi-byte characters after an escape (the reader's second loop)
-        "{\"op\":\"c\",\"after\":{\"k\":\"a\\n\xc3\xa9\\t\xe6\xbc\xa2\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}",
+        "{\"op\":\"c\",\"after\":{\"k\":\"a\\n\xc3\xa9\\t\xe6\xbc\xa2\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}"
+        "}",
         R"({"op":"c","after":{"id":1.5,"j":{"a":1}},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":"\u00e9"},"source":{"schema":"s","table":"t"}})",
         R"({"op":"c","after":{"id":"1","id":"2"},"source":{"schema":"s","table":"t"}})",
@@ -526,12 +532,19 @@ void a_connect_schema_seen_before_is_not_checked_again_but_never_trusted_blindly
     const std::string record = encoded_with_schema();
     const std::string schema = record.substr(10, record.find(",\"payload\":") - 10);
     const std::string variants[] = {
-        wrapped(schema),            // the schema seen before
-        wrapped(schema + "x"),      // ... followed by what is no JSON
+        wrapped(schema),       // the schema seen before
+        wrapped(schema + "x"), // ... followed by what is no JSON
         wrapped(schema + "1"),
         wrapped(schema + ",\"schema\":{}"), // ... twice
-        wrapped("1"), wrapped("12"), wrapped("1.5"), wrapped("\"a\""), wrapped("\"a\"b\""),
-        wrapped("[1]"), wrapped("[1]]"), wrapped("{\"a\":1}"), wrapped("{\"a\":1,\"a\":2}"),
+        wrapped("1"),
+        wrapped("12"),
+        wrapped("1.5"),
+        wrapped("\"a\""),
+        wrapped("\"a\"b\""),
+        wrapped("[1]"),
+        wrapped("[1]]"),
+        wrapped("{\"a\":1}"),
+        wrapped("{\"a\":1,\"a\":2}"),
         "{\"schema\":" + schema + "}", // no payload: the wrapper is no envelope
         wrapped(schema.substr(0, schema.size() - 1)),
     };
@@ -563,7 +576,11 @@ void a_connect_schema_seen_before_is_not_checked_again_but_never_trusted_blindly
 }
 
 void decoder_rejects_hostile_values_with_a_message() {
-    const char *bad[] = {"", "\x00\xff garbage", "[1,2]", "{\"op\":\"x\"}", "{\"op\":\"c\"}",
+    const char *bad[] = {"",
+                         "\x00\xff garbage",
+                         "[1,2]",
+                         "{\"op\":\"x\"}",
+                         "{\"op\":\"c\"}",
                          "{\"op\":\"c\",\"source\":{\"schema\":\"public\",\"table\":\"t\"}}",
                          "{\"op\":\"d\",\"source\":{\"schema\":\"public\",\"table\":\"t\"},\"before\":null}",
                          "{\"op\":\"c\",\"op\":\"c\"}"};
@@ -575,12 +592,14 @@ void decoder_rejects_hostile_values_with_a_message() {
         CHECK(!err.empty());
     }
     // numbers from a foreign (Debezium) producer become their JSON text
-    const char *debezium = "{\"op\":\"c\",\"source\":{\"schema\":\"s\",\"table\":\"t\"},\"after\":{\"id\":42,\"ok\":true}}";
+    const char *debezium =
+        "{\"op\":\"c\",\"source\":{\"schema\":\"s\",\"table\":\"t\"},\"after\":{\"id\":42,\"ok\":true}}";
     RecordDecoder dec;
     DecodedRecord rec;
     std::string err;
     CHECK(dec.decode_value(debezium, strlen(debezium), rec, err));
-    CHECK(rec.after.size() == 2 && std::string(rec.after[0].value) == "42" && std::string(rec.after[1].value) == "true");
+    CHECK(rec.after.size() == 2 && std::string(rec.after[0].value) == "42" &&
+          std::string(rec.after[1].value) == "true");
 }
 
 std::string describe_bytes(const std::string &s) {
@@ -662,10 +681,26 @@ std::string record_with_after(const std::string &after_members) {
 // raw bytes and \u escapes alike, in values and in column names.
 void text_is_accepted_exactly_as_postgresql_accepts_it() {
     std::vector<std::string> texts = {
-        "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xe0\x9f\xbf", "\xf0\x80\x80\x80", "\xf0\x8f\xbf\xbf", // overlong
-        "\xed\xa0\x80", "\xed\xbf\xbf", "\xed\xa0\x80\xed\xb0\x80",                                 // surrogates
-        "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf7\xbf\xbf\xbf", "\xf8\x88\x80\x80\x80", "\xff",  // beyond U+10FFFF
-        "\xc2\x80", "\xed\x9f\xbf", "\xee\x80\x80", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", // valid
+        "\xc0\x80",
+        "\xc1\xbf",
+        "\xe0\x80\x80",
+        "\xe0\x9f\xbf",
+        "\xf0\x80\x80\x80",
+        "\xf0\x8f\xbf\xbf", // overlong
+        "\xed\xa0\x80",
+        "\xed\xbf\xbf",
+        "\xed\xa0\x80\xed\xb0\x80", // surrogates
+        "\xf4\x90\x80\x80",
+        "\xf5\x80\x80\x80",
+        "\xf7\xbf\xbf\xbf",
+        "\xf8\x88\x80\x80\x80",
+        "\xff", // beyond U+10FFFF
+        "\xc2\x80",
+        "\xed\x9f\xbf",
+        "\xee\x80\x80",
+        "\xef\xbf\xbf",
+        "\xf0\x90\x80\x80",
+        "\xf4\x8f\xbf\xbf", // valid
         std::string("a\0b", 3),
     };
     const size_t named = texts.size();
@@ -703,9 +738,17 @@ void text_is_accepted_exactly_as_postgresql_accepts_it() {
     CHECK(accepted > 1000);
     // \u escapes: a surrogate pair is one character; a lone surrogate or \u0000 no text at all
     const std::pair<const char *, const char *> escapes[] = {
-        {"\\u00e9", "\xc3\xa9"}, {"\\uffff", "\xef\xbf\xbf"}, {"\\ud800\\udc00", "\xf0\x90\x80\x80"},
-        {"\\uDBFF\\uDFFF", "\xf4\x8f\xbf\xbf"}, {"\\u0000", nullptr}, {"a\\u0000b", nullptr}, {"\\ud800", nullptr},
-        {"\\udc00", nullptr}, {"\\ud800x", nullptr}, {"\\ud800\\u0041", nullptr}, {"\\udc00\\ud800", nullptr},
+        {"\\u00e9", "\xc3\xa9"},
+        {"\\uffff", "\xef\xbf\xbf"},
+        {"\\ud800\\udc00", "\xf0\x90\x80\x80"},
+        {"\\uDBFF\\uDFFF", "\xf4\x8f\xbf\xbf"},
+        {"\\u0000", nullptr},
+        {"a\\u0000b", nullptr},
+        {"\\ud800", nullptr},
+        {"\\udc00", nullptr},
+        {"\\ud800x", nullptr},
+        {"\\ud800\\u0041", nullptr},
+        {"\\udc00\\ud800", nullptr},
     };
     for (const auto &[escaped, expected] : escapes) {
         std::string err, value;
@@ -874,8 +917,10 @@ void decoding_a_large_record_can_be_cancelled() {
 void headers_decode_lsn_and_survive_garbage() {
     DecodedHeaders h;
     std::string err;
-    std::string bytes = header_bytes({{"kafka_sync.lsn", "1/A0"}, {"kafka_sync.origin", "chat2"},
-                                      {"kafka_sync.commit_ts", "1700000000123"}, {"other", nullptr}});
+    std::string bytes = header_bytes({{"kafka_sync.lsn", "1/A0"},
+                                      {"kafka_sync.origin", "chat2"},
+                                      {"kafka_sync.commit_ts", "1700000000123"},
+                                      {"other", nullptr}});
     CHECK(decode_headers(bytes.data(), bytes.size(), h, err, true));
     CHECK(h.has_lsn && h.lsn == ((uint64_t(1) << 32) | 0xA0));
     CHECK(h.has_commit_ts && h.commit_ts_ms == 1700000000123);
@@ -916,7 +961,8 @@ void secrets_file_adds_its_properties_and_never_shows_a_value() {
     CHECK(parse_node_kafka_config({{"linger.ms", "5"}, {"kafka_sync.secrets_file", path}}, s, err, hint));
     CHECK(s.secrets_file == path);
     CHECK(s.rdkafka.size() == 4); // + kinit off, last
-    CHECK(s.rdkafka.size() == 4 && s.rdkafka[1] == std::make_pair(std::string("sasl.password"), std::string("p@ss=word")));
+    CHECK(s.rdkafka.size() == 4 &&
+          s.rdkafka[1] == std::make_pair(std::string("sasl.password"), std::string("p@ss=word")));
 
     // a property librdkafka refuses: named, its value not shown
     FILE *f = fopen(path, "w");

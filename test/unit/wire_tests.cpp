@@ -26,7 +26,7 @@ int failures = 0, checks = 0;
         checks++;                                                                                                      \
         if (!(cond)) {                                                                                                 \
             failures++;                                                                                                \
-            fprintf(stderr, "%s:%d: FAIL %s\n", __FILE__, __LINE__, #cond);                                           \
+            fprintf(stderr, "%s:%d: FAIL %s\n", __FILE__, __LINE__, #cond);                                            \
         }                                                                                                              \
     } while (0)
 
@@ -55,24 +55,26 @@ void same_verdict(const Headers &hs) {
 }
 
 Headers base(const char *lsn) {
-    return {{"kafka_sync.origin", std::string("peer")}, {"kafka_sync.lsn", std::string(lsn)},
+    return {{"kafka_sync.origin", std::string("peer")},
+            {"kafka_sync.lsn", std::string(lsn)},
             {"kafka_sync.seq", std::string("1")}};
 }
 
 void fixed_cases() {
     same_verdict(base("16/B374D848"));
     // every LSN form either both accept or both refuse
-    for (const char *lsn : {"0/0", "FFFFFFFF/FFFFFFFF", " 1/2", "1/2 ", "0x1/2", "1/0x2", "+1/2", "-0/1", "1/-0",
-                            "123456789/1", "1/123456789", "1/", "/1", "1//2", "", "/", "g/1", "1/2/3", "00000001/00000002"}) {
+    for (const char *lsn :
+         {"0/0", "FFFFFFFF/FFFFFFFF", " 1/2", "1/2 ", "0x1/2", "1/0x2", "+1/2", "-0/1", "1/-0", "123456789/1",
+          "1/123456789", "1/", "/1", "1//2", "", "/", "g/1", "1/2/3", "00000001/00000002"}) {
         same_verdict(base(lsn));
         Headers hs = base(lsn);
         hs.push_back({"kafka_sync.txn_end", std::string("1")});
         same_verdict(hs);
     }
     // the end of a transaction: present, null, unreadable, repeated
-    for (std::optional<std::string> end : {std::optional<std::string>("3"), std::optional<std::string>(),
-                                           std::optional<std::string>("x"), std::optional<std::string>("-1"),
-                                           std::optional<std::string>("0"), std::optional<std::string>("")}) {
+    for (std::optional<std::string> end :
+         {std::optional<std::string>("3"), std::optional<std::string>(), std::optional<std::string>("x"),
+          std::optional<std::string>("-1"), std::optional<std::string>("0"), std::optional<std::string>("")}) {
         Headers hs = base("1/2");
         hs.push_back({"kafka_sync.txn_end", end});
         same_verdict(hs);
@@ -107,13 +109,21 @@ void fixed_cases() {
 
 void random_cases() {
     std::mt19937 rng(20261206);
-    const std::vector<std::string> names = {"kafka_sync.lsn", "kafka_sync.txn_end", "kafka_sync.seq",
-                                            "kafka_sync.origin", "kafka_sync.snapshot", "kafka_sync.commit_ts",
-                                            "other", "kafka_sync.ls"};
-    const std::vector<std::optional<std::string>> values = {
-        std::string("1/2"), std::string("0/0"), std::string("FFFFFFFF/1"), std::string(" 1/2"), std::string("0x1/2"),
-        std::string("1"),   std::string("-1"),  std::string("abc"),        std::string(""),     std::nullopt,
-        std::string("999999999999999999999"), std::string("1/2\n")};
+    const std::vector<std::string> names = {
+        "kafka_sync.lsn",      "kafka_sync.txn_end",   "kafka_sync.seq", "kafka_sync.origin",
+        "kafka_sync.snapshot", "kafka_sync.commit_ts", "other",          "kafka_sync.ls"};
+    const std::vector<std::optional<std::string>> values = {std::string("1/2"),
+                                                            std::string("0/0"),
+                                                            std::string("FFFFFFFF/1"),
+                                                            std::string(" 1/2"),
+                                                            std::string("0x1/2"),
+                                                            std::string("1"),
+                                                            std::string("-1"),
+                                                            std::string("abc"),
+                                                            std::string(""),
+                                                            std::nullopt,
+                                                            std::string("999999999999999999999"),
+                                                            std::string("1/2\n")};
     for (int i = 0; i < 20000; i++) {
         Headers hs;
         const int n = rng() % 6;
