@@ -42,7 +42,7 @@ $(SQL_FUNCTION_OBJS): override CPPFLAGS += -include $(srcdir)/extension/boundary
 
 # PostgreSQL's executable exports json_object (an SQL function); a reference
 # to jansson's json_object from kafka_sync.so would bind to it instead. See
-# extension/encode/json_object_new.hpp.
+# extension/wire/json_object_new.hpp.
 # kafka_sync.so exports exactly what PostgreSQL looks up by name: the module magic,
 # _PG_init, the output plugin's init, each PG_FUNCTION_INFO_V1 function with
 # its pg_finfo_, each bgw_function_name (extension/boundary/pg_export.hpp).
@@ -70,8 +70,8 @@ SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.c
                extension/wire/wire.cpp
 UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension/common/secrets_file.cpp \
                extension/common/kafka_properties.cpp \
-               extension/encode/record_encoder.cpp extension/produce/kafka_config.cpp \
-               extension/apply/record_decoder.cpp extension/produce/kafka_producer.cpp extension/wire/wire.cpp
+               extension/wire/record_encoder.cpp extension/produce/kafka_config.cpp \
+               extension/wire/record_decoder.cpp extension/produce/kafka_producer.cpp extension/wire/wire.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests test/unit/wire_tests
 
@@ -82,7 +82,7 @@ $(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_f
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
 	$(CXX) $(CXXSTD) -o $@ $< -lrdkafka -lpthread
 
-$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/encode/*.hpp extension/produce/*.hpp extension/apply/record_decoder.hpp) \
+$(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/wire/*.hpp extension/produce/*.hpp extension/wire/record_decoder.hpp) \
                extension/wire/wire.hpp
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(UNIT_SRCS) -lrdkafka -ljansson
 
@@ -97,8 +97,8 @@ test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp s
 # The wire contract read by both sides: the sidecar's record grouping and the
 # extension's header decoding must agree on every (hostile) header set.
 test/unit/wire_tests: test/unit/wire_tests.cpp extension/wire/wire.cpp sidecar/record.cpp \
-                      extension/apply/record_decoder.cpp extension/wire/wire.hpp sidecar/record.hpp \
-                      extension/apply/record_decoder.hpp
+                      extension/wire/record_decoder.cpp extension/wire/wire.hpp sidecar/record.hpp \
+                      extension/wire/record_decoder.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson
 
 # The conflict policy's truth table (extension/apply/conflict_policy.cpp is pure C++).

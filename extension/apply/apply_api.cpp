@@ -13,7 +13,7 @@
 #include "apply/apply_context.hpp"
 #include "apply/apply_state.hpp"
 #include "apply/conflicts.hpp"
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 #include "apply/resync.hpp"
 #include "apply/run_as_owner.hpp"
 #include "apply/table_apply.hpp"

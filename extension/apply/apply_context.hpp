@@ -4,7 +4,7 @@
 #pragma once
 
 #include "apply/conflicts.hpp"
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 #include "apply/table_apply.hpp"
 #include "boundary/pg_boundary.hpp"
 #include "common/settings.hpp"

@@ -8,7 +8,7 @@
 #pragma once
 
 #include "apply/conflicts.hpp"
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 
 extern "C" {
 #include "postgres.h"

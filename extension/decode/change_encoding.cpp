@@ -3,7 +3,7 @@
 
 #include "boundary/pg_boundary.hpp"
 #include "common/unix_time.hpp"
-#include "encode/record_encoder.hpp"
+#include "wire/record_encoder.hpp"
 
 extern "C" {
 #include "access/detoast.h"

@@ -3,7 +3,7 @@
 #include "common/identity_key.hpp"
 
 #include "boundary/pg_boundary.hpp"
-#include "encode/record_encoder.hpp"
+#include "wire/record_encoder.hpp"
 
 extern "C" {
 #include "access/htup_details.h"

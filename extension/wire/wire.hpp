@@ -1,9 +1,12 @@
 // The wire contract between a node's producer and its subscribers, in one
-// place: the names of the kafka_sync.* record headers, the LSN text form, the
-// header blob the sidecar hands to the apply functions, and what a record's
-// headers say. Pure C++ (no PostgreSQL, librdkafka or libpq headers),
+// place (extension/wire/, pure C++: no PostgreSQL, librdkafka or libpq
+// headers): here the names of the kafka_sync.* record headers, the LSN text
+// form, the header blob the sidecar hands to the apply functions, and what a
+// record's headers say; beside it the record value's encoder
+// (record_encoder, change_event) and decoder (record_decoder). This part is
 // compiled into the extension and into the sidecar, so that both read every
-// record, hostile ones included, the same way (test/unit/wire_tests.cpp).
+// record's headers, hostile ones included, the same way
+// (test/unit/wire_tests.cpp).
 #pragma once
 
 #include <cstddef>

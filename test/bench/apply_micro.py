@@ -71,7 +71,7 @@ FROM generate_series(1, %(n)s) i
 
 def connect_schema(node, schema, table, columns):
     """The value schema kafka_sync's encoder writes for a table of text columns
-    (extension/encode/record_encoder.cpp), members in its order, compact."""
+    (extension/wire/record_encoder.cpp), members in its order, compact."""
     def field(type_, optional, name):
         return {"type": type_, "optional": optional, "field": name}
 

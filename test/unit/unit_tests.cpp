@@ -1,9 +1,9 @@
 // Unit tests of the pure C++ parts: in-flight accounting, record encoding,
 // kafka_config validation, the secrets file. No PostgreSQL, no Kafka: run with `make unit-test`.
 #include "check.hpp"
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 #include "common/secrets_file.hpp"
-#include "encode/record_encoder.hpp"
+#include "wire/record_encoder.hpp"
 #include "produce/inflight.hpp"
 #include "produce/kafka_config.hpp"
 #include "produce/kafka_producer.hpp"

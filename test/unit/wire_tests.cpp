@@ -5,7 +5,7 @@
 // ones included, both must reach the same verdict: where they disagreed, the
 // sidecar ended a transaction on a null txn_end header that the extension
 // did not see, and read LSNs the extension refused (and back).
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 #include "record.hpp"
 #include "wire/wire.hpp"
 

@@ -1,6 +1,6 @@
 // A row change as the encoder sees it: plain C++ data, no PostgreSQL types.
 //
-// The decoding side (decode/) fills these from tuples; the encoder (encode/)
+// The decoding side (decode/) fills these from tuples; the encoder (wire/record_encoder)
 // turns them into the Debezium-compatible key and value. Keeping this seam
 // free of PostgreSQL headers lets the encoder use jansson (whose json_object()
 // clashes with utils/fmgrprotos.h) and be unit-tested without a server.

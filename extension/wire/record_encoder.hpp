@@ -6,7 +6,7 @@
 // cost is appending values to a string.
 #pragma once
 
-#include "encode/change_event.hpp"
+#include "wire/change_event.hpp"
 
 #include <string>
 #include <vector>

@@ -3,9 +3,9 @@
 // Schemas are built with jansson once per table. Row payloads are appended
 // by hand: building a jansson object per row costs an allocation per field,
 // and this is the hottest loop of the source path.
-#include "encode/record_encoder.hpp"
+#include "wire/record_encoder.hpp"
 
-#include "encode/json_object_new.hpp"
+#include "wire/json_object_new.hpp"
 
 #include <jansson.h>
 

@@ -1,7 +1,7 @@
 // Decoding of incoming Kafka records (see record_decoder.hpp).
-#include "apply/record_decoder.hpp"
+#include "wire/record_decoder.hpp"
 
-#include "encode/json_object_new.hpp"
+#include "wire/json_object_new.hpp"
 
 #include <jansson.h>
 
