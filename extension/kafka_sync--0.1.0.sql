@@ -932,29 +932,24 @@ $$;
 -- (kafka_sync_sidecar --check). It then reads every subscription's
 -- kafka_config (the consumer needs its broker credentials). It applies a
 -- change only to a table whose owner it may become: GRANT owner TO role.
-CREATE FUNCTION kafka_sync.grant_sidecar_role(role regrole) RETURNS void
+CREATE FUNCTION kafka_sync._sidecar_privileges(role regrole, allow boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r text;
+    verb text := CASE WHEN allow THEN 'GRANT %s ON %s TO %s' ELSE 'REVOKE %s ON %s FROM %s' END;
 BEGIN
     FOREACH r IN ARRAY kafka_sync._sidecar_routines() LOOP
-        EXECUTE format('GRANT EXECUTE ON %s TO %s', r, role);
+        EXECUTE format(verb, 'EXECUTE', r, role);
     END LOOP;
-    EXECUTE format('GRANT SELECT ON kafka_sync.node_status, kafka_sync.subscription_status TO %s', role);
+    EXECUTE format(verb, 'SELECT', 'kafka_sync.node_status, kafka_sync.subscription_status', role);
 END
 $$;
+REVOKE ALL ON FUNCTION kafka_sync._sidecar_privileges(regrole, boolean) FROM PUBLIC;
 
+CREATE FUNCTION kafka_sync.grant_sidecar_role(role regrole) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$ SELECT kafka_sync._sidecar_privileges(role, true) $$;
 CREATE FUNCTION kafka_sync.revoke_sidecar_role(role regrole) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r text;
-BEGIN
-    FOREACH r IN ARRAY kafka_sync._sidecar_routines() LOOP
-        EXECUTE format('REVOKE EXECUTE ON %s FROM %s', r, role);
-    END LOOP;
-    EXECUTE format('REVOKE SELECT ON kafka_sync.node_status, kafka_sync.subscription_status FROM %s', role);
-END
-$$;
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$ SELECT kafka_sync._sidecar_privileges(role, false) $$;
 REVOKE ALL ON FUNCTION kafka_sync.grant_sidecar_role(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.revoke_sidecar_role(regrole) FROM PUBLIC;
 

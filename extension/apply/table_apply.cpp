@@ -42,16 +42,20 @@ struct LocalRow {
     bool found;
     RowVersion version;
 };
+struct RowStore;
+
 /*
  * One change being applied: the table, where it comes from, the counters,
- * and the row writer when it is written through the executor (NULL: SPI).
+ * how its rows are read and written, and the row writer when that is the
+ * executor.
  */
 struct Change {
     TargetInfo *t;
     const RemoteChange *remote;
     ApplyCounters *counters;
     List *after; /* the record's row image after the change (row_params), NIL: none */
-    RowWriter *w;
+    const RowStore *rows;
+    RowWriter *w; /* the executor store's state; NULL with the SQL store */
 };
 
 /* A whole row of the table from params (NULL elsewhere); replace, when given, marks the params' columns. */
@@ -84,48 +88,109 @@ bool covers_all_columns(TargetInfo *t, List *row) {
     return all;
 }
 
-/* Finds the row of key and locks it (the executor path: remembered for update_row / delete_row). */
-LocalRow lookup(const Change &ch, List *key) {
-    LocalRow row{false, RowVersion()};
-    TransactionId xmin = InvalidTransactionId;
-    if (ch.w) {
+/*
+ * How a table's rows are read and written, chosen once per table (as
+ * pglogical picks heap or SPI): through the executor (row_writer.cpp: index
+ * lookups, heap writes, the table's triggers and constraints), or through
+ * SQL statements for tables the executor path cannot serve
+ * (row_writer_usable). The one exception, per change: an insert (or an
+ * update that creates its row) whose record lacks columns goes through SQL,
+ * which fills the table's defaults. The row a lookup finds is locked; the
+ * executor store remembers it for the update or delete that follows.
+ */
+struct RowStore {
+    /* The row of key, locked, with its version. */
+    virtual LocalRow lookup(const Change &ch, List *key) const = 0;
+    /* false: a row with this key exists (inserted meanwhile by a concurrent local transaction, say). */
+    virtual bool insert(const Change &ch, List *row) const = 0;
+    /* Sets set in the row of where, which the last lookup found. */
+    virtual void update(const Change &ch, List *set, List *where) const = 0;
+    /* Deletes the row of key, which the last lookup found. */
+    virtual void remove(const Change &ch, List *key) const = 0;
+    /* The common update in one step, when the row's last writer is node; false: not done (look the row up). */
+    virtual bool update_if_written_by(const Change &ch, List *set, List *where, const char *node) const = 0;
+};
+
+struct ExecutorStore final : RowStore {
+    LocalRow lookup(const Change &ch, List *key) const override {
+        LocalRow row{false, RowVersion()};
         Datum *values;
         bool *isnull;
         row_datums(ch, key, &values, &isnull, nullptr);
+        TransactionId xmin = InvalidTransactionId;
         if (!row_writer_find(ch.w, values, isnull, &xmin))
             return row;
-    } else {
+        row.found = true;
+        row.version = row_version_of_xid(xmin, ch.remote->local_node);
+        return row;
+    }
+    bool insert(const Change &ch, List *row) const override {
+        Datum *values;
+        bool *isnull;
+        row_datums(ch, row, &values, &isnull, nullptr);
+        TransactionId xmin;
+        if (ch.t->nkeys > 0 && row_writer_find(ch.w, values, isnull, &xmin))
+            return false;
+        /*
+         * A local transaction inserting the key between the lookup and this
+         * insert makes it fail on the key's unique index; the sidecar applies
+         * the transaction again, and the lookup then sees the row.
+         */
+        row_writer_insert(ch.w, values, isnull);
+        return true;
+    }
+    void update(const Change &ch, List *set, List *) const override {
+        if (set == NIL)
+            return;
+        Datum *values;
+        bool *isnull, *replace;
+        row_datums(ch, set, &values, &isnull, &replace);
+        row_writer_update(ch.w, values, isnull, replace);
+    }
+    void remove(const Change &ch, List *) const override { row_writer_delete(ch.w); }
+    bool update_if_written_by(const Change &, List *, List *, const char *) const override { return false; }
+};
+
+struct SqlStore final : RowStore {
+    LocalRow lookup(const Change &ch, List *key) const override {
+        LocalRow row{false, RowVersion()};
         run(ch.t, 'l', NIL, key, build_lookup);
         if (SPI_processed == 0)
             return row;
         bool isnull;
-        xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+        const TransactionId xmin =
+            DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+        row.found = true;
+        row.version = row_version_of_xid(xmin, ch.remote->local_node);
+        return row;
     }
-    row.found = true;
-    row.version = row_version_of_xid(xmin, ch.remote->local_node);
-    return row;
-}
+    bool insert(const Change &ch, List *row) const override { return run(ch.t, 'i', row, NIL, build_insert) > 0; }
+    void update(const Change &ch, List *set, List *where) const override {
+        if (set != NIL)
+            run(ch.t, 'u', set, where, build_update);
+    }
+    void remove(const Change &ch, List *key) const override { run(ch.t, 'd', NIL, key, build_delete); }
+    bool update_if_written_by(const Change &ch, List *set, List *where, const char *node) const override {
+        if (set == NIL)
+            return false;
+        auto *writer = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
+        writer->attnum = kWriterParam;
+        writer->value = node;
+        return run(ch.t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer) > 0;
+    }
+};
 
-/* Sets the columns of set in the row of where, which the last lookup() found. */
+const ExecutorStore executor_store;
+const SqlStore sql_store;
+
+LocalRow lookup(const Change &ch, List *key) {
+    return ch.rows->lookup(ch, key);
+}
 void update_row(const Change &ch, List *set, List *where) {
-    if (set == NIL)
-        return;
-    if (!ch.w) {
-        run(ch.t, 'u', set, where, build_update);
-        return;
-    }
-    Datum *values;
-    bool *isnull, *replace;
-    row_datums(ch, set, &values, &isnull, &replace);
-    row_writer_update(ch.w, values, isnull, replace);
+    ch.rows->update(ch, set, where);
 }
-
-/* Deletes the row of key, which the last lookup() found. */
 void delete_row(const Change &ch, List *key) {
-    if (ch.w)
-        row_writer_delete(ch.w);
-    else
-        run(ch.t, 'd', NIL, key, build_delete);
+    ch.rows->remove(ch, key);
 }
 
 /*
@@ -227,23 +292,8 @@ List *non_key(TargetInfo *t, List *row) {
     return set;
 }
 
-/* false: a row with this key exists (inserted meanwhile by a concurrent local transaction, say) */
 bool insert_row(const Change &ch, List *row) {
-    if (!ch.w)
-        return run(ch.t, 'i', row, NIL, build_insert) > 0;
-    Datum *values;
-    bool *isnull;
-    row_datums(ch, row, &values, &isnull, nullptr);
-    TransactionId xmin;
-    if (ch.t->nkeys > 0 && row_writer_find(ch.w, values, isnull, &xmin))
-        return false;
-    /*
-     * A local transaction inserting the key between the lookup and this
-     * insert makes it fail on the key's unique index; the sidecar applies
-     * the transaction again, and the lookup then sees the row.
-     */
-    row_writer_insert(ch.w, values, isnull);
-    return true;
+    return ch.rows->insert(ch, row);
 }
 
 /* The row that kept insert_row from inserting (a local insert meanwhile): locked, with its version. */
@@ -307,14 +357,9 @@ void apply_update(const Change &ch, const kafka_sync::DecodedRecord *rec) {
     List *where = old_key != NIL ? old_key : key_params(t, after, true);
     /* key columns are SET only when the key changes */
     List *set = old_key != NIL ? after : non_key(t, after);
-    if (set != NIL && !ch.w) {
-        /* the common case, the row as the same node left it: one statement */
-        auto *writer = static_cast<ColumnParam *>(palloc0(sizeof(ColumnParam)));
-        writer->attnum = kWriterParam;
-        writer->value = ch.remote->version.node;
-        if (run(t, 'U', set, lappend(list_copy(where), writer), build_update_if_writer) > 0)
-            return;
-    }
+    /* the common case, the row as the same node left it */
+    if (ch.rows->update_if_written_by(ch, set, where, ch.remote->version.node))
+        return;
     LocalRow local = lookup(ch, where);
     if (!local.found) {
         bool found;
@@ -424,12 +469,14 @@ Oid apply_target_relid(const char *schema, const char *table) {
 void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
                       ApplyCounters *counters) {
     TargetInfo *t = target_for(relid);
-    Change ch{t, remote, counters, rec->has_after ? row_params(t, rec->after) : NIL, nullptr};
+    Change ch{t, remote, counters, rec->has_after ? row_params(t, rec->after) : NIL, &sql_store, nullptr};
     /* an insert (or an update creating its row) through the executor fills no defaults: all columns needed */
-    if (t->direct && (rec->op == 'd' || covers_all_columns(t, ch.after)))
+    if (t->direct && (rec->op == 'd' || covers_all_columns(t, ch.after))) {
+        ch.rows = &executor_store;
         ch.w = writer_for(t);
-    else
+    } else {
         apply_close_writer();
+    }
     if (ch.w)
         row_writer_begin_change(ch.w);
     switch (rec->op) {

@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "kafka_broker"))
 
-from kafka_broker import _die_with_parent, cache_root, free_port, java_binary  # noqa: E402
+from kafka_broker import _die_with_parent, cache_root, free_port, java_binary, tail_lines, terminate  # noqa: E402
 
 POM = HERE / "debezium" / "pom.xml"
 # The same as debezium/pom.xml's (they name the cache folder and the table's note)
@@ -252,24 +252,11 @@ class ConnectWorker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout=30):
-        if not self.running():
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.running():
+            terminate(self.proc, timeout)
 
     def log_tail(self, lines=40):
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            text = []
-        try:
-            text += (self.dir / "stdout.log").read_text(errors="replace").splitlines()[-10:]
-        except OSError:
-            pass
+        text = tail_lines(self.log_path, lines) + tail_lines(self.dir / "stdout.log", 10)
         return "\n".join(text[-lines:])
 
 

@@ -278,19 +278,28 @@ class BrokerNode:
         if not self.running():
             return
         self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout)
 
     def log_tail(self, lines=40):
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
+        return "\n".join(tail_lines(self.log_path, lines))
+
+
+def terminate(proc, timeout):
+    """SIGTERM, then SIGKILL when proc has not exited after timeout seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tail_lines(path, lines):
+    """The last lines of a log file ([] when it cannot be read)."""
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 def _kill_quietly(nodes):
