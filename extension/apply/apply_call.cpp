@@ -276,7 +276,6 @@ void begin_apply(ApplyContext *ctx, const char *sub_name, bool careful, MemoryCo
  * timestamp, all recorded by the commit that follows.
  */
 void finish_local_transaction(ApplyContext *ctx, int64 next_offset) {
-    apply_flush_inserts(&ctx->counters);
     apply_close_writer();
     flush_truncates(ctx);
     if (ctx->new_incarnation)

@@ -156,7 +156,6 @@ void apply_decoded(ApplyContext *ctx) {
             resync_note_key(ctx->sub->name, relid, key);
     }
     if (rec->op == 't') {
-        apply_flush_inserts(&ctx->counters);
         MemoryContext old = MemoryContextSwitchTo(ctx->call_context);
         ctx->pending_truncates = lappend_oid(ctx->pending_truncates, relid);
         MemoryContextSwitchTo(old);
@@ -164,11 +163,7 @@ void apply_decoded(ApplyContext *ctx) {
             flush_truncates(ctx);
     } else {
         flush_truncates(ctx);
-        /* careful mode applies record by record, each in its own subtransaction */
-        if (ctx->careful || !apply_queue_insert(relid, rec, &remote, &ctx->counters)) {
-            apply_flush_inserts(&ctx->counters);
-            apply_row_change(relid, rec, &remote, &ctx->counters);
-        }
+        apply_row_change(relid, rec, &remote, &ctx->counters);
     }
     if (rec->op == 'r') {
         /* a snapshot row keeps its own time here; only the snapshot's last record completes it */
@@ -176,7 +171,6 @@ void apply_decoded(ApplyContext *ctx) {
         if (!headers->has_txn_end)
             return;
         if (resync_row) {
-            apply_flush_inserts(&ctx->counters);
             apply_close_writer();
             ctx->counters.applied += resync_finish(ctx->sub->name, ctx->sub->peer, headers->lsn);
             ctx->sub->resync_lsn = InvalidXLogRecPtr;

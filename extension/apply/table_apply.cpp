@@ -426,7 +426,6 @@ RowWriter *writer_for(TargetInfo *t) {
 
 void apply_begin_call(bool keep_writer) {
     kafka_sync::begin_apply_call(keep_writer);
-    apply_discard_queued_inserts(); /* left by a call that failed */
 }
 
 void apply_close_writer() {

@@ -52,15 +52,5 @@ bytea *apply_row_key(Oid relid, const kafka_sync::DecodedRecord *rec);
 void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
                       ApplyCounters *counters);
 
-/*
- * Inserts wait in a batch: apply_queue_insert queues a "c" record (true) when
- * it can go with the rows waiting; apply_flush_inserts applies them, and
- * must run before anything else is applied and before the commit.
- */
-bool apply_queue_insert(Oid relid, const kafka_sync::DecodedRecord *rec, const RemoteChange *remote,
-                        ApplyCounters *counters);
-void apply_flush_inserts(ApplyCounters *counters);
-void apply_discard_queued_inserts();
-
 /* TRUNCATE of these tables, in one statement (foreign keys between them). */
 void apply_truncate(List *relids);

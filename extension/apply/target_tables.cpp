@@ -101,7 +101,6 @@ void free_target_arrays(TargetInfo *t) {
     free_and_clear(t->in_funcs);
     free_and_clear(t->ioparams);
     free_and_clear(t->typmods);
-    free_and_clear(t->array_types);
     free_and_clear(t->owner_input);
     free_and_clear(t->key_attnums);
     free_and_clear(t->qualified_name);
@@ -128,7 +127,6 @@ void build_target(TargetInfo *t) {
     t->in_funcs = static_cast<FmgrInfo *>(palloc0(sizeof(FmgrInfo) * Max(desc->natts, 1)));
     t->ioparams = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     t->typmods = static_cast<int32 *>(palloc0(sizeof(int32) * Max(desc->natts, 1)));
-    t->array_types = static_cast<Oid *>(palloc0(sizeof(Oid) * Max(desc->natts, 1)));
     t->owner_input = static_cast<bool *>(palloc0(sizeof(bool) * Max(desc->natts, 1)));
     for (int i = 0; i < desc->natts; i++) {
         Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -141,7 +139,6 @@ void build_target(TargetInfo *t) {
         t->nwritable++;
         t->types[i] = att->atttypid;
         t->typmods[i] = att->atttypmod;
-        t->array_types[i] = get_array_type(att->atttypid);
         Oid infunc;
         getTypeInputInfo(att->atttypid, &infunc, &t->ioparams[i]);
         fmgr_info_cxt(infunc, &t->in_funcs[i], apply_cache_context);

@@ -2,7 +2,7 @@
 // key, column types and input functions, and the plans of the statements
 // it runs on it (cached until the table's definition changes), plus the SQL
 // those statements are built from. Internal to extension/apply/
-// (target_tables.cpp; used by table_apply.cpp and insert_batch.cpp).
+// (target_tables.cpp; used by table_apply.cpp).
 #pragma once
 
 #include "apply/conflicts.hpp"
@@ -34,7 +34,6 @@ struct TargetInfo {
     FmgrInfo *in_funcs;
     Oid *ioparams;
     int32 *typmods;
-    Oid *array_types;  /* for batched inserts; InvalidOid: the type has none */
     bool *owner_input; /* the column's input runs code a role wrote (a domain, a type not built in): as the owner */
     int nkeys;
     AttrNumber *key_attnums; /* primary key (or replica identity index) */
