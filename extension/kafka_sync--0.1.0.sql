@@ -867,7 +867,7 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     sub_name text, offsets int8[], keys bytea[], vals bytea[], headers bytea[], careful boolean,
     OUT applied bigint, OUT skipped bigint, OUT conflicts bigint, OUT dead_letters bigint,
     OUT failed_offset bigint, OUT failed_error text)
-    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
+    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
 -- Complete source transactions, each committed with its own commit time and
 -- origin (those of one millisecond in one local transaction). CALL it outside

@@ -163,7 +163,9 @@ void SubscriptionRunner::iterate() {
     // producer gone), nor for longer than the hold limit before its end is
     // in Kafka (a peer's transaction that never ends, or a huge one).
     if (txn_open_ && assembler_.streaming()) {
-        const bool stalled = now - last_record_ > std::chrono::milliseconds(config_.partial_wait_ms);
+        /* waiting for Kafka, not for the server: a slow apply call is no stall */
+        const bool stalled =
+            now - std::max(last_record_, last_apply_result_) > std::chrono::milliseconds(config_.partial_wait_ms);
         const bool held = now - txn_began_ > std::chrono::milliseconds(config_.partial_hold_ms) &&
                           assembler_.streaming_first_offset() != whole_first_offset_;
         if (stalled || held) {
@@ -261,6 +263,7 @@ bool SubscriptionRunner::await_apply() {
     std::vector<Record> records = std::move(in_flight_.records);
     ApplyResult result;
     DbStatus st = db_.receive_apply(result);
+    last_apply_result_ = Clock::now();
     if (!st.ok())
         return apply_failed(st); // apply_transactions: the transactions it committed are skipped when read again
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - in_flight_.started).count();

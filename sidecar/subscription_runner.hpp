@@ -137,7 +137,7 @@ class SubscriptionRunner {
     int64_t high_water_ = -1;
     uint64_t received_ = 0, received_at_log_ = 0;
     uint64_t applied_ = 0, skipped_ = 0, conflicts_ = 0, dead_letters_ = 0;
-    Clock::time_point last_report_{}, last_log_{}, last_record_{}, last_assign_{};
+    Clock::time_point last_report_{}, last_log_{}, last_record_{}, last_assign_{}, last_apply_result_{};
 };
 
 } // namespace kafka_sync_sidecar

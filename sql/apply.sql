@@ -394,6 +394,18 @@ DROP FUNCTION owned_trig, owned_stmt;
 DROP DOMAIN alice_text;
 DROP ROLE owner_alice;
 
+-- a deferrable constraint trigger would fire at the commit, as the sidecar's role: such a table is refused
+CREATE TABLE deferred_t (id int PRIMARY KEY);
+CREATE FUNCTION deferred_trig() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER deferred_check AFTER INSERT ON deferred_t DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION deferred_trig();
+BEGIN;
+SELECT dead_letters, failed_offset, failed_error FROM kafka_sync.apply_chunk('from_chat2', '{1700}', '{NULL}',
+    ARRAY[ev('c', 'deferred_t', NULL, '{"id": 1}')], ARRAY[hdrs('0/1700', 1)], true);
+ROLLBACK;
+DROP TABLE deferred_t;
+DROP FUNCTION deferred_trig;
+
 -- nothing applied above was published again: it all carried the origin
 SELECT count(*) AS republished FROM pg_logical_slot_get_changes('apply_echo', NULL, NULL, 'node_name', 'chat1');
 

@@ -296,6 +296,9 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
         elog(ERROR, "return type must be a row type");
 
     MemoryContext call_context = CurrentMemoryContext;
+    /* as its owner, as apply_transactions (there: why) */
+    OwnerContext definer;
+    become_function_owner(fcinfo->flinfo->fn_oid, &definer);
     SPI_connect();
     ApplyContext ctx;
     ErrorContextCallback errcallback;
@@ -318,6 +321,7 @@ Datum kafka_sync_apply_chunk(PG_FUNCTION_ARGS) {
     HeapTuple tuple = heap_form_tuple(tupdesc, values, nulls);
     MemoryContextSwitchTo(spi_context);
     SPI_finish();
+    restore_user(&definer);
     PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
 }
 
@@ -346,16 +350,13 @@ Datum kafka_sync_apply_transactions(PG_FUNCTION_ARGS) {
     MemoryContext call_context = CurrentMemoryContext;
     SPI_connect_ext(SPI_OPT_NONATOMIC);
     /*
-     * A procedure with transaction control cannot have SET search_path; the
-     * SQL it builds qualifies every name, and the sidecar pins the session's
-     * search_path to pg_catalog, pg_temp (what user triggers on the synced
-     * tables see, as with apply_chunk).
-     *
-     * As SECURITY DEFINER would (which a procedure that commits cannot be):
+     * A procedure with transaction control cannot have SET search_path nor
+     * be SECURITY DEFINER. As SECURITY DEFINER would (which a procedure that commits cannot be):
      * the bookkeeping runs as the procedure's owner, so that a sidecar role
      * granted EXECUTE needs no rights on kafka_sync's tables; each change
      * runs as its table's owner, which the caller must be able to become.
-     * The caller again around each commit (see become_function_owner).
+     * The caller again around each commit (see become_function_owner),
+     * which also pins search_path to pg_catalog, pg_temp in between.
      */
     OwnerContext definer;
     become_function_owner(fcinfo->flinfo->fn_oid, &definer);

@@ -13,11 +13,22 @@ extern "C" {
 #include "catalog/pg_proc.h"
 }
 
+namespace {
+
+/* The role that called the apply function now running (become_function_owner): the sidecar's. */
+Oid apply_caller = InvalidOid;
+
+} // namespace
+
 void switch_to_owner(Oid owner, const char *table, OwnerContext *ctx) {
     GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
     ctx->save_nestlevel = -1;
-    /* the sidecar's role: the apply functions' SECURITY DEFINER leaves it as the outer user */
-    const Oid caller = GetOuterUserId();
+    /*
+     * Checked for the role that called the apply function, as it was when it
+     * called (not the outer role of the session: a function of that role's
+     * could call the apply function on behalf of a more privileged one).
+     */
+    const Oid caller = OidIsValid(apply_caller) ? apply_caller : GetUserId();
     if (!is_member_of_role(caller, owner))
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("role \"%s\" cannot apply changes to %s as its owner \"%s\"",
@@ -50,7 +61,12 @@ void become_function_owner(Oid fn_oid, OwnerContext *ctx) {
         elog(ERROR, "cache lookup failed for function %u", fn_oid);
     const Oid owner = ((Form_pg_proc)GETSTRUCT(tp))->proowner;
     ReleaseSysCache(tp);
+    apply_caller = ctx->save_userid;
     SetUserIdAndSecContext(owner, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+    /* the owner's statements never resolve a name through the caller's search_path */
+    ctx->save_nestlevel = NewGUCNestLevel();
+    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                            false);
 }
 
 Oid table_owner(Oid relid) {

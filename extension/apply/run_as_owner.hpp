@@ -26,11 +26,13 @@ void switch_to_owner(Oid owner, const char *table, OwnerContext *ctx);
 void restore_user(const OwnerContext *ctx);
 
 /*
- * Becomes the owner of function fn_oid, as SECURITY DEFINER does, for a
- * procedure that commits (which a SECURITY DEFINER one may not). Call
- * restore_user before each commit and this again after it: an error then
- * restores the caller with the transaction's abort, which resets the user
- * to the one its transaction started with.
+ * Becomes the owner of function fn_oid, as SECURITY DEFINER does (with
+ * search_path pinned to pg_catalog, pg_temp), and notes the caller as the
+ * role switch_to_owner checks. apply_chunk and apply_transactions (which
+ * commits, so it could not be SECURITY DEFINER) use it. Call restore_user
+ * before each commit and this again after it: an error then restores the
+ * caller with the transaction's abort, which resets the user (and the
+ * settings) to what its transaction started with.
  */
 void become_function_owner(Oid fn_oid, OwnerContext *ctx);
 

@@ -413,7 +413,8 @@ RowWriter *writer_for(TargetInfo *t) {
     if (txn.open_writer && txn.open_writer_relid == t->relid)
         return txn.open_writer;
     apply_close_writer();
-    if (!kafka_sync::apply_call().keep_writers)
+    /* kept only at the top level: a subtransaction's abort would release its executor state */
+    if (!kafka_sync::apply_call().keep_writers || !txn.may_note())
         return row_writer_open(t->relid, t->key_index); /* closed after the change */
     MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
     RowWriter *w = row_writer_open(t->relid, t->key_index);
@@ -493,7 +494,7 @@ void apply_row_change(Oid relid, const kafka_sync::DecodedRecord *rec, const Rem
     }
     if (ch.w) {
         row_writer_end_change(ch.w);
-        if (!kafka_sync::apply_call().keep_writers)
+        if (ch.w != kafka_sync::apply_txn().open_writer)
             row_writer_close(ch.w);
     }
     counters->applied++;

@@ -7,6 +7,8 @@
 
 extern "C" {
 #include "access/htup_details.h"
+#include "commands/trigger.h"
+#include "utils/reltrigger.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -168,6 +170,23 @@ void build_target(TargetInfo *t) {
                         errdetail("A peer's changes run as the table's owner (FORCE ROW LEVEL SECURITY is set)."),
                         errhint("ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, or leave it out of the subscription.",
                                 t->qualified_name)));
+    /*
+     * A deferrable constraint trigger (other than a foreign key's, whose
+     * checks switch to the table's owner themselves) may fire at the commit,
+     * after the change has switched back from the owner: it would run with
+     * the sidecar's rights.
+     */
+    for (int i = 0; rel->trigdesc && i < rel->trigdesc->numtriggers; i++) {
+        const Trigger *trig = &rel->trigdesc->triggers[i];
+        if (trig->tgdeferrable && trig->tgenabled != TRIGGER_DISABLED &&
+            RI_FKey_trigger_type(trig->tgfoid) == RI_TRIGGER_NONE)
+            ereport(ERROR,
+                    (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                     errmsg("table %s has a deferrable constraint trigger \"%s\"", t->qualified_name, trig->tgname),
+                     errdetail("A peer's changes run as the table's owner; a trigger deferred to the commit would run "
+                               "as the sidecar's role instead."),
+                     errhint("Make the trigger NOT DEFERRABLE, or leave the table out of the subscription.")));
+    }
     {
         /* whether the executor path may write it is decided for the role that writes: the owner */
         OwnerContext owner;

@@ -192,6 +192,7 @@ def test_a_sidecar_role_that_is_not_a_superuser_applies_only_as_table_owners_it_
                      "ALTER FUNCTION log_user() OWNER TO app_owner",
                      "ALTER TABLE secret_table OWNER TO other_owner",
                      "GRANT app_owner TO ks_sidecar",
+                     "CREATE SCHEMA trap AUTHORIZATION ks_sidecar",
                      "SELECT kafka_sync.grant_sidecar_role('ks_sidecar')"):
             chat1.sql(stmt)
         kafka.create_topic(f"{prefix}.ghost")
@@ -260,6 +261,20 @@ def test_a_sidecar_role_that_is_not_a_superuser_applies_only_as_table_owners_it_
                                  [psycopg2.Binary(header_blob(good[1])), psycopg2.Binary(header_blob(bad[1]))]))
                 cur.execute("SELECT current_user, session_user")
                 assert cur.fetchone() == ("ks_sidecar", "ks_sidecar")
+                # its own operator first in its search_path: the bookkeeping (as the procedure's owner) never uses it
+                cur.execute("CREATE TABLE trap.calls (who text)")
+                cur.execute("GRANT INSERT ON trap.calls TO PUBLIC")
+                cur.execute("""CREATE FUNCTION trap.text_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+                               BEGIN INSERT INTO trap.calls VALUES (current_user);
+                                     RETURN a OPERATOR(pg_catalog.=) b; END $$""")
+                cur.execute("CREATE OPERATOR trap.= (LEFTARG = text, RIGHTARG = text, FUNCTION = trap.text_eq)")
+                cur.execute("SET search_path = trap, pg_catalog")
+                good2 = ghost_record(1, "0/8000", "direct2", end=1)
+                cur.execute("CALL kafka_sync.apply_transactions('from_ghost', %s, %s, %s, %s)",
+                            ([902], [None], [psycopg2.Binary(good2[0])], [psycopg2.Binary(header_blob(good2[1]))]))
+                cur.execute("RESET search_path")
+                cur.execute("SELECT DISTINCT who FROM trap.calls")
+                assert cur.fetchall() in ([], [("ks_sidecar",)]), "the owner's bookkeeping ran the caller's operator"
                 with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                     cur.execute("SELECT * FROM kafka_sync.subscription")
         finally:
