@@ -21,10 +21,8 @@ it (PR_SET_PDEATHSIG), as the test broker's do.
   debezium_pipeline.py fetch      cache the jars, print their folder
 """
 
-import fcntl
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "kafka_broker"))
 
-from kafka_broker import _die_with_parent, cache_root, free_port, java_binary, tail_lines, terminate  # noqa: E402
+from kafka_broker import (  # noqa: E402
+    _die_with_parent, cache_root, free_port, java_binary, log4j2_properties, maven_fetch, tail_lines, terminate)
 
 POM = HERE / "debezium" / "pom.xml"
 # The same as debezium/pom.xml's (they name the cache folder and the table's note)
@@ -80,59 +79,24 @@ def fetch(quiet=True):
     the pom's content; a lock keeps parallel callers from fetching twice)."""
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
     home = cache_root() / f"debezium-{DEBEZIUM_VERSION}-connect-{CONNECT_VERSION}-{digest}"
-    if (home / "complete").exists():
-        return home
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (home / "complete").exists():
-            return home
-        print(f"debezium_pipeline: fetching Kafka Connect {CONNECT_VERSION} and Debezium {DEBEZIUM_VERSION} "
-              f"with Maven into {home}", file=sys.stderr, flush=True)
-        for profile, folder in PROFILES.items():
-            target = home / folder
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.rmtree(target, ignore_errors=True)
-            cmd = ["mvn", "-B", "-f", str(POM), "-P", profile, "dependency:copy-dependencies",
-                   f"-DoutputDirectory={partial}", "-DincludeScope=runtime"]
-            if profile != "worker":
-                # The worker provides these, as to Debezium's own plugin archives: the Connect
-                # API and the Kafka client (a plugin's copies would be shadowed anyway), and
-                # Jackson (a plugin's own jackson-databind beside the worker's modules fails:
-                # ServiceLoader finds the worker's Jdk8Module, "not a subtype" of the plugin's Module)
-                cmd.append("-DexcludeGroupIds=org.apache.kafka,com.fasterxml.jackson.core,"
-                           "com.fasterxml.jackson.datatype")
-            if quiet:
-                cmd.insert(2, "-q")
-            try:
-                done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      timeout=900)
-            except FileNotFoundError:
-                raise PipelineError("mvn is not installed (apt-get install maven)") from None
-            if done.returncode != 0:
-                raise PipelineError(f"mvn could not fetch the {profile} jars (exit {done.returncode}):\n"
-                                    f"{done.stdout[-3000:]}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial.rename(target)
-        (home / "complete").write_text(f"{CONNECT_VERSION} {DEBEZIUM_VERSION}\n")
+    jobs = []
+    for profile, folder in PROFILES.items():
+        extra = ["-P", profile]
+        if profile != "worker":
+            # The worker provides these, as to Debezium's own plugin archives: the Connect
+            # API and the Kafka client (a plugin's copies would be shadowed anyway), and
+            # Jackson (a plugin's own jackson-databind beside the worker's modules fails:
+            # ServiceLoader finds the worker's Jdk8Module, "not a subtype" of the plugin's Module)
+            extra.append("-DexcludeGroupIds=org.apache.kafka,com.fasterxml.jackson.core,"
+                         "com.fasterxml.jackson.datatype")
+        jobs.append((folder, extra))
+    maven_fetch(POM, home, jobs, f"Kafka Connect {CONNECT_VERSION} and Debezium {DEBEZIUM_VERSION}",
+                f"{CONNECT_VERSION} {DEBEZIUM_VERSION}", quiet, PipelineError)
     return home
 
 
 # -- the worker -------------------------------------------------------------------------------------
 
-LOG4J2 = """\
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.reflections.name = org.reflections
-logger.reflections.level = ERROR
-"""
 
 
 class ConnectWorker:
@@ -165,7 +129,7 @@ class ConnectWorker:
             "plugin.path": self.home / "plugins",
         }
         (self.dir / "worker.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        (self.dir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_path))
+        (self.dir / "log4j2.properties").write_text(log4j2_properties(self.log_path, {"org.reflections": "ERROR"}))
         cmd = [java_binary(), "-Xms256m", f"-Xmx{HEAP}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",

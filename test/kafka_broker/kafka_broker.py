@@ -76,35 +76,57 @@ def fetch(quiet=True):
     """
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
     home = cache_root() / f"kafka-{KAFKA_VERSION}-{digest}"
-    lib = home / "lib"
+    maven_fetch(POM, home, [("lib", [])], f"Apache Kafka {KAFKA_VERSION}", KAFKA_VERSION, quiet, BrokerError)
+    return home / "lib"
+
+
+def maven_fetch(pom, home, jobs, what, stamp, quiet=True, error=RuntimeError):
+    """Fetch jars with `mvn dependency:copy-dependencies` of pom into folders of
+    home, once: jobs is [(folder, extra mvn arguments)]. Each folder appears
+    whole or not at all (written as <folder>.partial, then renamed); the file
+    "complete" (holding stamp) marks a finished fetch, and a lock file keeps
+    parallel callers from fetching twice. Failures raise error."""
     if (home / "complete").exists():
-        return lib
+        return
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (home / "complete").exists():
-            return lib
-        partial = home / "lib.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(lib, ignore_errors=True)
-        cmd = ["mvn", "-B", "-f", str(POM), "dependency:copy-dependencies",
-               f"-DoutputDirectory={partial}", "-DincludeScope=runtime"]
-        if quiet:
-            cmd.insert(2, "-q")
-        print(f"kafka_broker: fetching Apache Kafka {KAFKA_VERSION} with Maven into {home}",
-              file=sys.stderr, flush=True)
-        try:
-            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, timeout=900)
-        except FileNotFoundError:
-            raise BrokerError("mvn is not installed: the test broker is fetched with Maven "
-                              "(apt-get install maven)") from None
-        if done.returncode != 0:
-            raise BrokerError(f"mvn could not fetch Apache Kafka {KAFKA_VERSION} "
-                              f"(exit {done.returncode}):\n{done.stdout[-3000:]}")
-        partial.rename(lib)
-        (home / "complete").write_text(KAFKA_VERSION + "\n")
-    return lib
+            return
+        print(f"fetching {what} with Maven into {home}", file=sys.stderr, flush=True)
+        for folder, extra in jobs:
+            target = home / folder
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)
+            cmd = (["mvn", "-B"] + (["-q"] if quiet else []) + ["-f", str(pom)] + extra
+                   + ["dependency:copy-dependencies", f"-DoutputDirectory={partial}", "-DincludeScope=runtime"])
+            try:
+                done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, timeout=900)
+            except FileNotFoundError:
+                raise error(f"mvn is not installed: {what} is fetched with Maven (apt-get install maven)") from None
+            if done.returncode != 0:
+                raise error(f"mvn could not fetch {what}, {folder} (exit {done.returncode}):\n{done.stdout[-3000:]}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.rename(target)
+        (home / "complete").write_text(stamp + "\n")
+
+
+def log4j2_properties(log, levels):
+    """A log4j2 configuration writing INFO and above to the file log, with the
+    loggers in levels ({logger name: level}) set apart."""
+    text = ("status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = file\n"
+            f"appender.file.fileName = {log}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = file\n")
+    for i, (name, level) in enumerate(levels.items()):
+        text += f"logger.l{i}.name = {name}\nlogger.l{i}.level = {level}\n"
+    return text
 
 
 def java_binary():
@@ -138,20 +160,6 @@ def _die_with_parent():
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-LOG4J2 = """\
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.authorizer.name = kafka.authorizer.logger
-logger.authorizer.level = WARN
-"""
 
 
 class BrokerNode:
@@ -218,7 +226,8 @@ class BrokerNode:
         }
         text = "".join(f"{k}={v}\n" for k, v in props.items())
         (self.dir / "server.properties").write_text(text)
-        (self.dir / "log4j2.properties").write_text(LOG4J2.format(log=self.log_path))
+        (self.dir / "log4j2.properties").write_text(
+            log4j2_properties(self.log_path, {"kafka.request.logger": "WARN", "kafka.authorizer.logger": "WARN"}))
 
     def _java(self, main, args, heap):
         lib = self.cluster.lib
