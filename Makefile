@@ -98,12 +98,12 @@ test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp s
 # extension's header decoding must agree on every (hostile) header set.
 test/unit/wire_tests: test/unit/wire_tests.cpp extension/wire/wire.cpp sidecar/record.cpp \
                       extension/wire/record_decoder.cpp extension/wire/wire.hpp sidecar/record.hpp \
-                      extension/wire/record_decoder.hpp
+                      extension/wire/record_decoder.hpp test/unit/check.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson
 
 # The conflict policy's truth table (extension/apply/conflict_policy.cpp is pure C++).
 test/unit/conflict_policy_tests: test/unit/conflict_policy_tests.cpp extension/apply/conflict_policy.cpp \
-                                 extension/apply/conflict_policy.hpp
+                                 extension/apply/conflict_policy.hpp test/unit/check.hpp
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(filter %.cpp,$^)
 
 install: install-sidecar

@@ -5,6 +5,7 @@
 // strategy. The expected column is written out by hand from the README's
 // conflict section, not computed by the code under test.
 #include "apply/conflict_policy.hpp"
+#include "check.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -14,7 +15,8 @@ using namespace kafka_sync;
 
 namespace {
 
-int failures = 0, checks = 0;
+using unit_check::checks;
+using unit_check::failures;
 
 const char *action_name(Action a) {
     return a == Action::Apply ? "A" : a == Action::Skip ? "S" : "R";

@@ -5,6 +5,7 @@
 // ones included, both must reach the same verdict: where they disagreed, the
 // sidecar ended a transaction on a null txn_end header that the extension
 // did not see, and read LSNs the extension refused (and back).
+#include "check.hpp"
 #include "wire/record_decoder.hpp"
 #include "record.hpp"
 #include "wire/wire.hpp"
@@ -19,16 +20,8 @@ namespace sc = kafka_sync_sidecar;
 
 namespace {
 
-int failures = 0, checks = 0;
-
-#define CHECK(cond)                                                                                                    \
-    do {                                                                                                               \
-        checks++;                                                                                                      \
-        if (!(cond)) {                                                                                                 \
-            failures++;                                                                                                \
-            fprintf(stderr, "%s:%d: FAIL %s\n", __FILE__, __LINE__, #cond);                                            \
-        }                                                                                                              \
-    } while (0)
+using unit_check::checks;
+using unit_check::failures;
 
 using Headers = std::vector<sc::KafkaHeader>;
 
