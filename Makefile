@@ -67,16 +67,17 @@ UNIT_TESTS  = test/unit/unit_tests
 
 # extension/common/secrets_file.cpp and kafka_properties.cpp are pure C++, shared by both sides
 SIDECAR_SRCS = $(sort $(wildcard sidecar/*.cpp)) extension/common/secrets_file.cpp extension/common/kafka_properties.cpp \
-               extension/wire/wire.cpp
+               extension/wire/wire.cpp extension/wire/json_scan.cpp
 UNIT_SRCS    = test/unit/unit_tests.cpp extension/produce/inflight.cpp extension/common/secrets_file.cpp \
                extension/common/kafka_properties.cpp \
                extension/wire/record_encoder.cpp extension/produce/kafka_config.cpp \
-               extension/wire/record_decoder.cpp extension/produce/kafka_producer.cpp extension/wire/wire.cpp
+               extension/wire/record_decoder.cpp extension/produce/kafka_producer.cpp extension/wire/wire.cpp \
+               extension/wire/json_scan.cpp
 
 all: $(SIDECAR) $(MOCK_KAFKA) $(UNIT_TESTS) test/unit/sidecar_tests test/unit/conflict_policy_tests test/unit/wire_tests
 
 $(SIDECAR): $(SIDECAR_SRCS) $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp \
-            extension/wire/wire.hpp
+            extension/wire/wire.hpp extension/wire/json_scan.hpp
 	$(CXX) $(CXXSTD) -I$(shell $(PG_CONFIG) --includedir) -Isidecar -Iextension -o $@ $(SIDECAR_SRCS) -lpq -lrdkafka -ljansson
 
 $(MOCK_KAFKA): test/kafka_mock/mock_kafka.cpp
@@ -90,15 +91,16 @@ $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/wire/*.hpp extension/produce/*.
 test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
                          sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp \
                          extension/common/secrets_file.cpp extension/common/kafka_properties.cpp extension/wire/wire.cpp \
+                         extension/wire/json_scan.cpp \
                          $(wildcard sidecar/*.hpp) extension/common/secrets_file.hpp extension/common/kafka_properties.hpp \
-                         extension/wire/wire.hpp
+                         extension/wire/wire.hpp extension/wire/json_scan.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson -lpthread
 
 # The wire contract read by both sides: the sidecar's record grouping and the
 # extension's header decoding must agree on every (hostile) header set.
 test/unit/wire_tests: test/unit/wire_tests.cpp extension/wire/wire.cpp sidecar/record.cpp \
-                      extension/wire/record_decoder.cpp extension/wire/wire.hpp sidecar/record.hpp \
-                      extension/wire/record_decoder.hpp test/unit/check.hpp
+                      extension/wire/record_decoder.cpp extension/wire/json_scan.cpp extension/wire/wire.hpp \
+                      sidecar/record.hpp extension/wire/record_decoder.hpp extension/wire/json_scan.hpp test/unit/check.hpp
 	$(CXX) $(CXXSTD) -Isidecar -Iextension -o $@ $(filter %.cpp,$^) -ljansson
 
 # The conflict policy's truth table (extension/apply/conflict_policy.cpp is pure C++).

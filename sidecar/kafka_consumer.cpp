@@ -205,7 +205,7 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
             headers.push_back({name, static_cast<const char *>(value), value ? size : 0});
     }
     out = record_from_message(msg->offset, static_cast<const char *>(msg->key), msg->key_len,
-                              static_cast<const char *>(msg->payload), msg->len, headers);
+                              static_cast<const char *>(msg->payload), msg->len, headers, &schemas_);
     rd_kafka_message_destroy(msg);
     leader_up_ = true;
     fetch_problem_.clear();

@@ -60,6 +60,7 @@ class KafkaConsumer {
     std::string sub_name_;
     std::string topic_;
     std::vector<HeaderView> header_views_; // poll()'s, kept for its capacity
+    kafka_sync::ConnectSchemas schemas_;   // the peer's tables' Connect schemas that passed (record.hpp)
     std::vector<std::string> secrets_;     // kafka_config values, masked in every message
     int64_t min_offset_ = 0;               // records below it belong to a previous position
     int64_t assigned_offset_ = -1;

@@ -15,13 +15,19 @@ std::string encode_headers(const std::vector<HeaderView> &headers) {
 }
 
 Record record_from_message(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
-                           const std::vector<HeaderView> &headers) {
+                           const std::vector<HeaderView> &headers, kafka_sync::ConnectSchemas *schemas) {
     Record r;
     r.offset = offset;
     if (key)
         r.key.emplace(key, key_len);
-    if (value)
-        r.value.emplace(value, value_len);
+    if (value) {
+        const std::optional<std::string_view> payload =
+            schemas ? kafka_sync::connect_payload(std::string_view(value, value_len), *schemas) : std::nullopt;
+        if (payload)
+            r.value.emplace(*payload);
+        else
+            r.value.emplace(value, value_len);
+    }
     r.headers = encode_headers(headers);
 
     kafka_sync::wire::HeaderFacts facts;

@@ -4,6 +4,7 @@
 // Pure C++: no librdkafka, no libpq.
 #pragma once
 
+#include "wire/json_scan.hpp"
 #include "wire/wire.hpp"
 
 #include <cstddef>
@@ -29,9 +30,11 @@ struct HeaderView {
 
 struct Record {
     int64_t offset = 0;
-    std::optional<std::string> key;   // nullopt: no key
-    std::optional<std::string> value; // nullopt: no value (tombstone)
-    std::string headers;              // every header, encoded by encode_headers()
+    std::optional<std::string> key; // nullopt: no key
+    // nullopt: no value (tombstone). A Kafka Connect record whose schema
+    // passed the check holds its payload alone (see record_from_message).
+    std::optional<std::string> value;
+    std::string headers; // every header, encoded by encode_headers()
 
     // From the kafka_sync.* headers; a record of foreign origin has none.
     bool has_lsn = false;
@@ -47,8 +50,13 @@ struct Record {
 
 // Builds a record; the grouping fields come from the kafka_sync.* headers,
 // read as wire::HeaderFacts reads them (the extension reads them the same way).
+// With schemas, a value {"schema": S, "payload": P} whose S passes the check
+// the apply functions' reader applies keeps P alone (kafka_sync::connect_payload):
+// apply reads nothing of S, and a default record is some six times its
+// payload, bytes the sidecar would copy into every apply call and the
+// backend out of it. Anything else is kept whole, for the apply side to judge.
 Record record_from_message(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
-                           const std::vector<HeaderView> &headers);
+                           const std::vector<HeaderView> &headers, kafka_sync::ConnectSchemas *schemas = nullptr);
 // The same from owned headers (tests).
 Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
                    const std::vector<KafkaHeader> &headers);

@@ -2,6 +2,7 @@
 #include "wire/record_decoder.hpp"
 
 #include "wire/json_object_new.hpp"
+#include "wire/json_scan.hpp"
 
 #include <jansson.h>
 
@@ -19,80 +20,6 @@ namespace kafka_sync {
 namespace {
 
 constexpr size_t kMaxIdentifier = 63; // NAMEDATALEN - 1
-// How much of a record is read between two interrupt checks: a few
-// milliseconds' work at most, and no check at all for an ordinary record.
-constexpr size_t kInterruptCheckBytes = 64 * 1024;
-
-// Text as PostgreSQL accepts it (pg_verify_mbstr: pg_utf8_islegal, and no
-// NUL): each character in its shortest form, no surrogate (U+D800-DFFF),
-// nothing beyond U+10FFFF. PostgreSQL's input functions do not check the
-// encoding again: what passes here reaches a table as it is. jansson holds the
-// strings it parses to the same rule (and refuses \u0000); the plain reader's
-// strings and header values are raw bytes.
-bool valid_utf8(const char *s, size_t len) {
-    const auto *p = reinterpret_cast<const unsigned char *>(s);
-    size_t i = 0;
-    while (i < len) {
-        const unsigned char c = p[i];
-        if (c < 0x80) {
-            if (c == 0)
-                return false;
-            i++;
-            continue;
-        }
-        // the length a lead byte announces, and the range of the byte after it
-        size_t n;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) {
-            n = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            n = 3;
-            lo = c == 0xe0 ? 0xa0 : lo; // shorter forms are overlong
-            hi = c == 0xed ? 0x9f : hi; // ED A0-BF are surrogates
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 4;
-            lo = c == 0xf0 ? 0x90 : lo; // overlong
-            hi = c == 0xf4 ? 0x8f : hi; // F4 90 and above: beyond U+10FFFF
-        } else {
-            return false; // a continuation byte, C0/C1 (overlong ASCII), F5-FF (beyond U+10FFFF)
-        }
-        if (len - i < n || p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k < n; k++)
-            if ((p[i + k] & 0xc0) != 0x80)
-                return false;
-        i += n;
-    }
-    return true;
-}
-
-// What the interrupt check threw, carried out of the decoder's frames as
-// itself, past the catch-alls that turn anything else into a bad record.
-struct Interrupted {
-    std::exception_ptr cause;
-};
-
-// Runs the interrupt check once another kInterruptCheckBytes of the record
-// were read (so a small record never runs it).
-class InterruptPoller {
-  public:
-    explicit InterruptPoller(RecordDecoder::InterruptCheck check) : check_(check) {}
-    void read(size_t bytes) {
-        unchecked_ += bytes;
-        if (unchecked_ < kInterruptCheckBytes || !check_)
-            return;
-        unchecked_ = 0;
-        try {
-            check_();
-        } catch (...) {
-            throw Interrupted{std::current_exception()};
-        }
-    }
-
-  private:
-    RecordDecoder::InterruptCheck check_;
-    size_t unchecked_ = 0;
-};
 
 // The record's limits checked on its text in one pass that stops at the
 // first excess, before jansson builds a tree of it (which takes some 0.3 s
@@ -353,12 +280,6 @@ class PlainReader {
     InterruptPoller &poller_;
 };
 
-// Duplicate member names make the plain reader give up (jansson reports
-// them). The first names of an object are searched name by name, the fastest
-// way for a row of a few columns; a wider object is checked once it ended, by
-// sorting: n log n, where searching each name was quadratic.
-constexpr size_t kNamesSearched = 32;
-
 // A member's name and its colon (r at the name's quote), added to keys;
 // false for a duplicate among the first names, or beyond kMaxObjectMembers
 // (jansson reports that).
@@ -374,192 +295,6 @@ bool read_member_name(PlainReader &r, std::vector<std::string_view> &keys, std::
         return false;
     keys.push_back(key);
     return true;
-}
-
-// No name twice among an object's member names, once it ended (see
-// kNamesSearched). May leave keys sorted.
-bool distinct_names(std::vector<std::string_view> &keys) {
-    if (keys.size() <= kNamesSearched)
-        return true;
-    std::sort(keys.begin(), keys.end());
-    return std::adjacent_find(keys.begin(), keys.end()) == keys.end();
-}
-
-// The value of a record's "schema" member: the Kafka Connect schema of the
-// table, the same for every row of it, and nothing apply reads. It is
-// checked (not read) in one linear pass against every rule that jansson and
-// within_json_limits hold the record to, so that what passes here is what
-// jansson accepts; anything this pass does not cover (\u escapes, reals,
-// escaped member names) makes it give up, and jansson decides. The value
-// sits right inside the record's object: one level of nesting is taken.
-//
-// Values it may hold: the record's limit less what a plain payload can add
-// (the wrapper, and an envelope and four rows of kMaxObjectMembers each).
-constexpr size_t kMaxSchemaValues = kMaxJsonValues - 8 * kMaxObjectMembers;
-
-// A string (p at its quote) passed over: the byte after it, or nullptr.
-// name: its raw text, for a member name, which must hold no escape.
-const char *skip_string(const char *p, const char *end, std::string_view *name) {
-    const char *start = ++p;
-    unsigned char any = 0;
-    while (p < end) {
-        const unsigned char c = static_cast<unsigned char>(*p);
-        if (c == '"') {
-            const size_t n = static_cast<size_t>(p - start);
-            if (any >= 0x80 && !valid_utf8(start, n))
-                return nullptr;
-            if (name)
-                *name = std::string_view(start, n);
-            return p + 1;
-        }
-        if (c < 0x20)
-            return nullptr;
-        if (c == '\\') {
-            if (name || end - p < 2 || !strchr("\"\\/bfnrt", p[1]) || p[1] == '\0')
-                return nullptr; // \u: jansson checks its surrogates and \u0000
-            p += 2;
-            continue;
-        }
-        any |= c;
-        p++;
-    }
-    return nullptr;
-}
-
-// A scalar other than a string (p at it) passed over: true, false, null, or
-// an integer of at most 18 digits (reals and larger integers: jansson's
-// limits); the byte after it, or nullptr.
-const char *skip_word_or_integer(const char *p, const char *end) {
-    for (const char *w : {"true", "false", "null"}) {
-        const size_t n = strlen(w);
-        if (*p == *w)
-            return static_cast<size_t>(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : nullptr;
-    }
-    const char *digits = p + (*p == '-');
-    const char *q = digits;
-    while (q < end && *q >= '0' && *q <= '9')
-        q++;
-    const size_t n = static_cast<size_t>(q - digits);
-    if (n == 0 || n > 18 || (n > 1 && *digits == '0'))
-        return nullptr;
-    if (q < end && (*q == '.' || *q == 'e' || *q == 'E'))
-        return nullptr;
-    return q;
-}
-
-// The JSON value at p (no whitespace before it), one level inside the
-// record's object, passed over as described above kMaxSchemaValues: the
-// byte after it, or nullptr to give up. names: one list per nesting level,
-// for the member names of the object open there (storage reused).
-const char *skip_schema_value(const char *p, const char *end, InterruptPoller &poller,
-                              std::vector<std::vector<std::string_view>> &names) {
-    constexpr size_t kBase = 1; // the record's object
-    bool is_object[kMaxNestingDepth + 1];
-    size_t members[kMaxNestingDepth + 1];
-    size_t open = 0; // containers of the value still open
-    size_t values = 0;
-    const char *polled = p;
-    names.resize(kMaxNestingDepth + 1);
-    auto ws = [&] {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-            p++;
-    };
-    // a member name and its colon, p at the name; duplicates: jansson's error
-    auto member_name = [&] {
-        ws();
-        std::string_view name;
-        if (p == end || *p != '"' || !(p = skip_string(p, end, &name)))
-            return false;
-        std::vector<std::string_view> &seen = names[open];
-        if (seen.size() < kNamesSearched && std::find(seen.begin(), seen.end(), name) != seen.end())
-            return false;
-        seen.push_back(name);
-        ws();
-        return p < end && *p++ == ':';
-    };
-    for (;;) {
-        if (static_cast<size_t>(p - polled) >= kInterruptCheckBytes) {
-            poller.read(static_cast<size_t>(p - polled));
-            polled = p;
-        }
-        // a value, p at it
-        ws();
-        if (p == end)
-            return nullptr;
-        if (*p == '{' || *p == '[') {
-            if (++values > kMaxSchemaValues || kBase + ++open > kMaxNestingDepth)
-                return nullptr;
-            is_object[open] = *p++ == '{';
-            members[open] = 1;
-            names[open].clear();
-            ws();
-            if (p < end && *p == (is_object[open] ? '}' : ']')) {
-                p++;
-                open--;
-            } else {
-                if (is_object[open] && !member_name())
-                    return nullptr;
-                continue;
-            }
-        } else if (!(p = *p == '"' ? skip_string(p, end, nullptr) : skip_word_or_integer(p, end))) {
-            return nullptr;
-        }
-        // after a value: the next one of its container, or the container's end
-        for (;;) {
-            if (open == 0)
-                return p;
-            ws();
-            if (p == end)
-                return nullptr;
-            if (*p == ',') {
-                p++;
-                if (++values > kMaxSchemaValues)
-                    return nullptr;
-                if (is_object[open] && (++members[open] > kMaxObjectMembers || !member_name()))
-                    return nullptr;
-                break;
-            }
-            if (*p != (is_object[open] ? '}' : ']'))
-                return nullptr;
-            p++;
-            if (is_object[open] && !distinct_names(names[open]))
-                return nullptr;
-            open--;
-        }
-    }
-}
-
-// How many schemas a decoder keeps (the tables of one chunk of records, most
-// recently seen first), and the largest it keeps.
-constexpr size_t kSchemasKept = 8;
-constexpr size_t kSchemaKeptBytes = 256 * 1024;
-
-// A record's "schema" value (p at it) passed over: the byte after it, or
-// nullptr to give up. Every row of a table carries the same schema text:
-// one that passed skip_schema_value before, byte for byte, passes again (a
-// JSON value's extent and validity are its bytes' alone, and its place in
-// the record is always the same), at the cost of a memcmp.
-const char *pass_schema(const char *p, const char *end, InterruptPoller &poller, std::vector<std::string> &known,
-                        std::vector<std::vector<std::string_view>> &names) {
-    const size_t avail = static_cast<size_t>(end - p);
-    for (size_t i = 0; i < known.size(); i++) {
-        const std::string &k = known[i];
-        if (k.size() <= avail && memcmp(p, k.data(), k.size()) == 0) {
-            poller.read(k.size());
-            std::rotate(known.begin(), known.begin() + static_cast<ptrdiff_t>(i),
-                        known.begin() + static_cast<ptrdiff_t>(i) + 1);
-            return p + known.front().size();
-        }
-    }
-    const char *after = skip_schema_value(p, end, poller, names);
-    const size_t n = after ? static_cast<size_t>(after - p) : 0;
-    if (after && n <= kSchemaKeptBytes) {
-        if (known.size() < kSchemasKept)
-            known.emplace_back();
-        std::rotate(known.begin(), known.end() - 1, known.end()); // the oldest (or the new one) first
-        known.front().assign(p, n);
-    }
-    return after;
 }
 
 // A scalar value (r at it): its kind and its text (the string or integer
@@ -753,7 +488,7 @@ bool RecordDecoder::decode_plain(const char *data, size_t len, DecodedRecord &ou
                 schema = true;
                 if (!r.string() || !r.eat(':'))
                     return false;
-                const char *after = pass_schema(r.pos(), r.end(), poller, schemas_, schema_names_);
+                const char *after = schemas_.pass(r.pos(), r.end(), poller);
                 if (!after)
                     return false;
                 r.skip_to(after);

@@ -9,6 +9,7 @@
 // apply side ties its lifetime to a PostgreSQL memory context).
 #pragma once
 
+#include "wire/json_scan.hpp"
 #include "wire/wire.hpp"
 
 #include <cstddef>
@@ -30,18 +31,7 @@ namespace kafka_sync {
 // defaults (receive.message.max.bytes, 128 MB), so nothing that arrives is
 // refused, while the decoder's copy of a record stays bounded.
 constexpr size_t kMaxRecordValueBytes = size_t(256) << 20;
-// Members of any object of a record: a row has at most the 1600 columns of a
-// PostgreSQL table (MaxHeapAttributeNumber), and no other object of a change
-// event comes close (a foreign producer's nested JSON value is held to it too).
-constexpr size_t kMaxObjectMembers = 1600;
-// Nesting: a change event is an envelope of flat rows, three levels deep and
-// a few more with the Connect schema or a foreign producer's nested value.
-constexpr size_t kMaxNestingDepth = 64;
-// JSON values (members and array elements) in a record that jansson reads:
-// its tree costs some 60 bytes and 0.1 to 0.4 us a value. A million keeps
-// that to some 64 MB and 0.4 s (256 MB of "0," would be gigabytes and
-// seconds), far above a row of scalars.
-constexpr size_t kMaxJsonValues = size_t(1) << 20;
+// The other limits of a record: json_scan.hpp.
 
 struct DecodedColumn {
     const char *name;
@@ -113,7 +103,7 @@ class RecordDecoder {
     // runs CHECK_FOR_INTERRUPTS there (through pg_call). What it throws
     // leaves decode_value as thrown, the record abandoned; a cancel never
     // becomes a bad record.
-    using InterruptCheck = void (*)();
+    using InterruptCheck = kafka_sync::InterruptCheck;
     void set_interrupt_check(InterruptCheck check) { interrupt_check_ = check; }
 
     // Whether the last record was read in place (not by jansson): for tests.
@@ -135,9 +125,8 @@ class RecordDecoder {
     size_t owned_used_ = 0;
     std::vector<std::string_view> keys_; // the member names of the record's object, then of an inner one
     std::vector<std::string_view> inner_keys_;
-    std::string text_;                 // decode_plain's copy of the value, strings unescaped in place
-    std::vector<std::string> schemas_; // Connect schemas that passed the plain reader's check, latest first
-    std::vector<std::vector<std::string_view>> schema_names_; // member names per nesting level, while one is checked
+    std::string text_;       // decode_plain's copy of the value, strings unescaped in place
+    ConnectSchemas schemas_; // Connect schemas that passed the plain reader's check
     bool read_in_place_ = false;
     InterruptCheck interrupt_check_ = nullptr;
 };

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <unistd.h>
 #include <stdexcept>
 #include <string>
@@ -445,10 +446,11 @@ std::string describe(const DecodedRecord &r) {
     return d;
 }
 
-// The in-place reader of plain records and jansson agree on everything the
-// former accepts; it gives up (for jansson) on the rest, never crashing.
-void plain_reader_agrees_with_jansson_or_gives_up() {
-    const std::string samples[] = {
+// Records of every shape the readers meet: kafka_sync's own with and
+// without the Connect schema, a foreign producer's, and ones only jansson
+// reads. Mutated at random by the tests that use them.
+std::vector<std::string> decoder_samples() {
+    return {
         R"({"before":null,"after":{"id":"1","n":42,"ok":true,"no":false,"z":null,"s":"a\"b\\c\/d\n\t"},)"
         R"("source":{"version":"kafka_sync-1","connector":"kafka_sync","name":"chat1","snapshot":"false","db":"d",)"
         R"("schema":"public","table":"t","origin":"chat1"},"op":"c","transaction":{"id":null,"total_order":1,)"
@@ -485,27 +487,39 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         "{\"op\":\"c\",\"after\":{\"k\":\"\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf"
         "\xf0\x90\x80\x80\xf4\x8f\xbf\xbf\"},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}",
     };
-    uint32_t seed = 12345;
+}
+
+// A byte changed, removed, or the value cut short, at random (i > 0; the
+// sample itself for i == 0).
+std::string mutated(const std::string &sample, int i, uint32_t &seed) {
     auto rnd = [&]() {
         seed = seed * 1103515245u + 12345u;
         return (seed >> 16) & 0x7fff;
     };
     const char noise[] = " \"{}:,0a\\-.tn\x80\xff\x8f\x90\x9f\xa0\xbf\xc0\xc1\xed\xf4\xf5\xf7";
+    std::string v = sample;
+    if (i > 0 && !v.empty()) {
+        const size_t at = rnd() % v.size();
+        switch (rnd() % 3) {
+        case 0: v[at] = noise[rnd() % (sizeof(noise) - 1)]; break;
+        case 1: v.erase(at, 1); break;
+        default: v.resize(at); break;
+        }
+    }
+    return v;
+}
+
+// The in-place reader of plain records and jansson agree on everything the
+// former accepts; it gives up (for jansson) on the rest, never crashing.
+void plain_reader_agrees_with_jansson_or_gives_up() {
+    uint32_t seed = 12345;
     int plain_ok = 0;
     // the fast reader is reused from record to record, as the apply functions use it
     RecordDecoder fast;
     DecodedRecord a;
-    for (const std::string &sample : samples) {
+    for (const std::string &sample : decoder_samples()) {
         for (int i = 0; i < 400; i++) {
-            std::string v = sample;
-            if (i > 0) { // a byte changed, removed, or the value cut short
-                const size_t at = rnd() % v.size();
-                switch (rnd() % 3) {
-                case 0: v[at] = noise[rnd() % (sizeof(noise) - 1)]; break;
-                case 1: v.erase(at, 1); break;
-                default: v.resize(at); break;
-                }
-            }
+            const std::string v = mutated(sample, i, seed);
             RecordDecoder slow;
             DecodedRecord b;
             std::string ea, eb;
@@ -521,6 +535,50 @@ void plain_reader_agrees_with_jansson_or_gives_up() {
         }
     }
     CHECK(plain_ok > 300); // unmutated samples and harmless mutations
+}
+
+// The sidecar hands the apply functions the payload alone of a Connect
+// record whose schema passed (connect_payload): whatever the record, hostile
+// ones included, the payload decodes to what the whole record decodes to,
+// and a record that decodes to nothing gives a payload that decodes to nothing.
+void a_connect_payload_decodes_as_its_whole_record() {
+    uint32_t seed = 777;
+    ConnectSchemas schemas; // one for all, as the sidecar's consumer keeps it
+    RecordDecoder whole_reader, payload_reader;
+    DecodedRecord a, b;
+    int unwrapped = 0, unwrapped_ok = 0;
+    for (const std::string &sample : decoder_samples()) {
+        for (int i = 0; i < 400; i++) {
+            const std::string v = mutated(sample, i, seed);
+            const std::optional<std::string_view> payload = connect_payload(v, schemas);
+            if (!payload)
+                continue;
+            unwrapped++;
+            std::string ea, eb;
+            const bool ok_a = whole_reader.decode_value(v.data(), v.size(), a, ea);
+            const bool ok_b = payload_reader.decode_value(payload->data(), payload->size(), b, eb);
+            CHECK(ok_a == ok_b);
+            if (ok_a && ok_b) {
+                CHECK(describe(a) == describe(b));
+                unwrapped_ok++;
+            }
+        }
+    }
+    CHECK(unwrapped_ok > 200); // the wrapped samples and their harmless mutations (298 of 477 when written)
+    CHECK(unwrapped > unwrapped_ok);
+    // what is kept whole: no wrapper, other members, a schema the check gives up on, a payload
+    // that a reader would unwrap again
+    const std::string p = R"({"op":"c","after":{"id":"1"},"source":{"schema":"s","table":"t"}})";
+    for (const std::string &v : std::vector<std::string>{
+             p, "{\"schema\":{},\"payload\":" + p + ",\"x\":1}", "{\"payload\":" + p + "}",
+             "{\"schema\":{\"u\":\"\\u00e9\"},\"payload\":" + p + "}",
+             "{\"schema\":{},\"payload\":{\"schema\":{},\"payload\":" + p + "}}",
+             "{\"schema\":{},\"payload\":{\"op\":\"c\",\"p\\u0061yload\":1}}", "{\"schema\":{},\"payload\":[]}"})
+        CHECK(!connect_payload(v, schemas));
+    // and what is not: either order, blanks
+    const std::string both = " {\n\"payload\" : " + p + " ,\t\"schema\":{\"a\":[1,{}]} } ";
+    const std::optional<std::string_view> got = connect_payload(both, schemas);
+    CHECK(got && *got == p);
 }
 
 // Every row of a table carries the same schema text, so the plain reader
@@ -1026,6 +1084,7 @@ int main() {
         {"decoder reads what the encoder writes", decoder_reads_what_the_encoder_writes},
         {"decoder rejects hostile values with a message", decoder_rejects_hostile_values_with_a_message},
         {"plain reader agrees with jansson or gives up", plain_reader_agrees_with_jansson_or_gives_up},
+        {"a Connect payload decodes as its whole record", a_connect_payload_decodes_as_its_whole_record},
         {"a Connect schema seen before is not checked again but never trusted blindly",
          a_connect_schema_seen_before_is_not_checked_again_but_never_trusted_blindly},
         {"text is accepted exactly as PostgreSQL accepts it", text_is_accepted_exactly_as_postgresql_accepts_it},
