@@ -49,9 +49,57 @@ also read the other systems' writes, and S2/S3 would pay for it):
   own CPU (utime + stime from /proc/<pid>/stat), the Connect worker JVM's
   alone (both its connectors: in S2-S3 the source connector's work is in
   it too), the local broker's, and the sidecar's (Connect worker's) peak
-  RSS (VmHWM from /proc/<pid>/status) over the whole run. The broker's
-  CPU includes what it serves the idle systems' clients meanwhile, so a
-  slower system is charged more of it.
+  RSS (VmHWM from /proc/<pid>/status) over the whole run (the curve's
+  included). The broker's CPU includes what it serves the idle systems'
+  clients meanwhile, so a slower system is charged more of it. The apply
+  side is metered over the scenario's timed window (S1: from the resume).
+  And the source side's CPU seconds per 100,000 rows, for S1-S3: the
+  process that decodes the source's WAL for that system on its src
+  cluster: kafka_sync's producer worker (worker_pid of
+  kafka_sync.node_status: it decodes in process and produces to Kafka),
+  native's walsender (pgoutput, for the subscription's apply worker),
+  Debezium's walsender (pgoutput, for its source connector; the
+  connector's own work is in the Connect worker's row). Metered from the
+  moment the load starts being written until every row is visible on the
+  target, the same window for all systems, so each is charged wherever its
+  source side works: in S1 kafka_sync's producer and Debezium's walsender
+  work while the load is written (the records wait in Kafka), native's
+  walsender after the ENABLE (it decodes the backlog during the catch-up);
+  the idle time in between costs next to nothing. The backend that writes
+  the load is not counted: the same work in every system.
+
+Latency against rate (a table of its own after the main one; --no-curve
+leaves it out): S4 at each offered rate of --curve-rates (default 1,000,
+5,000, 10,000, 20,000 txn/s; --quick 1,000 and 5,000) for --curve-seconds
+each (20; --quick 5, see below), for native, kafka_sync on its defaults and Debezium
+with the sink's default batch.size (Debezium bs1 and schemas off are left
+out, they idle meanwhile: bs1 applies some 3,600 txn/s at most, its S1,
+so from 5,000 txn/s on it would drain its backlog for minutes), the
+rates interleaved over the systems. Once per rate unless --repeat is
+given (then --repeat times, medians): 4 rates x 20 s x 3 systems, about
+5-6 minutes with the draining. Per rate and system: p50,
+p99, the p50 of the last window, the achieved write rate (txns / the
+writer's duration: on this 2-core machine the writer may fall short of
+the offered rate, so that is the rate each system was given), and:
+  latency growth: the least-squares slope of each transaction's latency
+     against its commit time. About 0 for a system that keeps up; a system
+     that applies at a rate A below the write rate W lets its backlog, and
+     each row's wait, grow linearly: slope W/A - 1. Fitted over every
+     transaction, so one late row barely moves it, unlike a count over the
+     first and last rows. A system that applies in batches every P seconds
+     (Debezium: P ~ 1 s) has a latency sawtooth, which biases the slope by
+     about -(P/D)^2 over D seconds: -2.5 ms/s over 20 s, -40 ms/s over
+     --quick's 5 s (over 3 s it would be -110 ms/s, as much as the
+     threshold below: hence 5 s, not less).
+  apply rate = write rate / (1 + latency growth).
+  keeps up: apply rate >= 90% of the write rate (latency growing by at most
+     111 ms per second of writing).
+  drain: the last row's visibility minus the last commit.
+The rate where a system stops keeping up is the lowest offered rate at
+which it did not keep up (with the write rate achieved there and the
+highest write rate it kept up with below it); "kept up at every rate
+tested" otherwise. The JSON has the curve under "curve": its medians, the
+rate where each system stops keeping up and every run.
 
 Every scenario runs --repeat times (default 3); the table shows medians,
 the JSON (test/bench/results/bench-<timestamp>.json) every run as well. It
@@ -60,6 +108,7 @@ matter, not absolute figures: the machine is shared.
 
 Usage: /usr/bin/python3 test/bench/bench.py [--quick] [--repeat N] [--txns T] [--rows R]
            [--update-rows U] [--seconds D] [--rate 1000] [--json FILE] [--perf DIR]
+           [--curve-rates 1000,5000,10000,20000] [--curve-seconds 20] [--no-curve]
            [--skip-source] [--defaults-only] [--no-debezium]
        make bench [BENCH_ARGS=--quick]
        KAFKA_BROKERS=host:port to run on an existing Kafka cluster.
@@ -121,7 +170,8 @@ from kafka_env import kafka_for_tests  # noqa: E402
 from kafka_broker import KAFKA_VERSION  # noqa: E402  (kafka_env put test/kafka_broker on the path)
 from pg_env import PgCluster, pg_bindir  # noqa: E402
 
-from bench_report import build_table, machine_info, percentile, print_table  # noqa: E402
+from bench_report import (  # noqa: E402
+    KEEPS_UP, build_curve, build_table, machine_info, percentile, print_curve, print_table)
 import debezium_pipeline as dbz  # noqa: E402
 
 TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, payload text, n int)"
@@ -143,6 +193,7 @@ SYSTEMS = {
     "debezium": ("dbz", {}, "Debezium"),
 }
 DEBEZIUM_SYSTEMS = ("debezium_batch1", "debezium")
+CURVE_SYSTEMS = ("native", "kafka_sync", "debezium")  # the latency-against-rate curve's (those in the run)
 WARMUP_ID = 10 ** 12  # the Debezium systems' warm-up rows: WARMUP_ID and up
 DEBEZIUM_NOTE = (f"Debezium: the seed's pipeline, one way: Debezium {dbz.DEBEZIUM_VERSION} PostgreSQL connector (pgoutput, "
                  f"ExtractNewRecordState, JsonConverter with schemas) and Debezium {dbz.DEBEZIUM_JDBC_VERSION} JDBC sink "
@@ -306,6 +357,16 @@ def write_load(cluster, db, start, n, big_txn):
     return start + n
 
 
+def slope(xs, ys):
+    """The least-squares slope of ys against xs (None for fewer than two distinct xs)."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    var = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var if var else None
+
+
 # ----------------------------------------------------------------- apply path
 
 class ApplyBench:
@@ -347,7 +408,10 @@ class ApplyBench:
         self.next_id = {db: 0 for db in dbs}  # S3 updates ids 0 .. U-1 of its own database
         self.update_tag = 0
         self.watch = {db: Conn(self.dst[db], db) for db in dbs}
+        self.src_watch = {db: Conn(self.src[db], db) for db in dbs}
         self.meters = {"native": CpuMeter(self.native_apply_pids)}
+        for system in systems:  # the source side: what decodes the source's WAL for that system
+            self.meters[system + ":source"] = CpuMeter(lambda s=system: self.source_pids(s))
         for system, sidecar in self.sidecars.items():
             self.meters[system] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid] + self.sidecar_backend_pids(s))
             self.meters[system + ":sidecar"] = CpuMeter(lambda s=system: [self.sidecars[s].proc.pid])
@@ -407,6 +471,17 @@ class ApplyBench:
         return [r[0] for r in self.watch["native"].all(
             "SELECT pid FROM pg_stat_subscription WHERE subname = 'native_sub' AND pid IS NOT NULL")]
 
+    def source_pids(self, system):
+        """The source-side process of the system on its src cluster: kafka_sync's producer worker
+        (it decodes in process and produces); native's and Debezium's walsender (pgoutput), the
+        only walsenders there."""
+        db = self.db[system]
+        if system == "native" or system in DEBEZIUM_SYSTEMS:
+            q = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender'"
+        else:
+            q = "SELECT worker_pid FROM kafka_sync.node_status WHERE worker_pid IS NOT NULL"
+        return [r[0] for r in self.src_watch[db].all(q)]
+
     def sidecar_backend_pids(self, system):
         return [r[0] for r in self.watch[self.db[system]].all(
             "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (SIDECAR_APP,))]
@@ -455,11 +530,13 @@ class ApplyBench:
         return wait_until(lambda: self.count_range(db, lo, hi) == hi - lo + 1, 300, what, 0.05,
                           diagnostics=lambda: self.diagnostics(system))
 
-    def measured(self, system, scenario, fn):
-        """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side.
+    def measured(self, system, scenario, fn, source_started=False):
+        """fn() -> (rows, seconds, rate); adds the CPU seconds per 100k rows of the apply side
+        and of the source side (the source meter: started by the caller when source_started,
+        S1 starts it before writing its load; else here, fn writes the load).
         With --perf DIR, the whole machine is profiled meanwhile (perf record -a -g) into
         DIR/<scenario>-<system>.data: read it with perf report --sort comm,dso,sym."""
-        extra = [k for k in (":sidecar", ":connect", ":broker") if system + k in self.meters]
+        extra = [k for k in (":sidecar", ":connect", ":broker", ":source") if system + k in self.meters]
         meters = [self.meters[system]] + [self.meters[system + k] for k in extra]
         perf = None
         if self.perf_dir:
@@ -468,7 +545,8 @@ class ApplyBench:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         for m in meters:
-            m.start()
+            if not (source_started and m is self.meters[system + ":source"]):
+                m.start()
         try:
             rows, secs = fn()
         finally:
@@ -500,6 +578,9 @@ class ApplyBench:
             else:  # a sidecar that names its connections otherwise: give it time to notice
                 time.sleep(2)
             acked0 = self.acked(system)
+        # the source side works while the load is written (kafka_sync, Debezium) or after the
+        # ENABLE (native): metered from here until the target has every row
+        self.meters[system + ":source"].start()
         lo = self.next_id[db]
         self.next_id[db] = write_load(self.src[db], db, lo, n, big_txn=False)
         if system in DEBEZIUM_SYSTEMS:  # S1 measures the apply side: the records wait in Kafka
@@ -518,7 +599,7 @@ class ApplyBench:
             else:
                 self.dst[db].sql("SELECT kafka_sync.resume_subscription('from_src')", dbname=db)
             return n, self.wait_rows(db, lo, self.next_id[db] - 1, f"{system} S1 caught up") - t0
-        return self.measured(system, "S1", catch_up)
+        return self.measured(system, "S1", catch_up, source_started=True)
 
     def sidecar_backend_pids_of_runner(self, system):
         return [r[0] for r in self.watch[self.db[system]].all(
@@ -620,14 +701,24 @@ class ApplyBench:
         all_ms = sorted(ms for _, ms in lat)
         first = [ms for t, ms in lat if t < window]
         last = [ms for t, ms in lat if t >= (commits[-1][1] - t_first) - window]
+        # how fast the latency grows while the load is written (seconds per second): about 0 for a
+        # system that keeps up, write rate / apply rate - 1 for one that applies slower than the
+        # writer writes (its backlog, and each row's wait, grow linearly). Least squares over every
+        # transaction: one late row barely moves it (apply batches every P s: a bias of ~-(P/D)^2)
+        growth = slope([t for t, _ in lat], [ms / 1000 for _, ms in lat])
+        write_rate = n / write_secs
+        apply_rate = write_rate / (1 + growth) if growth is not None and growth > -1 else None
         return {"p50_ms": percentile(all_ms, 50), "p99_ms": percentile(all_ms, 99), "max_ms": all_ms[-1],
                 "p50_first_ms": percentile(sorted(first), 50), "p50_last_ms": percentile(sorted(last), 50),
                 "p99_last_ms": percentile(sorted(last), 99),
-                "window_s": window, "txns": n, "write_rate": n / write_secs}
+                "window_s": window, "txns": n, "write_rate": write_rate,
+                "latency_growth_ms_per_s": None if growth is None else growth * 1000, "apply_rate": apply_rate,
+                "apply_ratio": apply_rate / write_rate if apply_rate else None,
+                "drain_s": max(seen.values()) - commits[-1][1]}
 
     def close(self):
         try:
-            for c in self.watch.values():
+            for c in (*self.watch.values(), *self.src_watch.values()):
                 c.close()
             for sidecar in self.sidecars.values():
                 sidecar.stop()
@@ -654,13 +745,20 @@ def describe_kafka(kafka):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="reduced sizes for CI: 2,000 txns, 5,000 rows, 5,000 updated rows, 3 s of S4, 1 repeat")
+                    help="reduced sizes for CI: 2,000 txns, 5,000 rows, 5,000 updated rows, 3 s of S4, 1 repeat, "
+                         "the curve at 1,000 and 5,000 txn/s for 5 s each")
     ap.add_argument("--repeat", type=int, help="runs per scenario (default 3, --quick 1)")
     ap.add_argument("--txns", type=int, help="single-row transactions of S1 and the source path (100,000)")
     ap.add_argument("--rows", type=int, help="rows of the big INSERT of S2 and the source path (200,000)")
     ap.add_argument("--update-rows", type=int, help="rows of the UPDATE of S3 (100,000)")
     ap.add_argument("--seconds", type=float, help="duration of S4 (30)")
     ap.add_argument("--rate", type=int, default=1000, help="transactions per second of S4 (1,000)")
+    ap.add_argument("--curve-rates", metavar="R1,R2,...",
+                    help="offered rates (txn/s) of the latency-against-rate curve (1000,5000,10000,20000; "
+                         "--quick 1000,5000)")
+    ap.add_argument("--curve-seconds", type=float,
+                    help="duration of each rate of the curve (20; --quick 5)")
+    ap.add_argument("--no-curve", action="store_true", help="leave out the latency-against-rate curve")
     ap.add_argument("--perf", metavar="DIR", help="profile S1-S3 with perf record -a -g into DIR (development)")
     ap.add_argument("--skip-source", action="store_true", help="only the apply path")
     ap.add_argument("--defaults-only", action="store_true",
@@ -669,6 +767,18 @@ def main():
                     help="leave out the seed's pipeline (the two Debezium columns; development)")
     ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
     args = ap.parse_args()
+    # the curve runs once per rate unless --repeat is given
+    curve_repeat = args.repeat or 1
+    if args.curve_rates is None:
+        args.curve_rates = "1000,5000" if args.quick else "1000,5000,10000,20000"
+    try:
+        args.curve_rates = [] if args.no_curve else sorted({int(r) for r in args.curve_rates.split(",") if r.strip()})
+    except ValueError:
+        ap.error("--curve-rates: comma-separated integers (txn/s)")
+    if any(r <= 0 for r in args.curve_rates):
+        ap.error("--curve-rates: rates must be positive")
+    if args.curve_seconds is None:
+        args.curve_seconds = 5.0 if args.quick else 20.0
     defaults = (1, 2000, 5000, 5000, 3.0) if args.quick else (3, 100000, 200000, 100000, 30.0)
     for name, d in zip(("repeat", "txns", "rows", "update_rows", "seconds"), defaults):
         if getattr(args, name) is None:
@@ -685,6 +795,8 @@ def main():
         dbz.fetch()  # before the broker starts: a first run downloads them
     ks_systems = systems[1:]
     runs = {s: {system: [] for system in systems} for s in scenarios}
+    curve_systems = [system for system in CURVE_SYSTEMS if system in systems]
+    curve_runs = {rate: {system: [] for system in curve_systems} for rate in args.curve_rates}
     kafka = kafka_for_tests()
     broker = describe_kafka(kafka)
     print(f"Kafka: {broker}", flush=True)
@@ -719,6 +831,16 @@ def main():
                         shown = f"p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms" if scenario == "S4" \
                             else f"{r['rate']:,.0f}/s"
                         print(f"  run {i + 1} {scenario} {system}: {shown}", flush=True)
+            if args.curve_rates:
+                print(f"latency against rate ({args.curve_seconds:g} s per rate) ...", flush=True)
+            for i in range(curve_repeat if args.curve_rates else 0):
+                for rate in args.curve_rates:  # the rates interleaved over the systems (noise)
+                    for system in curve_systems:
+                        r = dict(app.s4_latency(system, rate, args.curve_seconds), offered_rate=rate)
+                        curve_runs[rate][system].append(r)
+                        print(f"  run {i + 1} {rate:,} txn/s {system}: written {r['write_rate']:,.0f}/s, applied "
+                              f"{r['apply_rate'] or 0:,.0f}/s, p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms",
+                              flush=True)
             peak_rss = app.sidecar_peak_rss_mb()
         finally:
             app.close()
@@ -729,13 +851,19 @@ def main():
     table = build_table(args, runs, peak_rss, systems)
     print_table(table, broker, columns, ([] if args.defaults_only else [EXTRA_NOTE])
                 + ([] if args.no_debezium else [DEBEZIUM_NOTE]))
+    curve_points, curve_stops = build_curve(curve_runs, curve_systems)
+    if curve_points:
+        print_curve(curve_points, curve_stops, [c for c in columns if c[0] in curve_systems],
+                    args.curve_seconds, curve_repeat)
     out = Path(args.json) if args.json else HERE / "results" / f"bench-{started:%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         json.dump({"started": started.isoformat(timespec="seconds"), "kafka": broker,
                    "machine": machine_info(broker),
-                   "settings": {k: getattr(args, k) for k in ("repeat", "txns", "rows", "update_rows", "seconds",
-                                                               "rate", "quick")},
+                   "settings": dict({k: getattr(args, k) for k in ("repeat", "txns", "rows", "update_rows",
+                                                                    "seconds", "rate", "quick", "curve_rates",
+                                                                    "curve_seconds")},
+                                    curve_repeat=curve_repeat),
                    "systems": {system: ({"node_kafka_config": SYSTEMS[system][1] or {},
                                          "defaults": SYSTEMS[system][1] is None}
                                         if system not in DEBEZIUM_SYSTEMS else
@@ -751,8 +879,17 @@ def main():
                                         if values["native"] and values[s] is not None else None)
                                        for s in ks_systems})
                                for n, values, _ in table],
-                   "runs": runs}, f, indent=2)
-    print(f"\n(medians of {args.repeat} run(s); ratio = that column / native: above 1 is better for rates, "
+                   "runs": runs,
+                   # the latency-against-rate curve: its medians per (offered rate, system), the rate
+                   # where each system stops keeping up, and every run
+                   "curve": {"seconds": args.curve_seconds, "repeat": curve_repeat, "systems": curve_systems,
+                             "keeps_up": f"apply_rate >= {KEEPS_UP} * write_rate, "
+                                         "apply_rate = write_rate / (1 + latency growth)",
+                             "medians": curve_points, "stops_keeping_up": curve_stops,
+                             "runs": [dict(r, system=system) for rate in args.curve_rates for system in curve_systems
+                                      for r in curve_runs[rate][system]]}},
+                  f, indent=2)
+    print(f"\n(main table: medians of {args.repeat} run(s); ratio = that column / native: above 1 is better for rates, "
           f"worse for latency, CPU; JSON in {out})")
 
 
