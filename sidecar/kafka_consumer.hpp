@@ -52,6 +52,8 @@ class KafkaConsumer {
   private:
     using Clock = std::chrono::steady_clock;
 
+    void nudge_fetcher_if_behind();
+
     static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque);
     static void on_log(const rd_kafka_t *rk, int level, const char *facility, const char *message);
     static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque);
@@ -64,6 +66,8 @@ class KafkaConsumer {
     std::vector<std::string> secrets_;     // kafka_config values, masked in every message
     int64_t min_offset_ = 0;               // records below it belong to a previous position
     int64_t assigned_offset_ = -1;
+    int64_t next_offset_ = -1; // after the last record poll() returned
+    Clock::time_point last_nudge_{};
     // Connection state, from the statistics: a problem is reported once the
     // partition leader has been unreachable for a little while (a dropped idle
     // connection that comes straight back is none).
