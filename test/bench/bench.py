@@ -101,6 +101,14 @@ highest write rate it kept up with below it); "kept up at every rate
 tested" otherwise. The JSON has the curve under "curve": its medians, the
 rate where each system stops keeping up and every run.
 
+Warm-up: before the measured runs, each system runs S1-S3 once at a quarter
+of their sizes and S4 for min(D, 5) s, not measured, and the JVMs are let
+settle (idle): the JVMs of a running deployment (the Kafka broker,
+Debezium's Connect worker) have their code compiled, a fresh one compiles
+it while it first runs it (on a fresh broker, half of its CPU in a
+100,000-row S2 went to its JIT compiler threads, 2,735 compilations), and
+that was charged to whichever system ran first.
+
 Every scenario runs --repeat times (default 3); the table shows medians,
 the JSON (test/bench/results/bench-<timestamp>.json) every run as well. It
 is a benchmark, not a test: nothing is asserted about the times. Ratios
@@ -144,8 +152,8 @@ one way src -> dst on the same broker, two columns, left out by --no-debezium:
   Both pipelines run in the one worker JVM (its CPU is measured as a whole;
   the other pipeline idles meanwhile). Their jars are fetched with Maven on
   the first run (test/bench/debezium/pom.xml, into ~/.cache/kafka_sync).
-  Before the scenarios, min(T, 20,000) rows go through each pipeline,
-  unmeasured, so its JVM code is compiled as in a running deployment.
+  Before the scenarios, the warm-up round (below) goes through each
+  pipeline, so its JVM code is compiled as in a running deployment.
   The source path (above) is kafka_sync's producer only.
 """
 
@@ -194,7 +202,7 @@ SYSTEMS = {
 }
 DEBEZIUM_SYSTEMS = ("debezium_batch1", "debezium")
 CURVE_SYSTEMS = ("native", "kafka_sync", "debezium")  # the latency-against-rate curve's (those in the run)
-WARMUP_ID = 10 ** 12  # the Debezium systems' warm-up rows: WARMUP_ID and up
+WARMUP_ID = 10 ** 12  # the Debezium systems' first row, through the pipeline before anything else
 DEBEZIUM_NOTE = (f"Debezium: the seed's pipeline, one way: Debezium {dbz.DEBEZIUM_VERSION} PostgreSQL connector (pgoutput, "
                  f"ExtractNewRecordState, JsonConverter with schemas) and Debezium {dbz.DEBEZIUM_JDBC_VERSION} JDBC sink "
                  f"(upsert on the record key, deletes enabled) on one standalone Kafka Connect {dbz.CONNECT_VERSION} "
@@ -370,9 +378,8 @@ def slope(xs, ys):
 # ----------------------------------------------------------------- apply path
 
 class ApplyBench:
-    def __init__(self, kafka, systems, perf_dir=None, dbz_warmup=2000):
+    def __init__(self, kafka, systems, perf_dir=None):
         self.kafka = kafka
-        self.dbz_warmup = dbz_warmup
         self.perf_dir = perf_dir
         self.systems = systems
         self.db = {system: SYSTEMS[system][0] for system in systems}
@@ -441,7 +448,7 @@ class ApplyBench:
 
     def start_debezium(self, system):
         """The seed's pipeline src[db] -> dst[db]: a publication of the bench's table, the source
-        connector (it creates its slot), the topic, the sink; then a warm-up through it."""
+        connector (it creates its slot), the topic, the sink; then a row through it."""
         db = self.db[system]
         src, dst = self.src[db], self.dst[db]
         src.sql("CREATE PUBLICATION dbz_publication FOR TABLE bench_t", dbname=db)
@@ -452,18 +459,36 @@ class ApplyBench:
         self.connect.create(f"{db}_sink", dbz.sink_config(topic, "127.0.0.1", dst.port, db,
                                                           batch_size=SYSTEMS[system][1].get("batch.size")))
         # The pipeline is up when a row gets through (the source's snapshot of the empty table
-        # done, the sink's consumer in its group). Then a warm-up, unmeasured: a running pipeline
-        # has its JVM's code compiled, a fresh one interprets it at first. Their ids lie above
-        # any a scenario writes (S3 updates ids < U, the others read id ranges) and stay.
+        # done, the sink's consumer in its group). Its id lies above any a scenario writes (S3
+        # updates ids < U, the others read id ranges) and stays. (Its JVM's warm-up: warm_up.)
         warm = WARMUP_ID
         src.sql("INSERT INTO bench_t VALUES (%s, 'warm-up', 0)", (warm,), dbname=db)
         wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = %s", (warm,), dbname=db), 120,
                    f"{system}: a row through the pipeline", 0.05, lambda: self.diagnostics(system))
-        if self.dbz_warmup:
-            write_load(src, db, warm + 1, self.dbz_warmup, big_txn=True)
-            last = warm + self.dbz_warmup
-            wait_until(lambda: dst.sql("SELECT 1 FROM bench_t WHERE id = %s", (last,), dbname=db), 900,
-                       f"{system}: the warm-up through the pipeline", 0.1, lambda: self.diagnostics(system))
+
+    def warm_up(self, system, args):
+        """The scenarios once at a quarter of their sizes (S4 for at most 5 s), not measured, before
+        the measured runs: a running deployment's JVMs (the broker, Debezium's Connect worker)
+        have their code compiled; a fresh one compiles it while it first runs it, and on 2 cores
+        that takes the measured scenarios' CPU: a fresh broker spent half of its CPU in its JIT
+        compiler threads in a 100,000-row S2 (2,735 compilations), charged to whichever system
+        ran first. The same paths as the measured runs, so the same code is compiled."""
+        self.s1_catch_up(system, max(1, args.txns // 4))
+        self.s2_big_insert(system, max(1, args.rows // 4))
+        self.s3_big_update(system, max(1, args.update_rows // 4))
+        self.s4_latency(system, args.rate, min(args.seconds, 5.0))
+
+    def settle(self, idle=0.05, timeout=120):
+        """Until the JVMs (the local broker, the Connect worker) are idle after the warm-up: their
+        JIT compilers work through their queues for a while after the load (one C2 thread on 2
+        cores). Idle: below `idle` CPU seconds per second each over a second; at most `timeout`."""
+        pids = [n.pid for n in getattr(self.kafka, "nodes", []) if n.pid] + ([self.connect.pid] if self.connect else [])
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            before = sum(cpu_seconds(p) or 0.0 for p in pids)
+            time.sleep(1.0)
+            if sum(cpu_seconds(p) or 0.0 for p in pids) - before < idle * len(pids):
+                return
 
     # -- processes
 
@@ -818,8 +843,12 @@ def main():
                 finally:
                     src.close()
         print("apply path ...", flush=True)
-        app = ApplyBench(kafka, systems, args.perf, dbz_warmup=min(args.txns, 20000))
+        app = ApplyBench(kafka, systems, args.perf)
         try:
+            print("warm-up round (not measured) ...", flush=True)
+            for system in systems:
+                app.warm_up(system, args)
+            app.settle()
             for i in range(args.repeat):
                 for system in systems:
                     for scenario, fn in (("S1", lambda: app.s1_catch_up(system, args.txns)),
