@@ -240,17 +240,22 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
 // ListOffsets request wakes the broker thread, which then fetches. (2.1 made
 // that wait a setting, fetch.queue.backoff.ms.)
 void KafkaConsumer::nudge_fetcher_if_behind() {
+    // Short and seldom when it fails: the runner's loop waits for it, and a
+    // broker that does not answer gets no request every poll.
     constexpr auto kNudgeInterval = std::chrono::milliseconds(20);
+    constexpr auto kAfterFailure = std::chrono::seconds(1);
+    constexpr int kTimeoutMs = 100;
     int64_t low = 0, high = 0;
     if (next_offset_ < 0 ||
         rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         high <= next_offset_)
         return; // caught up, or nothing known yet
     const Clock::time_point now = Clock::now();
-    if (now - last_nudge_ < kNudgeInterval)
+    if (now < next_nudge_)
         return;
-    last_nudge_ = now;
-    rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, 1000);
+    const bool answered =
+        rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, kTimeoutMs) == RD_KAFKA_RESP_ERR_NO_ERROR;
+    next_nudge_ = Clock::now() + (answered ? kNudgeInterval : kAfterFailure);
 }
 
 bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error) {

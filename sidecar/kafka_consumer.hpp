@@ -66,8 +66,8 @@ class KafkaConsumer {
     std::vector<std::string> secrets_;     // kafka_config values, masked in every message
     int64_t min_offset_ = 0;               // records below it belong to a previous position
     int64_t assigned_offset_ = -1;
-    int64_t next_offset_ = -1; // after the last record poll() returned
-    Clock::time_point last_nudge_{};
+    int64_t next_offset_ = -1;       // after the last record poll() returned
+    Clock::time_point next_nudge_{}; // nudge_fetcher_if_behind's next chance
     // Connection state, from the statistics: a problem is reported once the
     // partition leader has been unreachable for a little while (a dropped idle
     // connection that comes straight back is none).
