@@ -10,6 +10,7 @@
 #include "log.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 namespace kafka_sync_sidecar {
@@ -18,6 +19,17 @@ static_assert(kOffsetBeginning == RD_KAFKA_OFFSET_BEGINNING && kOffsetEnd == RD_
               "logical offsets must match librdkafka's");
 
 namespace {
+
+// A numeric property as the configuration holds it (its default or the user's).
+int64_t conf_int(rd_kafka_conf_t *conf, const char *name, int64_t fallback) {
+    char buf[32];
+    size_t size = sizeof buf;
+    if (rd_kafka_conf_get(conf, name, buf, &size) != RD_KAFKA_CONF_OK)
+        return fallback;
+    char *end = nullptr;
+    const long long v = strtoll(buf, &end, 10);
+    return end != buf && v > 0 ? v : fallback;
+}
 
 constexpr auto kUnreachableAfter = std::chrono::seconds(3);
 
@@ -103,6 +115,8 @@ bool KafkaConsumer::open(const SubscriptionConfig &sub, std::string &error) {
         }
     }
     rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", errstr, sizeof errstr);
+    queue_max_bytes_ = conf_int(conf, "queued.max.messages.kbytes", 65536) * 1024;
+    queue_max_records_ = conf_int(conf, "queued.min.messages", 100000);
     rd_kafka_conf_set_opaque(conf, this);
     rd_kafka_conf_set_error_cb(conf, &KafkaConsumer::on_error);
     rd_kafka_conf_set_log_cb(conf, &KafkaConsumer::on_log);
@@ -157,6 +171,7 @@ bool KafkaConsumer::assign(int64_t offset, std::string &error) {
     min_offset_ = offset >= 0 ? offset : 0;
     assigned_offset_ = offset;
     next_offset_ = -1;
+    burst_bytes_ = burst_records_ = 0;
     if (offset != problem_offset_)
         offset_problem_.clear(); // trying the same offset again: still a problem until it works
     return true;
@@ -167,7 +182,7 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
         return false;
     rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk_, timeout_ms);
     if (!msg) {
-        nudge_fetcher_if_behind();
+        nudge_fetcher_if_stopped();
         return false;
     }
     if (msg->err) {
@@ -208,6 +223,8 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
             headers.push_back({name, static_cast<const char *>(value), value ? size : 0});
     }
     next_offset_ = msg->offset + 1;
+    burst_bytes_ += static_cast<int64_t>(msg->len + msg->key_len);
+    burst_records_++;
     out = record_from_message(msg->offset, static_cast<const char *>(msg->key), msg->key_len,
                               static_cast<const char *>(msg->payload), msg->len, headers, &schemas_);
     rd_kafka_message_destroy(msg);
@@ -230,32 +247,36 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
 }
 
 // librdkafka 2.0 stops fetching a partition while its prefetched records
-// exceed queued.max.messages.kbytes (decompressed: some 25,000 records of a
-// node on its defaults in the 64 MB), and decides again only when its broker
-// thread next wakes: on a request's reply, or a second later. Reading a
-// backlog, the sidecar emptied that queue in a quarter of a second and then
-// waited the rest of the second, again and again (S1 of the bench: 35,000
-// txn/s where 40,000 records of 0.4 kB went at 130,000). Records known to be
-// in Kafka (the high watermark of the last fetch) and none at hand: a
-// ListOffsets request wakes the broker thread, which then fetches. (2.1 made
-// that wait a setting, fetch.queue.backoff.ms.)
-void KafkaConsumer::nudge_fetcher_if_behind() {
-    // Short and seldom when it fails: the runner's loop waits for it, and a
-    // broker that does not answer gets no request every poll.
-    constexpr auto kNudgeInterval = std::chrono::milliseconds(20);
-    constexpr auto kAfterFailure = std::chrono::seconds(1);
-    constexpr int kTimeoutMs = 100;
+// reach queued.max.messages.kbytes (decompressed: some 25,000 records of a
+// node on its defaults in the 64 MB) or queued.min.messages, and decides
+// again only when its broker thread next wakes: on a reply, or up to a
+// second later. Reading a backlog, the sidecar emptied that queue in a
+// quarter of a second and then waited for the rest of the second, again and
+// again (S1 of the bench: 35,000 txn/s where payload-only records went at
+// 130,000). (2.1 made that wait a setting, fetch.queue.backoff.ms.)
+//
+// So when the queue ran dry after at least half of either limit was read
+// since it was last dry (the fetcher can have stopped only then), while
+// Kafka holds records past the last one read (the high watermark of the last
+// fetch), the partition is sought to where it is: seek() returns at once
+// and wakes the broker thread, which fetches from there. Once per dry spell:
+// if a fetch was on its way after all, its reply is dropped and fetched
+// again, no more.
+void KafkaConsumer::nudge_fetcher_if_stopped() {
+    const bool full_queue_read = burst_bytes_ * 2 >= queue_max_bytes_ || burst_records_ * 2 >= queue_max_records_;
+    burst_bytes_ = burst_records_ = 0;
     int64_t low = 0, high = 0;
-    if (next_offset_ < 0 ||
+    if (!full_queue_read || next_offset_ < 0 ||
         rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         high <= next_offset_)
-        return; // caught up, or nothing known yet
-    const Clock::time_point now = Clock::now();
-    if (now < next_nudge_)
         return;
-    const bool answered =
-        rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, kTimeoutMs) == RD_KAFKA_RESP_ERR_NO_ERROR;
-    next_nudge_ = Clock::now() + (answered ? kNudgeInterval : kAfterFailure);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic_.c_str(), 0)->offset = next_offset_;
+    if (rd_kafka_error_t *err = rd_kafka_seek_partitions(rk_, parts, 0 /* no wait */))
+        rd_kafka_error_destroy(err);
+    rd_kafka_topic_partition_list_destroy(parts);
+    LOG_DEBUG("subscription %s: prefetch queue read out at offset %" PRId64 ", fetching again", sub_name_.c_str(),
+              next_offset_);
 }
 
 bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error) {

@@ -52,7 +52,7 @@ class KafkaConsumer {
   private:
     using Clock = std::chrono::steady_clock;
 
-    void nudge_fetcher_if_behind();
+    void nudge_fetcher_if_stopped();
 
     static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque);
     static void on_log(const rd_kafka_t *rk, int level, const char *facility, const char *message);
@@ -66,8 +66,10 @@ class KafkaConsumer {
     std::vector<std::string> secrets_;     // kafka_config values, masked in every message
     int64_t min_offset_ = 0;               // records below it belong to a previous position
     int64_t assigned_offset_ = -1;
-    int64_t next_offset_ = -1;       // after the last record poll() returned
-    Clock::time_point next_nudge_{}; // nudge_fetcher_if_behind's next chance
+    int64_t next_offset_ = -1; // after the last record poll() returned
+    // nudge_fetcher_if_stopped(): what was read since the queue was last dry, and librdkafka's limits
+    int64_t burst_bytes_ = 0, burst_records_ = 0;
+    int64_t queue_max_bytes_ = 64 << 20, queue_max_records_ = 100000;
     // Connection state, from the statistics: a problem is reported once the
     // partition leader has been unreachable for a little while (a dropped idle
     // connection that comes straight back is none).

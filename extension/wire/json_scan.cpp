@@ -260,7 +260,7 @@ const char *payload_extent(const char *p, const char *end) {
                 expect_name = false;
             }
         } else if (c == '{' || c == '[') {
-            if (++depth > kMaxNestingDepth)
+            if (++depth > kMaxNestingDepth - 1) // inside the record, P is one level deeper
                 return nullptr;
             expect_name = depth == 1;
         } else if (c == '}' || c == ']') {

@@ -575,6 +575,23 @@ void a_connect_payload_decodes_as_its_whole_record() {
              "{\"schema\":{},\"payload\":{\"schema\":{},\"payload\":" + p + "}}",
              "{\"schema\":{},\"payload\":{\"op\":\"c\",\"p\\u0061yload\":1}}", "{\"schema\":{},\"payload\":[]}"})
         CHECK(!connect_payload(v, schemas));
+    // a payload nested as deep as a record may be, in the record: one level too deep, which the
+    // whole record is refused for
+    auto nested = [&](size_t levels) {
+        std::string v = "1";
+        for (size_t i = 0; i < levels; i++)
+            v = "[" + v + "]";
+        return "{\"schema\":{},\"payload\":{\"op\":\"c\",\"after\":{\"id\":" + v +
+               "},\"source\":{\"schema\":\"s\",\"table\":\"t\"}}}";
+    };
+    for (size_t levels : {size_t(60), size_t(61), size_t(62), size_t(63)}) {
+        const std::string v = nested(levels);
+        const std::optional<std::string_view> got = connect_payload(v, schemas);
+        std::string ea, eb;
+        const bool ok_whole = whole_reader.decode_value(v.data(), v.size(), a, ea);
+        CHECK(!got || payload_reader.decode_value(got->data(), got->size(), b, eb) == ok_whole);
+        CHECK(got.has_value() == ok_whole); // the deepest the record allows is unwrapped, no deeper
+    }
     // and what is not: either order, blanks
     const std::string both = " {\n\"payload\" : " + p + " ,\t\"schema\":{\"a\":[1,{}]} } ";
     const std::optional<std::string_view> got = connect_payload(both, schemas);
