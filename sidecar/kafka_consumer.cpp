@@ -208,7 +208,11 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
         rd_kafka_message_destroy(msg);
         return false;
     }
-    if (msg->offset < min_offset_) {
+    // Below the position: a previous position's record, or one delivered
+    // twice (a reply on its way when nudge_fetcher_if_stopped() sought the
+    // partition reaches the application before the seek is done, and the
+    // seek fetches it again). Records come in offset order, each once.
+    if (msg->offset < min_offset_ || msg->offset < next_offset_) {
         rd_kafka_message_destroy(msg);
         return false;
     }
@@ -261,7 +265,8 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
 // fetch), the partition is sought to where it is: seek() returns at once
 // and wakes the broker thread, which fetches from there. Once per dry spell:
 // if a fetch was on its way after all, its reply is dropped and fetched
-// again, no more.
+// again (or, reaching poll() before the seek is done, its records come
+// twice, and poll() drops the second copy).
 void KafkaConsumer::nudge_fetcher_if_stopped() {
     const bool full_queue_read = burst_bytes_ * 2 >= queue_max_bytes_ || burst_records_ * 2 >= queue_max_records_;
     burst_bytes_ = burst_records_ = 0;
