@@ -209,9 +209,7 @@ bool KafkaConsumer::poll(int timeout_ms, Record &out) {
         return false;
     }
     // Below the position: a previous position's record, or one delivered
-    // twice (a reply on its way when nudge_fetcher_if_stopped() sought the
-    // partition reaches the application before the seek is done, and the
-    // seek fetches it again). Records come in offset order, each once.
+    // twice. Records come in offset order, each once.
     if (msg->offset < min_offset_ || msg->offset < next_offset_) {
         rd_kafka_message_destroy(msg);
         return false;
@@ -262,11 +260,12 @@ std::optional<int64_t> KafkaConsumer::high_water() const {
 // So when the queue ran dry after at least half of either limit was read
 // since it was last dry (the fetcher can have stopped only then), while
 // Kafka holds records past the last one read (the high watermark of the last
-// fetch), the partition is sought to where it is: seek() returns at once
-// and wakes the broker thread, which fetches from there. Once per dry spell:
-// if a fetch was on its way after all, its reply is dropped and fetched
-// again (or, reaching poll() before the seek is done, its records come
-// twice, and poll() drops the second copy).
+// fetch), a ListOffsets request for the partition wakes the broker thread,
+// which then fetches. It changes nothing of the consumer's position or
+// prefetched records (a seek did, and a seek's version barrier races with a
+// reply on its way). Once per dry spell. In librdkafka 2.0 the call waits
+// for the reply whatever its timeout: a broker that hangs just then holds
+// the runner up to socket.timeout.ms, as it holds the fetch.
 void KafkaConsumer::nudge_fetcher_if_stopped() {
     const bool full_queue_read = burst_bytes_ * 2 >= queue_max_bytes_ || burst_records_ * 2 >= queue_max_records_;
     burst_bytes_ = burst_records_ = 0;
@@ -275,13 +274,9 @@ void KafkaConsumer::nudge_fetcher_if_stopped() {
         rd_kafka_get_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         high <= next_offset_)
         return;
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, topic_.c_str(), 0)->offset = next_offset_;
-    if (rd_kafka_error_t *err = rd_kafka_seek_partitions(rk_, parts, 0 /* no wait */))
-        rd_kafka_error_destroy(err);
-    rd_kafka_topic_partition_list_destroy(parts);
-    LOG_DEBUG("subscription %s: prefetch queue read out at offset %" PRId64 ", fetching again", sub_name_.c_str(),
+    LOG_DEBUG("subscription %s: prefetch queue read out at offset %" PRId64 ", waking the fetcher", sub_name_.c_str(),
               next_offset_);
+    rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, 1000);
 }
 
 bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error) {
