@@ -276,15 +276,16 @@ void KafkaConsumer::nudge_fetcher_if_stopped() {
         return;
     LOG_DEBUG("subscription %s: prefetch queue read out at offset %" PRId64 ", waking the fetcher", sub_name_.c_str(),
               next_offset_);
-    rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, 1000);
+    std::string ignored; // the wake-up is what counts; a failure shows in the next fetch
+    query_watermarks(low, high, ignored, 1000);
 }
 
-bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error) {
+bool KafkaConsumer::query_watermarks(int64_t &low, int64_t &high, std::string &error, int timeout_ms) {
     if (!rk_) {
         error = "no consumer";
         return false;
     }
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, 5000);
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk_, topic_.c_str(), 0, &low, &high, timeout_ms);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         error = std::string("cannot read the offsets of ") + topic_ + ": " + rd_kafka_err2str(err);
         return false;

@@ -39,7 +39,7 @@ class KafkaConsumer {
     // The partition's high watermark as last seen (never blocks).
     std::optional<int64_t> high_water() const;
     // Asks the leader for the partition's first and next offsets (a round trip).
-    bool query_watermarks(int64_t &low, int64_t &high, std::string &error);
+    bool query_watermarks(int64_t &low, int64_t &high, std::string &error, int timeout_ms = 5000);
     // The offset the partition was last assigned at (-1: none yet, or a logical one).
     int64_t assigned_offset() const { return assigned_offset_; }
 

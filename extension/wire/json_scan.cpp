@@ -52,6 +52,13 @@ bool distinct_names(std::vector<std::string_view> &keys) {
 
 namespace {
 
+// JSON's whitespace at p passed over.
+const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
 // The values a schema may hold: the record's limit less what a plain payload can add
 // (the wrapper, and an envelope and four rows of kMaxObjectMembers each).
 constexpr size_t kMaxSchemaValues = kMaxJsonValues - 8 * kMaxObjectMembers;
@@ -119,10 +126,7 @@ const char *skip_schema_value(const char *p, const char *end, InterruptPoller &p
     size_t values = 0;
     const char *polled = p;
     names.resize(kMaxNestingDepth + 1);
-    auto ws = [&] {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-            p++;
-    };
+    auto ws = [&] { p = skip_ws(p, end); };
     // a member name and its colon, p at the name; duplicates: jansson's error
     auto member_name = [&] {
         ws();
@@ -218,12 +222,6 @@ const char *ConnectSchemas::pass(const char *p, const char *end, InterruptPoller
 }
 
 namespace {
-
-const char *skip_ws(const char *p, const char *end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-        p++;
-    return p;
-}
 
 // Whether the text at p starts with the quoted name (quotes included): no
 // escape can spell a letter, so no other spelling is that name.
