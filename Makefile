@@ -88,7 +88,7 @@ $(UNIT_TESTS): $(UNIT_SRCS) $(wildcard extension/wire/*.hpp extension/produce/*.
 	$(CXX) $(CXXSTD) -Iextension -o $@ $(UNIT_SRCS) -lrdkafka -ljansson
 
 # The sidecar's pure parts (no libpq, no librdkafka); see the file's header.
-test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/record.cpp sidecar/pg_array.cpp \
+test/unit/sidecar_tests: test/unit/sidecar_tests.cpp sidecar/txn_assembler.cpp sidecar/stream_tracker.cpp sidecar/record.cpp sidecar/pg_array.cpp \
                          sidecar/subscription.cpp sidecar/kafka_stats.cpp sidecar/log.cpp \
                          extension/common/secrets_file.cpp extension/common/kafka_properties.cpp extension/wire/wire.cpp \
                          extension/wire/json_scan.cpp \

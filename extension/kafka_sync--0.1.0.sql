@@ -811,14 +811,15 @@ END $$;
 CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
     OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text,
-    OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint)
+    OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint, OUT last_applied_lsn pg_lsn)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
            s.kafka_config, s.next_offset, current_setting('kafka_sync.allowed_kafka_properties', true),
            -- NULL where the library is not loaded: the sidecar's defaults are the same
            (extract(epoch FROM current_setting('kafka_sync.partial_transaction_wait', true)::interval) * 1000)::bigint,
-           (extract(epoch FROM current_setting('kafka_sync.partial_transaction_hold', true)::interval) * 1000)::bigint
+           (extract(epoch FROM current_setting('kafka_sync.partial_transaction_hold', true)::interval) * 1000)::bigint,
+           s.last_applied_lsn
       FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
 $$;
 
@@ -869,6 +870,12 @@ CREATE FUNCTION kafka_sync.apply_chunk(
     OUT failed_offset bigint, OUT failed_error text)
     LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_chunk';
 
+-- The sidecar's session: the next_offset apply calls store for sub_name
+-- stays at or below hold_offset (NULL: no hold) while a streamed
+-- transaction from there on waits for its commit.
+CREATE FUNCTION kafka_sync.apply_hold(sub_name text, hold_offset int8) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_hold';
+
 -- Complete source transactions, each committed with its own commit time and
 -- origin (those of one millisecond in one local transaction). CALL it outside
 -- a transaction block. Procedures with transaction control cannot pin
@@ -908,6 +915,7 @@ REVOKE ALL ON FUNCTION kafka_sync._subscription_exists(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._notify_sidecar(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.sidecar_subscriptions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.apply_hold(text, int8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.report_progress(text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._begin_resync(text, bigint, bigint, pg_lsn) FROM PUBLIC;
@@ -920,6 +928,7 @@ REVOKE ALL ON FUNCTION kafka_sync._row_key(oid, record) FROM PUBLIC;
 CREATE FUNCTION kafka_sync._sidecar_routines() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['FUNCTION kafka_sync.sidecar_subscriptions()',
                  'FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean)',
+                 'FUNCTION kafka_sync.apply_hold(text, int8)',
                  'PROCEDURE kafka_sync.apply_transactions(text, int8[], bytea[], bytea[], bytea[], bigint, bigint, bigint)',
                  'FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text)',
                  'FUNCTION kafka_sync.report_progress(text, bigint, text)',

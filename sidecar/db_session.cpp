@@ -17,8 +17,8 @@ constexpr uint32_t kBoolOid = 16;
 
 const char *kSubscriptionsSql =
     "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset, "
-    "coalesce(allowed_kafka_properties, ''), partial_transaction_wait_ms, partial_transaction_hold_ms "
-    "FROM kafka_sync.sidecar_subscriptions()";
+    "coalesce(allowed_kafka_properties, ''), partial_transaction_wait_ms, partial_transaction_hold_ms, "
+    "last_applied_lsn::text FROM kafka_sync.sidecar_subscriptions()";
 
 int64_t int_column(PGresult *res, int row, int col) {
     return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), nullptr, 10);
@@ -306,6 +306,8 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
                 s.partial_wait_ms = std::max<int64_t>(int_column(res, i, 9), 1000);
             if (!PQgetisnull(res, i, 10))
                 s.partial_hold_ms = std::max<int64_t>(int_column(res, i, 10), 1000);
+            if (!PQgetisnull(res, i, 11))
+                (void)parse_lsn(PQgetvalue(res, i, 11), s.last_applied_lsn);
             out.push_back(std::move(s));
         }
     }
@@ -467,6 +469,18 @@ DbStatus DbSession::begin_resync(const std::string &sub, int64_t gap_offset, int
     const char *params[4] = {sub.c_str(), gap.c_str(), at.c_str(), lsn.c_str()};
     PGresult *res = PQexecParams(conn_, "SELECT kafka_sync._begin_resync($1::text, $2::int8, $3::int8, $4::pg_lsn)", 4,
                                  nullptr, params, nullptr, nullptr, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::set_hold(const std::string &sub, int64_t hold_offset) {
+    if (DbStatus u = usable(); !u.ok())
+        return u;
+    const std::string hold = std::to_string(hold_offset);
+    const char *params[2] = {sub.c_str(), hold_offset >= 0 ? hold.c_str() : nullptr};
+    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync.apply_hold($1::text, $2::int8)", 2, nullptr, params, nullptr,
+                                 nullptr, 0);
     DbStatus st = check(res, PGRES_TUPLES_OK);
     PQclear(res);
     return st;

@@ -95,6 +95,9 @@ class DbSession {
     // kafka_sync._begin_resync(): resynchronise from the peer's snapshot at
     // snapshot_offset (lsn header snapshot_lsn) after the gap from gap_offset.
     DbStatus begin_resync(const std::string &sub, int64_t gap_offset, int64_t snapshot_offset, uint64_t snapshot_lsn);
+    // kafka_sync.apply_hold(): the next_offset stored from now on stays at or
+    // below hold_offset (-1: no hold).
+    DbStatus set_hold(const std::string &sub, int64_t hold_offset);
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     // The apply calls are sent without waiting for their result, so that the
     // next records are consumed while the server applies these; one at a

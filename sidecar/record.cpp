@@ -39,7 +39,31 @@ Record record_from_message(int64_t offset, const char *key, size_t key_len, cons
     r.txn_end = facts.txn_end;
     r.txn_records = facts.txn_records;
     r.snapshot = facts.snapshot;
+    r.stream = facts.stream;
+    r.xid = facts.has_xid ? facts.xid : 0;
+    r.subxid = facts.has_subxid ? facts.subxid : r.xid;
+    r.has_commit_ts = facts.has_commit_ts;
+    r.commit_ts_ms = facts.commit_ts_ms;
     return r;
+}
+
+void mark_committed(Record &record, uint64_t lsn, int64_t commit_ts_ms, int64_t seq, bool last) {
+    namespace wire = kafka_sync::wire;
+    const std::string lsn_text = wire::format_lsn(lsn);
+    const std::string ts = std::to_string(commit_ts_ms);
+    const std::string seq_text = std::to_string(seq);
+    wire::append_header(record.headers, wire::kLsn, lsn_text.data(), lsn_text.size());
+    wire::append_header(record.headers, wire::kCommitTs, ts.data(), ts.size());
+    wire::append_header(record.headers, wire::kSeq, seq_text.data(), seq_text.size());
+    if (last)
+        wire::append_header(record.headers, wire::kTxnEnd, seq_text.data(), seq_text.size());
+    record.has_lsn = true;
+    record.lsn = lsn;
+    record.seq = seq;
+    record.txn_end = last;
+    record.txn_records = last ? seq : 0;
+    record.has_commit_ts = true;
+    record.commit_ts_ms = commit_ts_ms;
 }
 
 Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,

@@ -43,6 +43,13 @@ struct Record {
     bool txn_end = false;    // last record of its transaction
     int64_t txn_records = 0; // the txn_end header's record count, 0 when invalid
     bool snapshot = false;   // a snapshot row (kafka_sync.snapshot): applied on its own, by version
+    // kafka_sync.streaming: a record of an in-progress transaction, or its end
+    // (see stream_tracker.hpp); xid and subxid 0 when absent or invalid.
+    kafka_sync::wire::StreamEvent stream = kafka_sync::wire::StreamEvent::None;
+    uint32_t xid = 0;
+    uint32_t subxid = 0;
+    int64_t commit_ts_ms = 0; // a stream's commit record: its commit time
+    bool has_commit_ts = false;
 
     // Memory this record holds, for the chunk size limits.
     size_t bytes() const { return (key ? key->size() : 0) + (value ? value->size() : 0) + headers.size() + 64; }
@@ -60,6 +67,12 @@ Record record_from_message(int64_t offset, const char *key, size_t key_len, cons
 // The same from owned headers (tests).
 Record make_record(int64_t offset, const char *key, size_t key_len, const char *value, size_t value_len,
                    const std::vector<KafkaHeader> &headers);
+
+// A record of a streamed transaction, made a record of that committed
+// transaction: the commit record's lsn and commit time, position seq in it,
+// and the txn_end header when last (HeaderFacts reads the last of a repeated
+// header). The record keeps its kafka_sync.stream header.
+void mark_committed(Record &record, uint64_t lsn, int64_t commit_ts_ms, int64_t seq, bool last);
 
 // apply_chunk's header blob (wire.hpp).
 std::string encode_headers(const std::vector<HeaderView> &headers);

@@ -23,6 +23,10 @@ struct SubscriptionConfig {
     std::string on_error;     // 'pause' or 'skip'
     std::string kafka_config; // JSON object; may hold secrets: never log it
     std::optional<int64_t> next_offset;
+    // The commit LSN of the last source transaction applied (0: none): a
+    // streamed transaction whose commit is read again after a restart, and
+    // whose start lies before the restart point, was applied if at or below.
+    uint64_t last_applied_lsn = 0;
     // The server's kafka_sync.allowed_kafka_properties (extension/common/kafka_properties.hpp).
     std::string allowed_kafka_properties;
     // A hash of its secrets file's content as last read (note_secrets_file).

@@ -137,6 +137,10 @@ bool SubscriptionRunner::position() {
     seeking_snapshot_ = false;
     gap_problem_.clear();
     await_end_ = AwaitEnd();
+    forget_streams();
+    applied_lsn_ = rows[0].last_applied_lsn;
+    if (!update_hold())
+        return false;
     positioned_ = true;
     position_ = offset >= 0 ? offset : -1;
     committed_next_ = rows[0].next_offset ? *rows[0].next_offset : -1;
@@ -192,6 +196,10 @@ void SubscriptionRunner::iterate() {
             seeking_record(record);
         else if (await_end_.active)
             awaiting_end_record(record);
+        else if (replay_.active)
+            replay_record(std::move(record));
+        else if (record.stream != kafka_sync::wire::StreamEvent::None)
+            stream_record(std::move(record));
         else
             assembler_.add(std::move(record));
     } else {
@@ -229,6 +237,7 @@ bool SubscriptionRunner::start_seeking_snapshot() {
     LOG_WARNING("subscription %s: %s (reading on from offset %" PRId64 ")", name_.c_str(), gap_problem_.c_str(), low);
     seeking_snapshot_ = true;
     assembler_.reset();
+    forget_streams(); // the hold stays until the resynchronisation stores its offset
     last_assign_ = Clock::now();
     return true;
 }
@@ -282,6 +291,8 @@ bool SubscriptionRunner::await_apply() {
     LOG_DEBUG("subscription %s: apply_transactions of offsets %" PRId64 "..%" PRId64 " took %.1f ms", name_.c_str(),
               txn_first_offset_, txn_last_offset_, ms);
     committed_next_ = txn_last_offset_ + 1;
+    if (replay_pending_.active && txn_last_offset_ >= replay_pending_.commit_offset)
+        replay_pending_.active = false;
     applied_ += result.applied;
     skipped_ += result.skipped;
     conflicts_ += result.conflicts;
@@ -361,6 +372,8 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
             return apply_failed(st);
         txn_open_ = false;
         committed_next_ = txn_last_offset_ + 1;
+        if (replay_pending_.active && txn_last_offset_ >= replay_pending_.commit_offset)
+            replay_pending_.active = false;
         applied_ += txn_counts_.applied;
         skipped_ += txn_counts_.skipped;
         conflicts_ += txn_counts_.conflicts;
@@ -409,8 +422,13 @@ bool SubscriptionRunner::apply_failed(const DbStatus &st) {
     }
     if (!db_.connected() || stop_)
         return false;
-    const int64_t first = txn_first_offset_;
+    int64_t first = txn_first_offset_;
     const int64_t through = std::max(txn_last_offset_, assembler_.careful_through());
+    if (replay_pending_.active && replay_pending_.first_offset < first) {
+        // the failed transaction holds (part of) a streamed one: read that again from its first record
+        first = replay_pending_.first_offset;
+        replay_pending_.active = false;
+    }
     if (!txn_careful_) {
         LOG_WARNING("subscription %s: applying offsets %" PRId64 "..%" PRId64
                     " failed (%s: %s); applying them again one transaction at a time",
@@ -461,6 +479,12 @@ bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, con
 void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_through) {
     assembler_.reset();
     await_end_ = AwaitEnd();
+    if (replay_.active && first_offset != replay_.what.first_offset) {
+        // a failure before the replay's records were applied: read on as if for the first time
+        replay_.active = false;
+        streams_.finished(replay_.what.xid); // opened again from its first record
+        first_offset = std::min(first_offset, replay_.what.first_offset);
+    }
     std::string error;
     if (!consumer_.assign(first_offset, error)) {
         LOG_WARNING("subscription %s: %s", name_.c_str(), error.c_str());
@@ -526,6 +550,99 @@ void SubscriptionRunner::awaiting_end_record(const Record &record) {
     restart_from(a.first_offset, a.careful_through);
 }
 
+void SubscriptionRunner::forget_streams() {
+    streams_.reset();
+    replay_ = Replay();
+    replay_pending_ = ReplayPending();
+}
+
+bool SubscriptionRunner::update_hold() {
+    const int64_t hold = streams_.hold();
+    if (hold == hold_sent_)
+        return true;
+    if (!await_apply())
+        return false;
+    DbStatus st = db_.set_hold(name_, hold);
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return false;
+    }
+    if (!st.ok()) {
+        // without the hold a restart could pass the open transaction's start: apply nothing more
+        LOG_WARNING("subscription %s: cannot hold its stored offset at %" PRId64 " for a streamed transaction: %s",
+                    name_.c_str(), hold, st.message.c_str());
+        db_lost(st.message);
+        return false;
+    }
+    hold_sent_ = hold;
+    return true;
+}
+
+void SubscriptionRunner::stream_record(Record record) {
+    StreamTracker::Outcome out = streams_.add(record, applied_lsn_);
+    if (!out.note.empty())
+        LOG_WARNING("subscription %s: %s", name_.c_str(), out.note.c_str());
+    switch (out.kind) {
+    case StreamTracker::Outcome::Kind::Foreign: assembler_.add(std::move(record)); return;
+    case StreamTracker::Outcome::Kind::Replay: start_replay(out.replay); return;
+    case StreamTracker::Outcome::Kind::Wait:
+    case StreamTracker::Outcome::Kind::Skip: (void)update_hold(); return;
+    }
+}
+
+// The commit record of a streamed transaction is in: what came before it is
+// committed first (commit order), then its records are read again from the
+// first, and handed to the assembler as one committed transaction ending
+// with the commit record.
+void SubscriptionRunner::start_replay(const StreamReplay &replay) {
+    assembler_.idle();
+    execute_steps();
+    if (!await_apply() || !db_.connected() || !positioned_)
+        return; // recovery reads the commit record again
+    if (txn_open_) {
+        // cannot be (a source transaction is contiguous in the topic), but never mix the two
+        LOG_WARNING("subscription %s: a local transaction is open at the commit of streamed transaction %u; "
+                    "reading again from offset %" PRId64,
+                    name_.c_str(), replay.xid, txn_first_offset_);
+        (void)apply_failed(
+            DbStatus{DbStatus::Kind::Failed, "", "a local transaction is open at a streamed transaction's commit"});
+        return;
+    }
+    LOG_DEBUG("subscription %s: streamed transaction %u committed at offset %" PRId64 " (lsn %s); applying it from "
+              "offset %" PRId64,
+              name_.c_str(), replay.xid, replay.commit_offset, format_lsn(replay.lsn).c_str(), replay.first_offset);
+    const int64_t careful_through = assembler_.careful_through();
+    restart_from(replay.first_offset, careful_through);
+    replay_.active = true;
+    replay_.what = replay;
+    replay_.emitted = 0;
+    whole_first_offset_ = -1;
+}
+
+void SubscriptionRunner::replay_record(Record record) {
+    const StreamReplay &r = replay_.what;
+    if (record.offset < r.commit_offset) {
+        if (!r.applies(record))
+            return; // applied, skipped or waiting already, the first time it was read
+        mark_committed(record, r.lsn, r.commit_ts_ms, ++replay_.emitted, false);
+        if (replay_.emitted == 1)
+            whole_first_offset_ = record.offset; // every record of it is in Kafka: no hold limit
+        assembler_.add(std::move(record));
+        return;
+    }
+    // The commit record ends the transaction (it applies nothing itself).
+    mark_committed(record, r.lsn, r.commit_ts_ms, ++replay_.emitted, true);
+    if (replay_.emitted == 1)
+        whole_first_offset_ = record.offset;
+    replay_pending_.active = true;
+    replay_pending_.first_offset = r.first_offset;
+    replay_pending_.commit_offset = r.commit_offset;
+    replay_.active = false;
+    streams_.finished(r.xid);
+    assembler_.add(std::move(record));
+    (void)update_hold();
+}
+
 bool SubscriptionRunner::still_enabled() {
     std::vector<SubscriptionConfig> rows;
     DbStatus st = db_.read_subscriptions(rows, &name_);
@@ -546,6 +663,8 @@ void SubscriptionRunner::db_lost(const std::string &message) {
     in_flight_.active = false; // went with the session
     in_flight_.records.clear();
     assembler_.reset();
+    forget_streams();
+    hold_sent_ = -1; // went with the session too
 }
 
 void SubscriptionRunner::report_progress() {
@@ -587,10 +706,15 @@ void SubscriptionRunner::log_progress() {
         high_water_ = *hw;
     const int64_t done = committed_next_ >= 0 ? committed_next_ : position_;
     std::string lag = high_water_ >= 0 && done >= 0 ? std::to_string(std::max<int64_t>(high_water_ - done, 0)) : "?";
+    const std::string open_streams = streams_.open() > 0 ? ", " + std::to_string(streams_.open()) +
+                                                               " streamed transactions open (from offset " +
+                                                               std::to_string(streams_.hold()) + ")"
+                                                         : std::string();
     LOG_INFO("subscription %s: %.1f records/s, lag %s, next offset %s, applied %" PRIu64 ", skipped %" PRIu64
-             ", conflicts %" PRIu64 ", dead letters %" PRIu64 "%s%s",
+             ", conflicts %" PRIu64 ", dead letters %" PRIu64 "%s%s%s",
              name_.c_str(), rate, lag.c_str(), committed_next_ >= 0 ? std::to_string(committed_next_).c_str() : "?",
-             applied_, skipped_, conflicts_, dead_letters_, assembler_.careful() ? ", careful mode" : "",
+             applied_, skipped_, conflicts_, dead_letters_, open_streams.c_str(),
+             assembler_.careful() ? ", careful mode" : "",
              db_down_ ? ", database unreachable" : (kafka_problem_.empty() ? "" : ", Kafka problem"));
 }
 

@@ -5,6 +5,7 @@
 
 #include "db_session.hpp"
 #include "kafka_consumer.hpp"
+#include "stream_tracker.hpp"
 #include "subscription.hpp"
 #include "txn_assembler.hpp"
 
@@ -56,6 +57,14 @@ class SubscriptionRunner {
     // (stalled) or for its end (held): roll the part back and read ahead.
     void roll_back_partial(bool stalled);
     void awaiting_end_record(const Record &record);
+    // kafka_sync.streaming (stream_tracker.hpp): a record marked
+    // kafka_sync.stream outside a replay, and each record read in a replay.
+    void stream_record(Record record);
+    void start_replay(const StreamReplay &replay);
+    void replay_record(Record record);
+    // Tells the server the offset the stored next_offset must not pass (the
+    // oldest open streamed transaction's start); false when it failed.
+    bool update_hold();
     void report_progress();
     void log_progress();
     void note_kafka_state(const std::string &problem);
@@ -112,6 +121,27 @@ class SubscriptionRunner {
     AwaitEnd await_end_;
     int64_t whole_first_offset_ = -1; // the source transaction known complete in Kafka
     std::string await_problem() const;
+
+    // Streamed transactions: those open, the one being read again for its
+    // commit (replay_), and the hold the server has for this session.
+    StreamTracker streams_;
+    struct Replay {
+        bool active = false;
+        StreamReplay what;
+        int64_t emitted = 0; // its records handed to the assembler
+    };
+    Replay replay_;
+    // The last replay handed over, until its local transaction commits: a
+    // failure there reads it again from its first record.
+    struct ReplayPending {
+        bool active = false;
+        int64_t first_offset = -1;
+        int64_t commit_offset = -1;
+    };
+    ReplayPending replay_pending_;
+    int64_t hold_sent_ = -1;
+    uint64_t applied_lsn_ = 0; // the subscription's last_applied_lsn when positioned
+    void forget_streams();
 
     // The open local transaction.
     bool txn_open_ = false;

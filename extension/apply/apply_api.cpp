@@ -58,6 +58,7 @@ PG_FUNCTION_INFO_V1(kafka_sync_apply_chunk);
 PG_FUNCTION_INFO_V1(kafka_sync_record_failure);
 PG_FUNCTION_INFO_V1(kafka_sync_apply_transactions);
 PG_FUNCTION_INFO_V1(kafka_sync_release_origin);
+PG_FUNCTION_INFO_V1(kafka_sync_apply_hold);
 }
 
 namespace kafka_sync {
@@ -415,6 +416,28 @@ Datum kafka_sync_record_failure(PG_FUNCTION_ARGS) {
             SPI_OK_SELECT)
         elog(ERROR, "kafka_sync could not pause subscription %s", sub_name);
     SPI_finish();
+    PG_RETURN_VOID();
+}
+
+/*
+ * apply_hold(sub_name text, hold_offset int8): until called again, the
+ * Kafka offset this session's apply calls store for sub_name (the offset the
+ * sidecar reads from after a restart) stays at or below hold_offset; NULL
+ * lifts the hold. The sidecar holds it at the first record of the oldest
+ * streamed transaction whose commit it has not applied yet, so that a
+ * restart reads that transaction again from its start.
+ */
+Datum kafka_sync_apply_hold(PG_FUNCTION_ARGS) {
+    if (PG_ARGISNULL(0))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_hold needs a subscription name")));
+    char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+    const int64 hold = PG_ARGISNULL(1) ? -1 : PG_GETARG_INT64(1);
+    if (!PG_ARGISNULL(1) && hold < 0)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("apply_hold: a Kafka offset is not negative, got " INT64_FORMAT, hold)));
+    kafka_sync::ApplySession &session = kafka_sync::apply_session();
+    strlcpy(session.hold_sub, sub_name, sizeof(session.hold_sub));
+    session.hold_offset = hold;
     PG_RETURN_VOID();
 }
 

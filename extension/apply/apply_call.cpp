@@ -236,6 +236,9 @@ static void save_progress(const ApplyContext *ctx, int64 next_offset) {
     Datum values[6];
     char nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
     values[0] = CStringGetTextDatum(ctx->sub->name);
+    const ApplySession &session = apply_session();
+    if (session.hold_offset >= 0 && session.hold_offset < next_offset && strcmp(session.hold_sub, ctx->sub->name) == 0)
+        next_offset = session.hold_offset; /* a streamed transaction from there on is still to be applied */
     values[1] = Int64GetDatum(next_offset);
     values[2] = LSNGetDatum(ctx->max_lsn);
     nulls[2] = ctx->max_lsn ? ' ' : 'n';

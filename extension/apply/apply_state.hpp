@@ -35,6 +35,11 @@ namespace kafka_sync {
 
 struct ApplySession {
     RepOriginId origin = InvalidRepOriginId; // set up with replorigin_session_setup by this backend
+    // kafka_sync.apply_hold(): the Kafka offset the subscription hold_sub's
+    // stored next_offset must not pass (the first record of a streamed
+    // transaction not applied yet); -1: none.
+    char hold_sub[NAMEDATALEN] = "";
+    int64 hold_offset = -1;
 };
 
 struct ApplyTxn {

@@ -157,6 +157,13 @@ void decode_record(ApplyContext *ctx) {
         ctx->counters.skipped++; /* an older incarnation's: superseded */
         return;
     }
+    if (headers->stream && !headers->has_lsn)
+        ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+                        errmsg("the record belongs to a transaction that was in progress when it was sent "
+                               "(header kafka_sync.stream) and has no commit LSN"),
+                        errdetail("The sidecar applies such records once their transaction's commit record is "
+                                  "in Kafka, with that record's commit LSN and time."),
+                        errhint("Use a kafka_sync_sidecar that knows kafka_sync.streaming (this extension's).")));
     if (headers->has_lsn && (headers->lsn <= ctx->progress || headers->lsn <= ctx->completed_lsn)) {
         ctx->counters.skipped++; /* applied before: a duplicate in the topic */
         return;

@@ -32,7 +32,9 @@ struct PluginState {
     RelationInfoSettings settings;
     bool tombstones;
     bool kafka_framing;
+    bool streaming; /* option streaming: in-progress transactions in blocks */
     ChangeSource source;
+    uint32 stream_subxid; /* in a stream block: the subtransaction of the change being written */
     uint64 txn_records;
     EncodedRecord *record; /* C++-owned buffers, reused for every record */
     RelationInfoCache *relations;
@@ -76,6 +78,7 @@ void parse_options(PluginState *state, List *options, bool is_init) {
     state->settings.include_timestamps = true;
     state->tombstones = false;
     state->kafka_framing = false;
+    state->streaming = false;
 
     ListCell *lc;
     foreach (lc, options) {
@@ -100,6 +103,8 @@ void parse_options(PluginState *state, List *options, bool is_init) {
             state->settings.include_timestamps = parse_bool_option(elem);
         else if (strcmp(name, "tombstones") == 0)
             state->tombstones = parse_bool_option(elem);
+        else if (strcmp(name, "streaming") == 0)
+            state->streaming = parse_bool_option(elem);
         else if (strcmp(name, "framing") == 0) {
             const char *framing = string_option(elem);
             if (strcmp(framing, "json") == 0)
@@ -117,6 +122,11 @@ void parse_options(PluginState *state, List *options, bool is_init) {
                             errhint("Valid options are node_name, publication, include_schema, include_xids, "
                                     "include_lsn, include_timestamps and tombstones.")));
     }
+    if (state->streaming && !state->kafka_framing)
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("option \"streaming\" of output plugin kafka_sync is for its producer worker only"),
+                        errdetail("In-progress transactions are streamed to Kafka by the node's producer worker."),
+                        errhint("Turn it on for a node with kafka_sync.streaming in its kafka_config.")));
     /* Creating a slot decodes nothing: options matter only when reading it. */
     if (state->settings.node_name == nullptr && is_init)
         state->settings.node_name = "unnamed";
@@ -144,7 +154,18 @@ void emit_record(LogicalDecodingContext *ctx, PluginState *state, bool tombstone
     if (rec->value.size() >= kafka_sync::kFrameNull || rec->key.size() >= kafka_sync::kFrameNull)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("kafka_sync record is larger than 4 GB")));
     OutputPluginPrepareWrite(ctx, true);
-    if (state->kafka_framing) {
+    if (state->stream_subxid != InvalidTransactionId) {
+        kafka_sync::StreamRecordFrame frame;
+        frame.subxid = state->stream_subxid;
+        frame.key_len = rec->has_key ? static_cast<uint32>(rec->key.size()) : kafka_sync::kFrameNull;
+        frame.value_len = tombstone ? kafka_sync::kFrameNull : static_cast<uint32>(rec->value.size());
+        appendStringInfoChar(ctx->out, kafka_sync::kFrameStreamRecord);
+        appendBinaryStringInfo(ctx->out, reinterpret_cast<const char *>(&frame), sizeof(frame));
+        if (rec->has_key)
+            appendBinaryStringInfo(ctx->out, rec->key.data(), static_cast<int>(rec->key.size()));
+        if (!tombstone)
+            appendBinaryStringInfo(ctx->out, rec->value.data(), static_cast<int>(rec->value.size()));
+    } else if (state->kafka_framing) {
         kafka_sync::RecordFrame frame;
         frame.key_len = rec->has_key ? static_cast<uint32>(rec->key.size()) : kafka_sync::kFrameNull;
         frame.value_len = tombstone ? kafka_sync::kFrameNull : static_cast<uint32>(rec->value.size());
@@ -178,6 +199,8 @@ void kafka_sync_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, b
     parse_options(state, ctx->output_plugin_options, is_init);
     opt->output_type = state->kafka_framing ? OUTPUT_PLUGIN_BINARY_OUTPUT : OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
     opt->receive_rewrites = false;
+    /* core offers streaming because the stream callbacks exist; only the worker's option asks for it */
+    ctx->streaming = ctx->streaming && state->streaming && !is_init;
     state->relations = relation_info_cache_create(&state->settings, ctx->context);
     state->record = kafka_sync::ks_guard([]() { return new EncodedRecord(); });
 }
@@ -194,6 +217,7 @@ void kafka_sync_shutdown(LogicalDecodingContext *ctx) {
 
 void kafka_sync_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
     PluginState *state = state_of(ctx);
+    state->stream_subxid = InvalidTransactionId;
     state->source.commit_ts_ms = timestamptz_to_unix_ms(txn->xact_time.commit_time);
     state->source.xid = txn->xid;
     state->source.commit_lsn = txn->end_lsn;
@@ -274,6 +298,109 @@ void kafka_sync_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *, int nr
     MemoryContextReset(state->change_context);
 }
 
+/*
+ * Streaming (option streaming, the producer worker's kafka_sync.streaming):
+ * once the changes decoded but not yet committed outgrow
+ * logical_decoding_work_mem, PostgreSQL hands the largest transaction's to
+ * the plugin in blocks (stream_start .. stream_stop), then its commit or
+ * abort. A streamed record has what a committed one has, except what is known
+ * only at commit: its source.lsn is the change's own LSN and its ts_ms the
+ * time it was decoded. The worker marks it; the commit carries the rest.
+ */
+struct StreamTxn {
+    uint64 txn_seq; /* source.txn_seq of every block of this transaction */
+    uint64 records; /* records written so far, over all its blocks */
+};
+
+ReorderBufferTXN *top_of(ReorderBufferTXN *txn) {
+    return txn->toptxn ? txn->toptxn : txn;
+}
+
+StreamTxn *stream_txn(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
+    ReorderBufferTXN *top = top_of(txn);
+    if (!top->output_plugin_private) {
+        auto *st = static_cast<StreamTxn *>(MemoryContextAllocZero(ctx->context, sizeof(StreamTxn)));
+        st->txn_seq = ++state_of(ctx)->source.txn_seq;
+        top->output_plugin_private = st;
+    }
+    return static_cast<StreamTxn *>(top->output_plugin_private);
+}
+
+void forget_stream_txn(ReorderBufferTXN *txn) {
+    if (txn->toptxn == nullptr && txn->output_plugin_private) {
+        pfree(txn->output_plugin_private);
+        txn->output_plugin_private = nullptr;
+    }
+}
+
+void kafka_sync_stream_start(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
+    kafka_sync::StreamStartFrame frame;
+    frame.xid = top_of(txn)->xid;
+    write_frame(ctx, true, kafka_sync::kFrameStreamStart, &frame, sizeof(frame));
+}
+
+void kafka_sync_stream_stop(LogicalDecodingContext *ctx, ReorderBufferTXN *) {
+    state_of(ctx)->stream_subxid = InvalidTransactionId;
+    write_frame(ctx, true, kafka_sync::kFrameStreamStop, "", 0);
+}
+
+/* The streamed change's source: what kafka_sync_change and kafka_sync_truncate encode with. */
+void enter_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, ReorderBufferTXN *change_txn,
+                         XLogRecPtr lsn) {
+    PluginState *state = state_of(ctx);
+    StreamTxn *st = stream_txn(ctx, txn);
+    state->source.xid = top_of(txn)->xid;
+    state->source.commit_lsn = lsn;
+    state->source.commit_ts_ms = timestamptz_to_unix_ms(GetCurrentTimestamp());
+    state->source.snapshot = "false";
+    state->txn_records = st->records;
+    state->stream_subxid = change_txn ? change_txn->xid : top_of(txn)->xid;
+}
+
+void leave_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
+    PluginState *state = state_of(ctx);
+    stream_txn(ctx, txn)->records = state->txn_records;
+    state->stream_subxid = InvalidTransactionId;
+}
+
+void kafka_sync_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
+                              ReorderBufferChange *change) {
+    const uint64 saved_seq = state_of(ctx)->source.txn_seq;
+    enter_stream_change(ctx, txn, change->txn, change->lsn);
+    state_of(ctx)->source.txn_seq = stream_txn(ctx, txn)->txn_seq;
+    kafka_sync_change(ctx, txn, rel, change);
+    state_of(ctx)->source.txn_seq = saved_seq;
+    leave_stream_change(ctx, txn);
+}
+
+void kafka_sync_stream_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations,
+                                Relation relations[], ReorderBufferChange *change) {
+    const uint64 saved_seq = state_of(ctx)->source.txn_seq;
+    enter_stream_change(ctx, txn, change->txn, change->lsn);
+    state_of(ctx)->source.txn_seq = stream_txn(ctx, txn)->txn_seq;
+    kafka_sync_truncate(ctx, txn, nrelations, relations, change);
+    state_of(ctx)->source.txn_seq = saved_seq;
+    leave_stream_change(ctx, txn);
+}
+
+/* txn: the transaction, or (txn->toptxn set) the subtransaction that aborted. */
+void kafka_sync_stream_abort(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr) {
+    kafka_sync::StreamAbortFrame frame;
+    frame.xid = top_of(txn)->xid;
+    frame.subxid = txn->xid;
+    write_frame(ctx, true, kafka_sync::kFrameStreamAbort, &frame, sizeof(frame));
+    forget_stream_txn(txn);
+}
+
+void kafka_sync_stream_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr) {
+    kafka_sync::StreamCommitFrame frame;
+    frame.commit_lsn = txn->end_lsn;
+    frame.commit_ts_ms = timestamptz_to_unix_ms(txn->xact_time.commit_time);
+    frame.xid = txn->xid;
+    write_frame(ctx, true, kafka_sync::kFrameStreamCommit, &frame, sizeof(frame));
+    forget_stream_txn(txn);
+}
+
 /* Changes applied from a peer carry its replication origin: never republish. */
 bool kafka_sync_filter_by_origin(LogicalDecodingContext *, RepOriginId origin_id) {
     return origin_id != InvalidRepOriginId;
@@ -293,5 +420,11 @@ void _PG_output_plugin_init(OutputPluginCallbacks *cb) {
     cb->commit_cb = kafka_sync_commit;
     cb->filter_by_origin_cb = kafka_sync_filter_by_origin;
     cb->shutdown_cb = kafka_sync_shutdown;
+    cb->stream_start_cb = kafka_sync_stream_start;
+    cb->stream_stop_cb = kafka_sync_stream_stop;
+    cb->stream_change_cb = kafka_sync_stream_change;
+    cb->stream_truncate_cb = kafka_sync_stream_truncate;
+    cb->stream_abort_cb = kafka_sync_stream_abort;
+    cb->stream_commit_cb = kafka_sync_stream_commit;
 }
 }

@@ -14,6 +14,13 @@ enum FrameKind : char {
     kFrameBegin = 'B',
     kFrameRecord = 'R',
     kFrameCommit = 'E',
+    // option streaming: a block of an in-progress transaction's records
+    // (start, records, stop), its abort or a subtransaction's, its commit
+    kFrameStreamStart = 'S',
+    kFrameStreamRecord = 'r',
+    kFrameStreamStop = 's',
+    kFrameStreamAbort = 'A',
+    kFrameStreamCommit = 'C',
 };
 
 inline constexpr uint32_t kFrameNull = UINT32_MAX; // absent key or value (tombstone)
@@ -33,6 +40,32 @@ struct RecordFrame {
 struct CommitFrame {
     uint64_t commit_lsn;
     uint64_t nrecords; // records written for this transaction
+};
+
+// Opens a block of records of in-progress transaction xid (its top level).
+struct StreamStartFrame {
+    uint32_t xid;
+};
+
+// A record of the open block's transaction, as RecordFrame, with the
+// subtransaction the change belongs to (the top-level xid for its own).
+struct StreamRecordFrame {
+    uint32_t subxid;
+    uint32_t key_len;
+    uint32_t value_len;
+};
+
+// subxid == xid: the whole transaction aborted; otherwise that
+// subtransaction (and those begun after it) did.
+struct StreamAbortFrame {
+    uint32_t xid;
+    uint32_t subxid;
+};
+
+struct StreamCommitFrame {
+    uint64_t commit_lsn; // end LSN of the commit record, as BeginFrame's
+    int64_t commit_ts_ms;
+    uint32_t xid;
 };
 
 } // namespace kafka_sync

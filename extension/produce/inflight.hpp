@@ -34,6 +34,9 @@ class InflightTransactions {
     // Transaction seq was fully acknowledged and taken by take_confirmable.
     bool completed(Seq seq) const { return seq < first_seq_; }
 
+    // The highest commit_lsn begun: begin(last_lsn()) is an entry that
+    // confirms nothing new.
+    uint64_t last_lsn() const { return last_lsn_; }
     bool empty() const { return txns_.empty(); }
     size_t size() const { return txns_.size(); }
     uint64_t unacknowledged_records() const { return unacked_; }

@@ -55,6 +55,10 @@ bool own_setting(const std::string &key, const std::string &value, NodeKafkaSett
         ok = parse_bool(value, out.schemas);
     else if (name == "tombstones")
         ok = parse_bool(value, out.tombstones);
+    else if (name == "streaming")
+        ok = parse_bool(value, out.streaming);
+    else if (name == "streaming_work_mem")
+        ok = parse_int(value, 64, 1048576, out.streaming_work_mem_kb);
     else if (name == "topic_partitions")
         ok = parse_int(value, 1, 100000, out.topic_partitions);
     else if (name == "topic_replication_factor")
@@ -64,14 +68,16 @@ bool own_setting(const std::string &key, const std::string &value, NodeKafkaSett
         ok = !value.empty() && value[0] == '/';
     } else {
         error = "unknown kafka_sync setting \"" + key + "\"";
-        hint = "kafka_sync settings are kafka_sync.schemas, kafka_sync.tombstones, kafka_sync.topic_partitions, "
-               "kafka_sync.topic_replication_factor and kafka_sync.secrets_file.";
+        hint = "kafka_sync settings are kafka_sync.schemas, kafka_sync.tombstones, kafka_sync.streaming, "
+               "kafka_sync.streaming_work_mem, kafka_sync.topic_partitions, kafka_sync.topic_replication_factor and "
+               "kafka_sync.secrets_file.";
         return false;
     }
     if (!ok) {
         error = "invalid value \"" + value + "\" for \"" + key + "\"";
-        hint = name == "schemas" || name == "tombstones" ? "Use true or false."
-               : key == kSecretsFileSetting              ? "Name the file by its absolute path."
+        hint = name == "schemas" || name == "tombstones" || name == "streaming" ? "Use true or false."
+               : name == "streaming_work_mem" ? "Use kilobytes from 64 to 1048576 (1 GB)."
+               : key == kSecretsFileSetting   ? "Name the file by its absolute path."
                                             : "Use a positive integer (-1 for the broker default replication factor).";
     }
     return ok;

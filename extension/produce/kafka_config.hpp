@@ -18,6 +18,8 @@ struct NodeKafkaSettings {
     ConfigPairs rdkafka;                    // passed to librdkafka as is
     bool schemas = true;                    // Kafka Connect schema in every record
     bool tombstones = false;                // a null-value record after each delete
+    bool streaming = false;                 // in-progress transactions too, marked (kafka_sync.stream)
+    int streaming_work_mem_kb = 4096;       // decoded changes held before the largest transaction is streamed
     int topic_partitions = 1;               // when kafka_sync creates the topic
     int topic_replication_factor = -1;      // -1: the broker's default
     std::string secrets_file;               // kafka_sync.secrets_file; its properties are in rdkafka

@@ -189,23 +189,36 @@ bool KafkaProducer::ensure_topic(int timeout_ms, bool (*should_stop)()) {
 
 ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *key, size_t key_len, const char *value,
                                      size_t value_len, const RecordHeaders &h) {
-    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(h.txn_end_count >= 0 ? 7 : 6);
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(8);
     add_header(hdrs, wire::kOrigin, settings_.node_name.data(), settings_.node_name.size());
     if (!settings_.incarnation.empty())
         add_header(hdrs, wire::kIncarnation, settings_.incarnation.data(), settings_.incarnation.size());
-    const std::string lsn = wire::format_lsn(h.commit_lsn);
-    add_header(hdrs, wire::kLsn, lsn.data(), lsn.size());
+    const bool known_at_commit = h.stream == wire::StreamEvent::None || h.stream == wire::StreamEvent::Commit;
+    if (known_at_commit) {
+        const std::string lsn = wire::format_lsn(h.commit_lsn);
+        add_header(hdrs, wire::kLsn, lsn.data(), lsn.size());
+    }
     add_decimal_header(hdrs, wire::kXid, h.xid);
-    add_decimal_header(hdrs, wire::kCommitTs, h.commit_ts_ms);
+    if (known_at_commit)
+        add_decimal_header(hdrs, wire::kCommitTs, h.commit_ts_ms);
     // Lets a consumer see a transaction start over (a partial copy from
     // before a producer restart, followed by the complete one).
-    add_decimal_header(hdrs, wire::kSeq, h.seq);
+    if (h.stream == wire::StreamEvent::None || h.stream == wire::StreamEvent::Change)
+        add_decimal_header(hdrs, wire::kSeq, h.seq);
     if (h.txn_end_count >= 0)
         add_decimal_header(hdrs, wire::kTxnEnd, h.txn_end_count);
     // Snapshot rows each carry their own version, so a consumer may apply
     // them one by one instead of holding the whole snapshot as one transaction.
     if (h.snapshot)
         add_header(hdrs, wire::kSnapshot, "true", 4);
+    if (h.stream != wire::StreamEvent::None) {
+        const std::string_view event = h.stream == wire::StreamEvent::Change   ? "change"
+                                       : h.stream == wire::StreamEvent::Commit ? "commit"
+                                                                               : "abort";
+        add_header(hdrs, wire::kStream, event.data(), event.size());
+        if (h.stream != wire::StreamEvent::Commit)
+            add_decimal_header(hdrs, wire::kSubxid, h.subxid);
+    }
 
     rd_kafka_resp_err_t err =
         rd_kafka_producev(rk_, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

@@ -36,6 +36,11 @@ struct RecordHeaders {
     uint64_t seq;          // 1-based position of the record in its transaction
     int64_t txn_end_count; // < 0: not the last record of its transaction
     bool snapshot;         // a snapshot row (op "r"): header kafka_sync.snapshot
+    // kafka_sync.streaming: None for a committed transaction's record. Change:
+    // no lsn or commit_ts header (not known yet), subxid. Commit: lsn,
+    // commit_ts and txn_end (the transaction's records). Abort: subxid.
+    wire::StreamEvent stream;
+    uint32_t subxid;
 };
 
 enum class ProduceStatus {

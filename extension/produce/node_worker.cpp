@@ -158,6 +158,9 @@ void make_producer(NodeWorker *w) {
         ProducerSetup setup = producer_setup(w->cfg, sysid, tli);
         w->schemas = setup.settings.kafka.schemas;
         w->tombstones = setup.settings.kafka.tombstones;
+        w->stream_in_progress = setup.settings.kafka.streaming;
+        w->stream_work_mem_kb = setup.settings.kafka.streaming_work_mem_kb;
+        w->streams = new std::unordered_map<uint32, uint64>();
         w->inflight = new InflightTransactions();
         w->held_key = new std::string();
         w->held_value = new std::string();

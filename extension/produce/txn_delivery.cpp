@@ -60,10 +60,9 @@ struct ProducerView {
     int64 last_ack_ms;
 };
 
-void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value, size_t value_len,
-                    bool has_value, int64 txn_end) {
-    w->headers.txn_end_count = txn_end;
-    w->headers.seq = ++w->txn_seq;
+/* One record under w->headers, into w->seq; waits while librdkafka's queue is full. */
+void produce_record_as_is(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value,
+                          size_t value_len, bool has_value) {
     for (;;) {
         auto status = ks_guard([&]() {
             return w->producer->produce(w->seq, has_key ? key : nullptr, key_len, has_value ? value : nullptr,
@@ -87,6 +86,13 @@ void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key
     }
 }
 
+void produce_record(NodeWorker *w, const char *key, size_t key_len, bool has_key, const char *value, size_t value_len,
+                    bool has_value, int64 txn_end) {
+    w->headers.txn_end_count = txn_end;
+    w->headers.seq = ++w->txn_seq;
+    produce_record_as_is(w, key, key_len, has_key, value, value_len, has_value);
+}
+
 void flush_held(NodeWorker *w, int64 txn_end) {
     if (!w->held)
         return;
@@ -102,8 +108,28 @@ void begin_txn(NodeWorker *w, uint64 header_lsn, uint64 ring_lsn, uint32 xid, in
     w->headers.xid = xid;
     w->headers.commit_ts_ms = commit_ts_ms;
     w->headers.snapshot = snapshot;
+    w->headers.stream = wire::StreamEvent::None;
+    w->headers.subxid = 0;
     w->held = false;
     w->txn_seq = 0;
+}
+
+/* The records streamed so far of in-progress transaction xid (created at 0). */
+uint64 *streamed_records(NodeWorker *w, uint32 xid) {
+    return ks_guard([&]() { return &(*w->streams)[xid]; });
+}
+
+/* Opens a stream record's in-flight entry: it confirms no position of its own. */
+void begin_stream_entry(NodeWorker *w, uint32 xid, wire::StreamEvent event) {
+    w->seq = ks_guard([&]() { return w->inflight->begin(w->inflight->last_lsn()); });
+    w->headers.commit_lsn = 0;
+    w->headers.xid = xid;
+    w->headers.commit_ts_ms = 0;
+    w->headers.snapshot = false;
+    w->headers.stream = event;
+    w->headers.subxid = xid;
+    w->headers.txn_end_count = -1;
+    w->headers.seq = 0;
 }
 
 } // namespace
@@ -190,6 +216,72 @@ void node_worker_end_txn(NodeWorker *w, uint64 nrecords) {
     ks_guard([&]() { w->inflight->end(w->seq); });
     if (nrecords > 0) /* consumers see only transactions with records */
         w->last_header_lsn = w->headers.commit_lsn;
+}
+
+/*
+ * kafka_sync.streaming. A block of an in-progress transaction's records is
+ * one in-flight entry that confirms nothing (the slot keeps restart_lsn
+ * before an open transaction anyway, and re-streams it whole after a
+ * restart); the commit record is a transaction's entry at its commit LSN,
+ * so the slot passes the commit only once Kafka has every block before it.
+ */
+void node_worker_stream_start(NodeWorker *w, uint32 xid) {
+    begin_stream_entry(w, xid, wire::StreamEvent::Change);
+}
+
+void node_worker_add_stream_record(NodeWorker *w, uint32 subxid, const char *key, size_t key_len, bool has_key,
+                                   const char *value, size_t value_len, bool has_value) {
+    if (w->headers.stream != wire::StreamEvent::Change)
+        elog(ERROR, "kafka_sync: a streamed record outside a stream block");
+    w->headers.subxid = subxid;
+    w->headers.seq = ++*streamed_records(w, w->headers.xid);
+    produce_record_as_is(w, key, key_len, has_key, value, value_len, has_value);
+}
+
+void node_worker_stream_stop(NodeWorker *w) {
+    ks_guard([&]() { w->inflight->end(w->seq); });
+    w->headers.stream = wire::StreamEvent::None;
+}
+
+void node_worker_stream_abort(NodeWorker *w, uint32 xid, uint32 subxid) {
+    const bool streamed = ks_guard([&]() { return w->streams->count(xid) > 0; });
+    if (!streamed)
+        return; /* no record of it is in Kafka */
+    begin_stream_entry(w, xid, wire::StreamEvent::Abort);
+    w->headers.subxid = subxid;
+    produce_record_as_is(w, nullptr, 0, false, nullptr, 0, false);
+    ks_guard([&]() {
+        w->inflight->end(w->seq);
+        if (subxid == xid)
+            w->streams->erase(xid);
+    });
+    w->headers.stream = wire::StreamEvent::None;
+}
+
+void node_worker_stream_commit(NodeWorker *w, uint32 xid, uint64 commit_lsn, int64 commit_ts_ms) {
+    const uint64 nrecords = ks_guard([&]() {
+        auto it = w->streams->find(xid);
+        return it == w->streams->end() ? uint64{0} : it->second;
+    });
+    node_worker_begin_txn(w, commit_lsn, xid, commit_ts_ms);
+    if (nrecords == 0) { /* nothing of it was published: the slot may pass it */
+        node_worker_end_txn(w, 0);
+        return;
+    }
+    w->headers.stream = wire::StreamEvent::Commit;
+    w->headers.txn_end_count = static_cast<int64>(nrecords);
+    w->headers.seq = 0;
+    produce_record_as_is(w, nullptr, 0, false, nullptr, 0, false);
+    ks_guard([&]() {
+        w->inflight->end(w->seq);
+        w->streams->erase(xid);
+    });
+    w->headers.stream = wire::StreamEvent::None;
+    w->last_header_lsn = commit_lsn;
+}
+
+bool node_worker_streams_open(NodeWorker *w) {
+    return w->streams && !w->streams->empty();
 }
 
 const char *node_worker_node_name(NodeWorker *w) {

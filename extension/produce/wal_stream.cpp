@@ -24,6 +24,7 @@ extern "C" {
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 }
 
@@ -82,6 +83,50 @@ void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) 
         node_worker_end_txn(w, f.nrecords);
         break;
     }
+    case kFrameStreamStart: {
+        StreamStartFrame f;
+        if (len != 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed stream start frame");
+        memcpy(&f, data + 1, sizeof(f));
+        node_worker_stream_start(w, f.xid);
+        break;
+    }
+    case kFrameStreamRecord: {
+        StreamRecordFrame f;
+        if (len < 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed stream record frame");
+        memcpy(&f, data + 1, sizeof(f));
+        const bool has_key = f.key_len != kFrameNull;
+        const bool has_value = f.value_len != kFrameNull;
+        const size_t key_len = has_key ? f.key_len : 0;
+        const size_t value_len = has_value ? f.value_len : 0;
+        if (len != 1 + sizeof(f) + key_len + value_len)
+            elog(ERROR, "kafka_sync: malformed stream record frame");
+        const char *key = data + 1 + sizeof(f);
+        node_worker_add_stream_record(w, f.subxid, key, key_len, has_key, key + key_len, value_len, has_value);
+        break;
+    }
+    case kFrameStreamStop:
+        if (len != 1)
+            elog(ERROR, "kafka_sync: malformed stream stop frame");
+        node_worker_stream_stop(w);
+        break;
+    case kFrameStreamAbort: {
+        StreamAbortFrame f;
+        if (len != 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed stream abort frame");
+        memcpy(&f, data + 1, sizeof(f));
+        node_worker_stream_abort(w, f.xid, f.subxid);
+        break;
+    }
+    case kFrameStreamCommit: {
+        StreamCommitFrame f;
+        if (len != 1 + sizeof(f))
+            elog(ERROR, "kafka_sync: malformed stream commit frame");
+        memcpy(&f, data + 1, sizeof(f));
+        node_worker_stream_commit(w, f.xid, f.commit_lsn, f.commit_ts_ms);
+        break;
+    }
     default: elog(ERROR, "kafka_sync: unknown frame kind %d", data[0]);
     }
 }
@@ -95,6 +140,8 @@ List *plugin_options(NodeWorker *w) {
         opts, makeDefElem(pstrdup("include_schema"), (Node *)makeString(pstrdup(w->schemas ? "true" : "false")), -1));
     opts = lappend(
         opts, makeDefElem(pstrdup("tombstones"), (Node *)makeString(pstrdup(w->tombstones ? "true" : "false")), -1));
+    if (w->stream_in_progress)
+        opts = lappend(opts, makeDefElem(pstrdup("streaming"), (Node *)makeString(pstrdup("true")), -1));
     return opts;
 }
 
@@ -138,6 +185,13 @@ void serve_resnapshot(NodeWorker *w, XLogRecPtr read_upto, bool at_start = false
             return;
     } else {
         if (read_upto < w->startup_flush || read_upto < x)
+            return;
+        /*
+         * Not while a streamed transaction is open: its first records are
+         * before the snapshot in the topic, its commit after it, and a peer
+         * that starts reading at the snapshot would see only its end.
+         */
+        if (node_worker_streams_open(w))
             return;
         TimestampTz now = GetCurrentTimestamp();
         if (!w->resnapshot_wake && !TimestampDifferenceExceeds(w->resnapshot_checked, now, kResnapshotPollMs))
@@ -199,6 +253,12 @@ void check_retained_wal(NodeWorker *w) {
 } // namespace
 
 void stream_wal(NodeWorker *w) {
+    if (w->stream_in_progress) {
+        /* the reorder buffer streams the largest open transaction once it holds this much */
+        char value[32];
+        snprintf(value, sizeof(value), "%d", w->stream_work_mem_kb);
+        SetConfigOption("logical_decoding_work_mem", value, PGC_SUSET, PGC_S_OVERRIDE);
+    }
     ReplicationSlotAcquire(w->cfg.slot_name, true);
     LogicalDecodingContext *ctx =
         CreateDecodingContext(InvalidXLogRecPtr, plugin_options(w), false, node_local_wal_reader(),

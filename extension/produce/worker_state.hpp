@@ -7,6 +7,7 @@
 #include "produce/node_worker.hpp"
 
 #include <string>
+#include <unordered_map>
 
 namespace kafka_sync {
 
@@ -25,11 +26,15 @@ struct NodeWorker {
     KafkaProducer *producer;
     bool schemas;
     bool tombstones;
+    bool stream_in_progress; /* kafka_sync.streaming */
+    int stream_work_mem_kb;  /* kafka_sync.streaming_work_mem: logical_decoding_work_mem of this worker */
 
     /* the open source transaction */
     InflightTransactions::Seq seq;
     RecordHeaders headers;
     uint64 txn_seq; /* records produced of the open transaction */
+    /* kafka_sync.streaming: records streamed so far of each open in-progress transaction */
+    std::unordered_map<uint32, uint64> *streams;
 
     /* the secrets file the producer was made with, and its content then */
     std::string *secrets_file;
@@ -80,6 +85,16 @@ void service_producer(NodeWorker *w, int timeout_ms);
 
 /* The producer's last error, in a static buffer (no allocation). */
 const char *producer_error(NodeWorker *w);
+
+/* kafka_sync.streaming (see txn_delivery.cpp) */
+void node_worker_stream_start(NodeWorker *w, uint32 xid);
+void node_worker_add_stream_record(NodeWorker *w, uint32 subxid, const char *key, size_t key_len, bool has_key,
+                                   const char *value, size_t value_len, bool has_value);
+void node_worker_stream_stop(NodeWorker *w);
+void node_worker_stream_abort(NodeWorker *w, uint32 xid, uint32 subxid);
+void node_worker_stream_commit(NodeWorker *w, uint32 xid, uint64 commit_lsn, int64 commit_ts_ms);
+/* Some streamed transaction has neither committed nor aborted yet. */
+bool node_worker_streams_open(NodeWorker *w);
 
 /* ---- node_worker.cpp ---- */
 

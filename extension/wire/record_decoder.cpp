@@ -658,6 +658,7 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
         out.has_commit_ts = facts.has_commit_ts;
         out.commit_ts_ms = facts.commit_ts_ms;
         out.has_txn_end = facts.txn_end;
+        out.stream = facts.stream != wire::StreamEvent::None;
         out.origin.assign(facts.origin.data(), facts.origin.size());
         out.incarnation.assign(facts.incarnation.data(), facts.incarnation.size());
         if (all) {

@@ -69,12 +69,13 @@ struct DecodedHeaders {
     bool has_commit_ts = false;
     int64_t commit_ts_ms = 0;
     bool has_txn_end = false; // the last record of its source transaction
+    bool stream = false;      // a kafka_sync.stream header: part of a streamed transaction
     std::string origin;       // empty when absent
     std::string incarnation;  // kafka_sync.incarnation: the peer's system, timeline and node creation; empty: absent
     std::string as_json;      // every header, for dead letters
 
     void reset() {
-        has_lsn = has_commit_ts = has_txn_end = false;
+        has_lsn = has_commit_ts = has_txn_end = stream = false;
         lsn = 0;
         commit_ts_ms = 0;
         origin.clear();

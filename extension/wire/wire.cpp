@@ -165,6 +165,16 @@ void HeaderFacts::note(std::string_view name, const char *value, size_t size) {
         origin = text;
     } else if (name == kIncarnation) {
         incarnation = text.size() <= kMaxIncarnationBytes ? text : std::string_view();
+    } else if (name == kStream) {
+        stream = text == "change"   ? StreamEvent::Change
+                 : text == "commit" ? StreamEvent::Commit
+                 : text == "abort"  ? StreamEvent::Abort
+                                    : StreamEvent::Invalid;
+    } else if (name == kXid || name == kSubxid) {
+        int64_t id = 0;
+        const bool ok = value && parse_count(text, id) && id <= INT64_C(0xFFFFFFFF);
+        (name == kXid ? has_xid : has_subxid) = ok;
+        (name == kXid ? xid : subxid) = ok ? static_cast<uint32_t>(id) : 0;
     }
 }
 

@@ -25,6 +25,12 @@ inline constexpr std::string_view kCommitTs = "kafka_sync.commit_ts"; // unix mi
 inline constexpr std::string_view kSeq = "kafka_sync.seq";            // 1-based position in the transaction
 inline constexpr std::string_view kTxnEnd = "kafka_sync.txn_end";     // on the last record: the record count
 inline constexpr std::string_view kSnapshot = "kafka_sync.snapshot";  // a row of a node's snapshot
+// A node with kafka_sync.streaming: a record of a transaction still in
+// progress ("change"), or that transaction's end ("commit", "abort"): see
+// StreamEvent. Such records have no kLsn, kCommitTs or kTxnEnd of their
+// own; the commit record carries them for the whole transaction.
+inline constexpr std::string_view kStream = "kafka_sync.stream";
+inline constexpr std::string_view kSubxid = "kafka_sync.subxid"; // the change's (sub)transaction; what aborted
 
 // An incarnation longer than this is no incarnation (a hostile header).
 inline constexpr size_t kMaxIncarnationBytes = 128;
@@ -68,6 +74,14 @@ class HeaderReader {
 // ends the transaction whatever its value (waiting for more records of a
 // transaction whose end is unreadable would wait for ever); its count is
 // known only when it is a valid count.
+enum class StreamEvent : uint8_t {
+    None,   // a committed transaction's record (no kafka_sync.stream header)
+    Change, // a record of an in-progress transaction: xid, seq, subxid
+    Commit, // that transaction committed: xid, lsn, commit_ts, txn_end = its records streamed
+    Abort,  // it aborted (subxid == xid), or its subtransaction subxid did
+    Invalid // a kafka_sync.stream header of another value
+};
+
 struct HeaderFacts {
     bool has_lsn = false;
     uint64_t lsn = 0;
@@ -79,6 +93,11 @@ struct HeaderFacts {
     int64_t commit_ts_ms = 0;
     std::string_view origin;      // empty: absent or null; points into the header's value
     std::string_view incarnation; // the same
+    StreamEvent stream = StreamEvent::None;
+    bool has_xid = false; // kafka_sync.xid, a valid transaction id
+    uint32_t xid = 0;
+    bool has_subxid = false;
+    uint32_t subxid = 0;
 
     // value nullptr: a header with a null value.
     void note(std::string_view name, const char *value, size_t size);

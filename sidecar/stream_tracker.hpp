@@ -1,0 +1,89 @@
+// The streamed transactions of a peer's topic (a node with
+// kafka_sync.streaming): which are open, where each began, which of their
+// records an aborted subtransaction took back. Pure C++ (no libpq, no
+// librdkafka): the runner feeds it the records marked kafka_sync.stream, in
+// offset order, and acts on what comes out.
+//
+// A streamed transaction's records stay in Kafka until its commit record
+// arrives; then the runner reads them again from the first one (a replay)
+// and applies them as one committed transaction, with the commit record's
+// LSN and time (mark_committed). Until then the subscription's stored offset
+// is held at the first record of the oldest open one (hold()), so that a
+// restart reads it again from its start; what was committed in between is
+// skipped by its LSN as any record applied before.
+#pragma once
+
+#include "record.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace kafka_sync_sidecar {
+
+// What a replay applies: the records of transaction xid from first_offset up
+// to its commit record at commit_offset, except those in discarded.
+struct StreamReplay {
+    uint32_t xid = 0;
+    int64_t first_offset = 0;
+    int64_t commit_offset = 0;
+    uint64_t lsn = 0;
+    int64_t commit_ts_ms = 0;
+    std::vector<std::pair<int64_t, int64_t>> discarded; // [from, to): aborted subtransactions
+
+    // The record at offset, of this transaction, is applied.
+    bool applies(const Record &record) const;
+};
+
+class StreamTracker {
+  public:
+    // An open transaction, or a subtransaction of it, is forgotten past these
+    // (a hostile topic could open streams without end).
+    static constexpr size_t kMaxOpen = 10000;
+    static constexpr size_t kMaxSubtransactions = 100000;
+
+    struct Outcome {
+        enum class Kind {
+            Wait,    // noted; the record waits in Kafka for its transaction's commit
+            Replay,  // a commit: apply replay, then go on after its commit record
+            Skip,    // nothing to apply (see note)
+            Foreign, // not a readable stream record: apply it as it is (it is refused there, and kept)
+        };
+        Kind kind = Kind::Wait;
+        StreamReplay replay;
+        std::string note; // to log as a warning, when not empty
+    };
+
+    // The next record marked kafka_sync.stream, in offset order; one at or
+    // below what was seen of its transaction is a record read again (after a
+    // replay or a retry) and changes nothing. applied_lsn: the commit LSN of
+    // the last transaction applied before this run (the subscription's
+    // last_applied_lsn), to tell a transaction applied before a restart from
+    // one whose start this run never saw.
+    Outcome add(const Record &record, uint64_t applied_lsn);
+    // The replay of xid was handed over: forget it.
+    void finished(uint32_t xid) { open_.erase(xid); }
+    void reset() { open_.clear(); }
+
+    // The first offset of the oldest open transaction; -1 when none is open.
+    int64_t hold() const;
+    size_t open() const { return open_.size(); }
+
+  private:
+    struct Open {
+        int64_t first_offset = 0;
+        int64_t last_offset = 0;
+        int64_t records = 0;     // seen, including those an aborted subtransaction took back
+        bool from_start = false; // its first record (seq 1) was read
+        // Subtransactions in the order their first record came: (subxid, offset).
+        std::vector<std::pair<uint32_t, int64_t>> subxacts;
+        std::vector<std::pair<int64_t, int64_t>> discarded;
+    };
+
+    std::unordered_map<uint32_t, Open> open_;
+};
+
+} // namespace kafka_sync_sidecar
