@@ -11,10 +11,11 @@ bool StreamReplay::applies(const Record &record) const {
     if (record.stream != wire::StreamEvent::Change || record.xid != xid || record.offset < first_offset ||
         record.offset >= commit_offset)
         return false;
-    for (const auto &range : discarded)
-        if (record.offset >= range.first && record.offset < range.second)
-            return false;
-    return true;
+    // the last range starting at or before the offset
+    auto after =
+        std::upper_bound(discarded.begin(), discarded.end(), record.offset,
+                         [](int64_t offset, const std::pair<int64_t, int64_t> &r) { return offset < r.first; });
+    return after == discarded.begin() || record.offset >= std::prev(after)->second;
 }
 
 int64_t StreamTracker::hold() const {
@@ -27,6 +28,11 @@ int64_t StreamTracker::hold() const {
 
 StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied_lsn) {
     Outcome out;
+    if (record.stream == wire::StreamEvent::Reset) {
+        // the producer decodes again from before everything open: what it does not stream again never ends
+        open_.clear();
+        return out;
+    }
     const uint32_t xid = record.xid;
     if (xid == 0 || record.stream == wire::StreamEvent::Invalid ||
         (record.stream == wire::StreamEvent::Commit && (!record.has_lsn || !record.has_commit_ts))) {
@@ -63,10 +69,17 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
         Open &o = it->second;
         o.last_offset = record.offset;
         o.records++;
-        if (record.subxid != 0 && record.subxid != xid && o.subxacts.size() < kMaxSubtransactions &&
-            std::none_of(o.subxacts.begin(), o.subxacts.end(),
-                         [&](const std::pair<uint32_t, int64_t> &s) { return s.first == record.subxid; }))
-            o.subxacts.emplace_back(record.subxid, record.offset);
+        if (record.subxid != 0 && record.subxid != xid && !o.too_many &&
+            o.subxact_index.find(record.subxid) == o.subxact_index.end()) {
+            if (o.subxacts.size() >= kMaxSubtransactions) {
+                o.too_many = true; // an abort of this one could not be followed
+                o.subxacts.clear();
+                o.subxact_index.clear();
+            } else {
+                o.subxact_index.emplace(record.subxid, o.subxacts.size());
+                o.subxacts.emplace_back(record.subxid, record.offset);
+            }
+        }
         return out;
     }
     case wire::StreamEvent::Abort: {
@@ -81,13 +94,20 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
         // A subtransaction aborted: its records and those of the
         // subtransactions begun after it (its own, or later siblings that
         // ended before it did) are taken back, as PostgreSQL does.
-        for (size_t i = 0; i < o.subxacts.size(); i++) {
-            if (o.subxacts[i].first != record.subxid)
-                continue;
-            o.discarded.emplace_back(o.subxacts[i].second, record.offset);
-            o.subxacts.resize(i);
-            break;
+        auto found = o.subxact_index.find(record.subxid);
+        if (found == o.subxact_index.end())
+            return out; // none of its records was streamed
+        const size_t i = found->second;
+        int64_t from = o.subxacts[i].second;
+        // the ranges stay disjoint and ordered: this one ends after all before it
+        while (!o.discarded.empty() && o.discarded.back().second >= from) {
+            from = std::min(from, o.discarded.back().first);
+            o.discarded.pop_back();
         }
+        o.discarded.emplace_back(from, record.offset);
+        for (size_t j = i; j < o.subxacts.size(); j++)
+            o.subxact_index.erase(o.subxacts[j].first);
+        o.subxacts.resize(i);
         return out;
     }
     case wire::StreamEvent::Commit: {
@@ -107,6 +127,15 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
             return out;
         }
         Open &o = it->second;
+        if (o.too_many) {
+            out.kind = Outcome::Kind::Skip;
+            out.note = what + " (lsn " + format_lsn(record.lsn) + ") has more than " +
+                       std::to_string(kMaxSubtransactions) +
+                       " subtransactions, more than this sidecar follows: it is not applied here (SELECT "
+                       "kafka_sync.resnapshot() on the peer brings its rows)";
+            open_.erase(it);
+            return out;
+        }
         if (record.txn_records != o.records)
             out.note = what + " (lsn " + format_lsn(record.lsn) + ") has " + std::to_string(o.records) +
                        " records here, its commit record at offset " + std::to_string(record.offset) + " says " +

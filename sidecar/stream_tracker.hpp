@@ -32,7 +32,8 @@ struct StreamReplay {
     int64_t commit_offset = 0;
     uint64_t lsn = 0;
     int64_t commit_ts_ms = 0;
-    std::vector<std::pair<int64_t, int64_t>> discarded; // [from, to): aborted subtransactions
+    // [from, to): what aborted subtransactions took back; disjoint, in order
+    std::vector<std::pair<int64_t, int64_t>> discarded;
 
     // The record at offset, of this transaction, is applied.
     bool applies(const Record &record) const;
@@ -40,10 +41,11 @@ struct StreamReplay {
 
 class StreamTracker {
   public:
-    // An open transaction, or a subtransaction of it, is forgotten past these
-    // (a hostile topic could open streams without end).
+    // Bounds for a hostile topic: more open transactions are not followed,
+    // and a transaction with more subtransactions is not applied (both with
+    // a warning). PostgreSQL's own limit is far above: 2^32 subtransactions.
     static constexpr size_t kMaxOpen = 10000;
-    static constexpr size_t kMaxSubtransactions = 100000;
+    static constexpr size_t kMaxSubtransactions = 1000000;
 
     struct Outcome {
         enum class Kind {
@@ -57,7 +59,8 @@ class StreamTracker {
         std::string note; // to log as a warning, when not empty
     };
 
-    // The next record marked kafka_sync.stream, in offset order; one at or
+    // The next record marked kafka_sync.stream, in offset order (a reset:
+    // forget every open transaction); one at or
     // below what was seen of its transaction is a record read again (after a
     // replay or a retry) and changes nothing. applied_lsn: the commit LSN of
     // the last transaction applied before this run (the subscription's
@@ -67,6 +70,9 @@ class StreamTracker {
     // The replay of xid was handed over: forget it.
     void finished(uint32_t xid) { open_.erase(xid); }
     void reset() { open_.clear(); }
+    // An ordinary (committed) transaction of xid: a copy streamed before a
+    // producer restart is not going to end; forget it.
+    void committed_whole(uint32_t xid) { open_.erase(xid); }
 
     // The first offset of the oldest open transaction; -1 when none is open.
     int64_t hold() const;
@@ -78,9 +84,12 @@ class StreamTracker {
         int64_t last_offset = 0;
         int64_t records = 0;     // seen, including those an aborted subtransaction took back
         bool from_start = false; // its first record (seq 1) was read
-        // Subtransactions in the order their first record came: (subxid, offset).
+        bool too_many = false;   // more than kMaxSubtransactions: not applied
+        // Subtransactions in the order their first record came: (subxid,
+        // offset), and where each is in that list.
         std::vector<std::pair<uint32_t, int64_t>> subxacts;
-        std::vector<std::pair<int64_t, int64_t>> discarded;
+        std::unordered_map<uint32_t, size_t> subxact_index;
+        std::vector<std::pair<int64_t, int64_t>> discarded; // as StreamReplay's
     };
 
     std::unordered_map<uint32_t, Open> open_;

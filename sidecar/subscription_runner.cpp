@@ -200,8 +200,15 @@ void SubscriptionRunner::iterate() {
             replay_record(std::move(record));
         else if (record.stream != kafka_sync::wire::StreamEvent::None)
             stream_record(std::move(record));
-        else
-            assembler_.add(std::move(record));
+        else {
+            const uint64_t recoveries = recoveries_;
+            if (streams_.open() > 0 && record.xid != 0 && record.has_lsn) {
+                streams_.committed_whole(record.xid); // streamed before a producer restart, then committed whole
+                (void)update_hold();
+            }
+            if (recoveries_ == recoveries) // else what was read since is read again
+                assembler_.add(std::move(record));
+        }
     } else {
         // nothing immediately available: the server's result first, then commit what is complete
         if (!await_apply())
@@ -422,13 +429,8 @@ bool SubscriptionRunner::apply_failed(const DbStatus &st) {
     }
     if (!db_.connected() || stop_)
         return false;
-    int64_t first = txn_first_offset_;
+    const int64_t first = recovery_start(txn_first_offset_);
     const int64_t through = std::max(txn_last_offset_, assembler_.careful_through());
-    if (replay_pending_.active && replay_pending_.first_offset < first) {
-        // the failed transaction holds (part of) a streamed one: read that again from its first record
-        first = replay_pending_.first_offset;
-        replay_pending_.active = false;
-    }
     if (!txn_careful_) {
         LOG_WARNING("subscription %s: applying offsets %" PRId64 "..%" PRId64
                     " failed (%s: %s); applying them again one transaction at a time",
@@ -472,18 +474,25 @@ bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, con
                 st.message.c_str());
     sleep_ms(retry_backoff_ms_);
     retry_backoff_ms_ = std::min(retry_backoff_ms_ * 2, 60000);
-    restart_from(txn_first_offset_, std::max(txn_last_offset_, assembler_.careful_through()));
+    restart_from(recovery_start(txn_first_offset_), std::max(txn_last_offset_, assembler_.careful_through()));
     return false;
 }
 
 void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_through) {
+    recoveries_++;
     assembler_.reset();
     await_end_ = AwaitEnd();
-    if (replay_.active && first_offset != replay_.what.first_offset) {
-        // a failure before the replay's records were applied: read on as if for the first time
-        replay_.active = false;
-        streams_.finished(replay_.what.xid); // opened again from its first record
-        first_offset = std::min(first_offset, replay_.what.first_offset);
+    if (replay_.active) {
+        if (first_offset < replay_.what.first_offset) {
+            // a failure before the replay: read on as if for the first time
+            replay_.active = false;
+            streams_.finished(replay_.what.xid); // opened again from its first record
+        } else {
+            // the replay starts over (its commit is in Kafka)
+            first_offset = replay_.what.first_offset;
+            replay_.emitted = 0;
+            whole_first_offset_ = -1;
+        }
     }
     std::string error;
     if (!consumer_.assign(first_offset, error)) {
@@ -498,6 +507,21 @@ void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_thro
 }
 
 void SubscriptionRunner::roll_back_partial(bool stalled) {
+    if (replay_.active) {
+        // a streamed transaction's commit is in Kafka already: no end to wait for, read it again
+        LOG_WARNING("subscription %s: %s while applying streamed transaction %u (from offset %" PRId64
+                    "); rolling back what was applied of it and reading it again",
+                    name_.c_str(), stalled ? "no record came for a while" : "it was held open too long",
+                    replay_.what.xid, replay_.what.first_offset);
+        DbStatus st = db_.exec("ROLLBACK");
+        txn_open_ = false;
+        if (st.kind == DbStatus::Kind::Lost) {
+            db_lost(st.message);
+            return;
+        }
+        restart_from(replay_.what.first_offset, assembler_.careful_through());
+        return;
+    }
     AwaitEnd a;
     a.active = true;
     a.lsn = assembler_.streaming_lsn();
@@ -595,19 +619,13 @@ void SubscriptionRunner::stream_record(Record record) {
 // first, and handed to the assembler as one committed transaction ending
 // with the commit record.
 void SubscriptionRunner::start_replay(const StreamReplay &replay) {
+    // no source transaction crosses a commit: an unfinished one is an incomplete copy
+    assembler_.end_unfinished("a streamed transaction committed before its last record");
     assembler_.idle();
+    const uint64_t recoveries = recoveries_;
     execute_steps();
-    if (!await_apply() || !db_.connected() || !positioned_)
+    if (!await_apply() || recoveries_ != recoveries || !db_.connected() || !positioned_)
         return; // recovery reads the commit record again
-    if (txn_open_) {
-        // cannot be (a source transaction is contiguous in the topic), but never mix the two
-        LOG_WARNING("subscription %s: a local transaction is open at the commit of streamed transaction %u; "
-                    "reading again from offset %" PRId64,
-                    name_.c_str(), replay.xid, txn_first_offset_);
-        (void)apply_failed(
-            DbStatus{DbStatus::Kind::Failed, "", "a local transaction is open at a streamed transaction's commit"});
-        return;
-    }
     LOG_DEBUG("subscription %s: streamed transaction %u committed at offset %" PRId64 " (lsn %s); applying it from "
               "offset %" PRId64,
               name_.c_str(), replay.xid, replay.commit_offset, format_lsn(replay.lsn).c_str(), replay.first_offset);
@@ -617,6 +635,14 @@ void SubscriptionRunner::start_replay(const StreamReplay &replay) {
     replay_.what = replay;
     replay_.emitted = 0;
     whole_first_offset_ = -1;
+}
+
+int64_t SubscriptionRunner::recovery_start(int64_t first_offset) {
+    if (!replay_pending_.active)
+        return first_offset;
+    // the failed transaction holds (part of) a streamed one: read that again from its first record
+    replay_pending_.active = false;
+    return std::min(first_offset, replay_pending_.first_offset);
 }
 
 void SubscriptionRunner::replay_record(Record record) {
@@ -665,6 +691,7 @@ void SubscriptionRunner::db_lost(const std::string &message) {
     assembler_.reset();
     forget_streams();
     hold_sent_ = -1; // went with the session too
+    recoveries_++;
 }
 
 void SubscriptionRunner::report_progress() {

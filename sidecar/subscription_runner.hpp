@@ -140,6 +140,10 @@ class SubscriptionRunner {
     };
     ReplayPending replay_pending_;
     int64_t hold_sent_ = -1;
+    uint64_t recoveries_ = 0; // restart_from / db_lost calls: what was read since is read again
+    // Where a recovery that would read from first_offset must read from: the
+    // first record of a streamed transaction handed over but not committed.
+    int64_t recovery_start(int64_t first_offset);
     uint64_t applied_lsn_ = 0; // the subscription's last_applied_lsn when positioned
     void forget_streams();
 

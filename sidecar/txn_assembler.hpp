@@ -50,6 +50,13 @@ class TxnAssembler {
     // The runner stops: commit what is complete, roll back a transaction that
     // is being streamed, forget the rest (it is read again next time).
     void finish();
+    // A boundary no source transaction crosses (a streamed transaction's
+    // commit): an unfinished one is an incomplete copy (a producer restarted;
+    // the complete copy follows): discard it, rolling back what was sent.
+    void end_unfinished(const char *why) {
+        if (current_.active)
+            discard_current(why);
+    }
     // The runner rolled back, lost its connection or re-positioned the
     // consumer: forget everything, including pending steps and careful mode.
     void reset();

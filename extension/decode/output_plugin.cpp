@@ -365,9 +365,10 @@ void leave_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn) {
 
 void kafka_sync_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
                               ReorderBufferChange *change) {
+    const uint64 stream_seq = stream_txn(ctx, txn)->txn_seq; /* may take the next txn_seq: before saving it */
     const uint64 saved_seq = state_of(ctx)->source.txn_seq;
     enter_stream_change(ctx, txn, change->txn, change->lsn);
-    state_of(ctx)->source.txn_seq = stream_txn(ctx, txn)->txn_seq;
+    state_of(ctx)->source.txn_seq = stream_seq;
     kafka_sync_change(ctx, txn, rel, change);
     state_of(ctx)->source.txn_seq = saved_seq;
     leave_stream_change(ctx, txn);
@@ -375,9 +376,10 @@ void kafka_sync_stream_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn
 
 void kafka_sync_stream_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations,
                                 Relation relations[], ReorderBufferChange *change) {
+    const uint64 stream_seq = stream_txn(ctx, txn)->txn_seq; /* may take the next txn_seq: before saving it */
     const uint64 saved_seq = state_of(ctx)->source.txn_seq;
     enter_stream_change(ctx, txn, change->txn, change->lsn);
-    state_of(ctx)->source.txn_seq = stream_txn(ctx, txn)->txn_seq;
+    state_of(ctx)->source.txn_seq = stream_seq;
     kafka_sync_truncate(ctx, txn, nrelations, relations, change);
     state_of(ctx)->source.txn_seq = saved_seq;
     leave_stream_change(ctx, txn);

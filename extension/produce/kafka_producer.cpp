@@ -198,7 +198,8 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
         const std::string lsn = wire::format_lsn(h.commit_lsn);
         add_header(hdrs, wire::kLsn, lsn.data(), lsn.size());
     }
-    add_decimal_header(hdrs, wire::kXid, h.xid);
+    if (h.stream != wire::StreamEvent::Reset)
+        add_decimal_header(hdrs, wire::kXid, h.xid);
     if (known_at_commit)
         add_decimal_header(hdrs, wire::kCommitTs, h.commit_ts_ms);
     // Lets a consumer see a transaction start over (a partial copy from
@@ -214,9 +215,10 @@ ProduceStatus KafkaProducer::produce(InflightTransactions::Seq seq, const char *
     if (h.stream != wire::StreamEvent::None) {
         const std::string_view event = h.stream == wire::StreamEvent::Change   ? "change"
                                        : h.stream == wire::StreamEvent::Commit ? "commit"
-                                                                               : "abort";
+                                       : h.stream == wire::StreamEvent::Abort  ? "abort"
+                                                                               : "reset";
         add_header(hdrs, wire::kStream, event.data(), event.size());
-        if (h.stream != wire::StreamEvent::Commit)
+        if (h.stream == wire::StreamEvent::Change || h.stream == wire::StreamEvent::Abort)
             add_decimal_header(hdrs, wire::kSubxid, h.subxid);
     }
 

@@ -280,6 +280,22 @@ void node_worker_stream_commit(NodeWorker *w, uint32 xid, uint64 commit_lsn, int
     w->last_header_lsn = commit_lsn;
 }
 
+/*
+ * Decoding starts again (a new worker, or the server restarted): a
+ * transaction streamed before and still open is streamed again from its
+ * start, or committed whole, or was cut off by a crash without an abort
+ * record. This record tells consumers to forget what is open.
+ */
+void node_worker_stream_reset(NodeWorker *w) {
+    begin_stream_entry(w, 0, wire::StreamEvent::Reset);
+    produce_record_as_is(w, nullptr, 0, false, nullptr, 0, false);
+    ks_guard([&]() {
+        w->inflight->end(w->seq);
+        w->streams->clear();
+    });
+    w->headers.stream = wire::StreamEvent::None;
+}
+
 bool node_worker_streams_open(NodeWorker *w) {
     return w->streams && !w->streams->empty();
 }

@@ -272,6 +272,8 @@ void stream_wal(NodeWorker *w) {
     set_state(w, NODE_STATE_STREAMING, nullptr);
     ereport(LOG, (errmsg("kafka_sync node %s: streaming to topic %s.%s from %X/%X", w->cfg.node_name,
                          w->cfg.topic_prefix, w->cfg.node_name, KS_LSN_ARGS(w->confirmed))));
+    if (w->stream_in_progress)
+        node_worker_stream_reset(w);
     serve_resnapshot(w, ctx->reader->EndRecPtr, true);
 
     for (;;) {

@@ -93,6 +93,7 @@ void node_worker_add_stream_record(NodeWorker *w, uint32 subxid, const char *key
 void node_worker_stream_stop(NodeWorker *w);
 void node_worker_stream_abort(NodeWorker *w, uint32 xid, uint32 subxid);
 void node_worker_stream_commit(NodeWorker *w, uint32 xid, uint64 commit_lsn, int64 commit_ts_ms);
+void node_worker_stream_reset(NodeWorker *w);
 /* Some streamed transaction has neither committed nor aborted yet. */
 bool node_worker_streams_open(NodeWorker *w);
 

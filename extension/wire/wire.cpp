@@ -169,6 +169,7 @@ void HeaderFacts::note(std::string_view name, const char *value, size_t size) {
         stream = text == "change"   ? StreamEvent::Change
                  : text == "commit" ? StreamEvent::Commit
                  : text == "abort"  ? StreamEvent::Abort
+                 : text == "reset"  ? StreamEvent::Reset
                                     : StreamEvent::Invalid;
     } else if (name == kXid || name == kSubxid) {
         int64_t id = 0;

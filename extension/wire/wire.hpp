@@ -79,6 +79,7 @@ enum class StreamEvent : uint8_t {
     Change, // a record of an in-progress transaction: xid, seq, subxid
     Commit, // that transaction committed: xid, lsn, commit_ts, txn_end = its records streamed
     Abort,  // it aborted (subxid == xid), or its subtransaction subxid did
+    Reset,  // the producer started decoding again: what was open is streamed again, or never ends
     Invalid // a kafka_sync.stream header of another value
 };
 

@@ -139,6 +139,13 @@ The kafka_sync systems (columns of the table):
                           on their fast path; the default's records (with the
                           Connect schema) go through jansson. --defaults-only
                           leaves it out.
+  kafka_sync streaming    an extra column, NOT the defaults: the node's
+                          kafka_config is {"kafka_sync.streaming": true}: a
+                          transaction that outgrows kafka_sync.streaming_work_mem
+                          (4 MB) is sent to Kafka while it runs, and the
+                          sidecar applies it when its commit record arrives.
+                          Only the apply path (S1-S4); --defaults-only leaves
+                          it out.
 
 The seed's pipeline (shared/SEED_PIPELINE.md; test/bench/debezium_pipeline.py),
 one way src -> dst on the same broker, two columns, left out by --no-debezium:
@@ -196,6 +203,7 @@ SYSTEMS = {
     "native": ("native", None, "native"),
     "kafka_sync": ("ks", None, "kafka_sync"),
     "kafka_sync_schemas_off": ("ks_schemas_off", {"kafka_sync.schemas": False}, "schemas off*"),
+    "kafka_sync_streaming": ("ks_streaming", {"kafka_sync.streaming": True}, "streaming*"),
     # the seed's pipeline (test/bench/debezium_pipeline.py): the config is the sink's batch.size
     "debezium_batch1": ("dbz_batch1", {"batch.size": 1}, "Debezium bs1"),
     "debezium": ("dbz", {}, "Debezium"),
@@ -208,7 +216,8 @@ DEBEZIUM_NOTE = (f"Debezium: the seed's pipeline, one way: Debezium {dbz.DEBEZIU
                  f"(upsert on the record key, deletes enabled) on one standalone Kafka Connect {dbz.CONNECT_VERSION} "
                  "worker; 'bs1' = the sink's batch.size 1 as the seed ran it, 'Debezium' = its default batch.size")
 EXTRA_NOTE = ('* extra, non-default: kafka_sync with the node\'s kafka_config {"kafka_sync.schemas": false} '
-              "(payload-only records); the kafka_sync column runs on the defaults")
+              '(payload-only records), and with {"kafka_sync.streaming": true} (in-progress transactions streamed '
+              "to Kafka as they are decoded, applied at their commit); the kafka_sync column runs on the defaults")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BASE_DIR = Path(os.environ.get("KAFKA_SYNC_BENCH_DIR", "/tmp/kafka_sync_bench"))
 
@@ -794,7 +803,7 @@ def main():
     ap.add_argument("--perf", metavar="DIR", help="profile S1-S3 with perf record -a -g into DIR (development)")
     ap.add_argument("--skip-source", action="store_true", help="only the apply path")
     ap.add_argument("--defaults-only", action="store_true",
-                    help="leave out the extra, non-default kafka_sync column (schemas off)")
+                    help="leave out the extra, non-default kafka_sync columns (schemas off, streaming)")
     ap.add_argument("--no-debezium", action="store_true",
                     help="leave out the seed's pipeline (the two Debezium columns; development)")
     ap.add_argument("--json", help="output file (default test/bench/results/bench-<timestamp>.json)")
@@ -822,6 +831,8 @@ def main():
     scenarios = ("source_big", "source_small", "S1", "S2", "S3", "S4")
     systems = ["native", "kafka_sync"] + ([] if args.defaults_only else ["kafka_sync_schemas_off"])
     source_systems = systems[1:]  # the source path measures kafka_sync's producer against pgoutput
+    if not args.defaults_only:
+        systems.append("kafka_sync_streaming")  # the source path measures from the commit: nothing to stream
     if not args.no_debezium:
         systems += list(DEBEZIUM_SYSTEMS)
         dbz.fetch()  # before the broker starts: a first run downloads them

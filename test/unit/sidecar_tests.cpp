@@ -8,6 +8,7 @@
 #include "log.hpp"
 #include "pg_array.hpp"
 #include "record.hpp"
+#include "stream_tracker.hpp"
 #include "subscription.hpp"
 #include "txn_assembler.hpp"
 
@@ -650,6 +651,174 @@ void passwords_never_reach_the_log() {
              "server closed the connection This probably means");
 }
 
+// A record of streamed transaction xid: a change (subxid, seq), its commit
+// (lsn, txn_end = records streamed) or an abort (subxid).
+Record streamed(int64_t offset, const char *event, uint32_t xid, uint32_t subxid, int seq = 0, uint64_t lsn = 0,
+                int txn_end = 0) {
+    std::vector<KafkaHeader> h;
+    h.push_back({"kafka_sync.origin", std::string("chat1")});
+    h.push_back({"kafka_sync.xid", std::to_string(xid)});
+    h.push_back({"kafka_sync.stream", std::string(event)});
+    if (strcmp(event, "commit") != 0)
+        h.push_back({"kafka_sync.subxid", std::to_string(subxid)});
+    if (seq > 0)
+        h.push_back({"kafka_sync.seq", std::to_string(seq)});
+    if (lsn > 0) {
+        h.push_back({"kafka_sync.lsn", format_lsn(lsn)});
+        h.push_back({"kafka_sync.commit_ts", std::string("1700000000000")});
+        h.push_back({"kafka_sync.txn_end", std::to_string(txn_end)});
+    }
+    const bool change = strcmp(event, "change") == 0;
+    return make_record(offset, change ? "k" : nullptr, change ? 1 : 0, change ? "row" : nullptr, change ? 3 : 0, h);
+}
+
+std::string kind_of(const StreamTracker::Outcome &o) {
+    switch (o.kind) {
+    case StreamTracker::Outcome::Kind::Wait: return "wait";
+    case StreamTracker::Outcome::Kind::Replay: return "replay";
+    case StreamTracker::Outcome::Kind::Skip: return "skip";
+    case StreamTracker::Outcome::Kind::Foreign: return "foreign";
+    }
+    return "?";
+}
+
+// The offsets a replay applies, of the records in [from, to].
+std::string replayed(const StreamReplay &r, const std::vector<Record> &records) {
+    std::string out;
+    for (const Record &rec : records)
+        if (r.applies(rec))
+            out += (out.empty() ? "" : " ") + std::to_string(rec.offset);
+    return out;
+}
+
+void streamed_transaction_is_replayed_at_its_commit_and_holds_the_offset_meanwhile() {
+    StreamTracker t;
+    std::vector<Record> topic = {streamed(10, "change", 700, 700, 1), rec(11, 0x100, 1, 1),
+                                 streamed(12, "change", 700, 700, 2), streamed(13, "change", 701, 701, 1),
+                                 streamed(14, "change", 700, 700, 3), streamed(15, "commit", 700, 0, 0, 0x200, 3)};
+    CHECK_EQ(std::to_string(t.hold()), "-1");
+    CHECK_EQ(kind_of(t.add(topic[0], 0)), "wait");
+    CHECK_EQ(std::to_string(t.hold()), "10");
+    CHECK_EQ(kind_of(t.add(topic[2], 0)), "wait");
+    CHECK_EQ(kind_of(t.add(topic[3], 0)), "wait");
+    CHECK_EQ(std::to_string(t.open()), "2");
+    CHECK_EQ(kind_of(t.add(topic[4], 0)), "wait");
+    // read again (a retry went back): changes nothing
+    CHECK_EQ(kind_of(t.add(topic[2], 0)), "wait");
+    StreamTracker::Outcome o = t.add(topic[5], 0);
+    CHECK_EQ(kind_of(o), "replay");
+    CHECK_EQ(o.note, "");
+    CHECK_EQ(std::to_string(o.replay.first_offset) + ".." + std::to_string(o.replay.commit_offset), "10..15");
+    CHECK_EQ(format_lsn(o.replay.lsn), "0/200");
+    CHECK_EQ(replayed(o.replay, topic), "10 12 14"); // not the committed record, nor the other stream's
+    t.finished(700);
+    CHECK_EQ(std::to_string(t.hold()), "13"); // 701 is still open
+    CHECK_EQ(kind_of(t.add(streamed(16, "abort", 701, 701), 0)), "wait");
+    CHECK_EQ(std::to_string(t.hold()), "-1");
+}
+
+void aborted_subtransaction_takes_back_its_records_and_those_begun_after_it() {
+    StreamTracker t;
+    std::vector<Record> topic = {
+        streamed(0, "change", 5, 5, 1),          streamed(1, "change", 5, 6, 2), streamed(2, "change", 5, 7, 3),
+        streamed(3, "change", 5, 6, 4),          streamed(4, "abort", 5, 6),     streamed(5, "change", 5, 8, 5),
+        streamed(6, "change", 5, 5, 6),          streamed(7, "abort", 5, 99), // nothing of 99 was streamed
+        streamed(8, "commit", 5, 0, 0, 0x300, 6)};
+    StreamTracker::Outcome o;
+    for (const Record &r : topic)
+        o = t.add(r, 0);
+    CHECK_EQ(kind_of(o), "replay");
+    CHECK_EQ(replayed(o.replay, topic), "0 5 6");
+}
+
+void stream_started_over_or_begun_before_the_start_is_not_applied_in_part() {
+    StreamTracker t;
+    // a producer restart: the transaction streams again from its first record
+    t.add(streamed(0, "change", 9, 9, 1), 0);
+    t.add(streamed(1, "change", 9, 9, 2), 0);
+    StreamTracker::Outcome again = t.add(streamed(2, "change", 9, 9, 1), 0);
+    CHECK_EQ(std::to_string(again.note.find("discarded an incomplete copy") != std::string::npos), "1");
+    CHECK_EQ(std::to_string(t.hold()), "2");
+    t.add(streamed(3, "change", 9, 9, 2), 0);
+    StreamTracker::Outcome o = t.add(streamed(4, "commit", 9, 0, 0, 0x500, 2), 0);
+    CHECK_EQ(kind_of(o), "replay");
+    CHECK_EQ(std::to_string(o.replay.first_offset), "2");
+    t.finished(9);
+
+    // its first records lie before where reading began: skipped, with a warning unless applied before
+    StreamTracker late;
+    late.add(streamed(20, "change", 11, 11, 7), 0);
+    StreamTracker::Outcome skipped = late.add(streamed(21, "commit", 11, 0, 0, 0x600, 7), 0x500);
+    CHECK_EQ(kind_of(skipped), "skip");
+    CHECK_EQ(std::to_string(skipped.note.find("before where this subscription began reading") != std::string::npos),
+             "1");
+    CHECK_EQ(std::to_string(late.hold()), "-1");
+    late.add(streamed(30, "change", 12, 12, 7), 0);
+    StreamTracker::Outcome applied_before = late.add(streamed(31, "commit", 12, 0, 0, 0x600, 7), 0x600);
+    CHECK_EQ(kind_of(applied_before), "skip");
+    CHECK_EQ(applied_before.note, "");
+}
+
+void nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open() {
+    StreamTracker t;
+    // 10 top, 11 sub 2, 12 sub 3 (inside 2), 13 abort 3, 14 sub 2, 15 abort 2, 16 top, 17 sub 4, 18 abort 4
+    std::vector<Record> topic = {streamed(10, "change", 1, 1, 1), streamed(11, "change", 1, 2, 2),
+                                 streamed(12, "change", 1, 3, 3), streamed(13, "abort", 1, 3),
+                                 streamed(14, "change", 1, 2, 4), streamed(15, "abort", 1, 2),
+                                 streamed(16, "change", 1, 1, 5), streamed(17, "change", 1, 4, 6),
+                                 streamed(18, "abort", 1, 4),     streamed(19, "commit", 1, 0, 0, 0x700, 6)};
+    StreamTracker::Outcome o;
+    for (const Record &r : topic)
+        o = t.add(r, 0);
+    CHECK_EQ(kind_of(o), "replay");
+    CHECK_EQ(replayed(o.replay, topic), "10 16");
+    CHECK_EQ(std::to_string(o.replay.discarded.size()), "2"); // [11,15) took [12,13) in, then [17,18)
+
+    StreamTracker r;
+    r.add(streamed(0, "change", 7, 7, 1), 0);
+    r.add(streamed(1, "change", 8, 8, 1), 0);
+    CHECK_EQ(std::to_string(r.hold()), "0");
+    std::vector<KafkaHeader> h = {{"kafka_sync.stream", std::string("reset")}};
+    CHECK_EQ(kind_of(r.add(make_record(2, nullptr, 0, nullptr, 0, h), 0)), "wait");
+    CHECK_EQ(std::to_string(r.open()) + " " + std::to_string(r.hold()), "0 -1");
+    r.add(streamed(3, "change", 9, 9, 1), 0);
+    r.committed_whole(9); // committed as an ordinary transaction after a producer restart
+    CHECK_EQ(std::to_string(r.open()), "0");
+}
+
+void unreadable_stream_records_go_to_apply_as_they_are() {
+    StreamTracker t;
+    std::vector<KafkaHeader> h = {{"kafka_sync.stream", std::string("change")}}; // no xid
+    CHECK_EQ(kind_of(t.add(make_record(0, nullptr, 0, "v", 1, h), 0)), "foreign");
+    h = {{"kafka_sync.stream", std::string("sideways")}, {"kafka_sync.xid", std::string("5")}};
+    CHECK_EQ(kind_of(t.add(make_record(1, nullptr, 0, "v", 1, h), 0)), "foreign");
+    // a commit without an lsn
+    h = {{"kafka_sync.stream", std::string("commit")}, {"kafka_sync.xid", std::string("5")}};
+    CHECK_EQ(kind_of(t.add(make_record(2, nullptr, 0, nullptr, 0, h), 0)), "foreign");
+    CHECK_EQ(std::to_string(t.open()), "0");
+}
+
+void replayed_record_becomes_a_record_of_the_committed_transaction() {
+    Record r = streamed(7, "change", 700, 700, 3);
+    CHECK_EQ(std::to_string(r.has_lsn), "0");
+    mark_committed(r, 0x1234, 1700000000123, 1, false);
+    CHECK_EQ(format_lsn(r.lsn) + " " + std::to_string(r.seq) + " " + std::to_string(r.txn_end), "0/1234 1 0");
+    // the header blob says the same, read as apply reads it
+    kafka_sync::wire::HeaderReader reader(r.headers.data(), r.headers.size());
+    kafka_sync::wire::HeaderFacts facts;
+    std::string_view name;
+    const char *value;
+    size_t size;
+    while (reader.next(name, value, size))
+        facts.note(name, value, size);
+    CHECK_EQ(std::to_string(facts.has_lsn) + " " + format_lsn(facts.lsn) + " seq " + std::to_string(facts.seq) +
+                 " ts " + std::to_string(facts.commit_ts_ms) + " end " + std::to_string(facts.txn_end),
+             "1 0/1234 seq 1 ts 1700000000123 end 0");
+    Record last = streamed(9, "commit", 700, 0, 0, 0x1234, 3);
+    mark_committed(last, 0x1234, 1700000000123, 2, true);
+    CHECK_EQ(std::to_string(last.txn_end) + " " + std::to_string(last.txn_records), "1 2");
+}
+
 } // namespace
 
 int main() {
@@ -688,6 +857,12 @@ int main() {
     every_libpq_secret_in_a_uri_is_masked();
     a_connection_string_that_does_not_parse_shows_no_password();
     passwords_never_reach_the_log();
+    streamed_transaction_is_replayed_at_its_commit_and_holds_the_offset_meanwhile();
+    aborted_subtransaction_takes_back_its_records_and_those_begun_after_it();
+    stream_started_over_or_begun_before_the_start_is_not_applied_in_part();
+    nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open();
+    unreadable_stream_records_go_to_apply_as_they_are();
+    replayed_record_becomes_a_record_of_the_committed_transaction();
     if (failures) {
         fprintf(stderr, "%d of %d checks failed\n", failures, checks);
         return 1;
