@@ -811,7 +811,8 @@ END $$;
 CREATE FUNCTION kafka_sync.sidecar_subscriptions(
     OUT sub_name text, OUT peer_node text, OUT brokers text, OUT topic text, OUT start text,
     OUT on_error text, OUT kafka_config jsonb, OUT next_offset bigint, OUT allowed_kafka_properties text,
-    OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint, OUT last_applied_lsn pg_lsn)
+    OUT partial_transaction_wait_ms bigint, OUT partial_transaction_hold_ms bigint, OUT last_applied_lsn pg_lsn,
+    OUT streamed_transaction_memory_kb bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name, s.peer_node, s.brokers, s.topic_prefix || '.' || s.peer_node, s.start, s.on_error,
@@ -819,7 +820,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
            -- NULL where the library is not loaded: the sidecar's defaults are the same
            (extract(epoch FROM current_setting('kafka_sync.partial_transaction_wait', true)::interval) * 1000)::bigint,
            (extract(epoch FROM current_setting('kafka_sync.partial_transaction_hold', true)::interval) * 1000)::bigint,
-           s.last_applied_lsn
+           s.last_applied_lsn,
+           pg_size_bytes(current_setting('kafka_sync.streamed_transaction_memory', true)) / 1024
       FROM kafka_sync.subscription s WHERE s.enabled ORDER BY s.sub_name
 $$;
 

@@ -18,7 +18,7 @@ constexpr uint32_t kBoolOid = 16;
 const char *kSubscriptionsSql =
     "SELECT sub_name, peer_node, brokers, topic, start, on_error, kafka_config::text, next_offset, "
     "coalesce(allowed_kafka_properties, ''), partial_transaction_wait_ms, partial_transaction_hold_ms, "
-    "last_applied_lsn::text FROM kafka_sync.sidecar_subscriptions()";
+    "last_applied_lsn::text, streamed_transaction_memory_kb FROM kafka_sync.sidecar_subscriptions()";
 
 int64_t int_column(PGresult *res, int row, int col) {
     return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), nullptr, 10);
@@ -308,6 +308,8 @@ DbStatus DbSession::read_subscriptions(std::vector<SubscriptionConfig> &out, con
                 s.partial_hold_ms = std::max<int64_t>(int_column(res, i, 10), 1000);
             if (!PQgetisnull(res, i, 11))
                 (void)parse_lsn(PQgetvalue(res, i, 11), s.last_applied_lsn);
+            if (!PQgetisnull(res, i, 12))
+                s.stream_keep_bytes = static_cast<size_t>(std::max<int64_t>(int_column(res, i, 12), 0)) * 1024;
             out.push_back(std::move(s));
         }
     }

@@ -26,7 +26,41 @@ int64_t StreamTracker::hold() const {
     return hold;
 }
 
-StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied_lsn) {
+void StreamTracker::drop_kept(Open &o) {
+    kept_bytes_ -= o.kept_bytes;
+    o.kept_bytes = 0;
+    std::vector<Record>().swap(o.kept);
+}
+
+void StreamTracker::forget(uint32_t xid) {
+    auto it = open_.find(xid);
+    if (it == open_.end())
+        return;
+    drop_kept(it->second);
+    open_.erase(it);
+}
+
+void StreamTracker::keep(Open &o, Record &record) {
+    if (!o.keeping)
+        return;
+    const size_t bytes = record.bytes();
+    while (kept_bytes_ + bytes > keep_limit_) {
+        // over budget: the transaction keeping the most goes back to Kafka
+        Open *largest = &o;
+        for (auto &entry : open_)
+            if (entry.second.keeping && entry.second.kept_bytes > largest->kept_bytes)
+                largest = &entry.second;
+        largest->keeping = false;
+        drop_kept(*largest);
+        if (largest == &o)
+            return;
+    }
+    o.kept_bytes += bytes;
+    kept_bytes_ += bytes;
+    o.kept.push_back(std::move(record));
+}
+
+StreamTracker::Outcome StreamTracker::add(Record &record, uint64_t applied_lsn) {
     Outcome out;
     if (record.stream == wire::StreamEvent::Reset) {
         // the producer decodes again from before everything open: what it does not stream again never ends
@@ -51,7 +85,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
             out.note = "discarded an incomplete copy of " + what + " (" + std::to_string(it->second.records) +
                        " records from offset " + std::to_string(it->second.first_offset) +
                        "): it started over at offset " + std::to_string(record.offset);
-            open_.erase(it);
+            forget(xid);
             it = open_.end();
         }
         if (it == open_.end()) {
@@ -64,6 +98,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
             Open fresh;
             fresh.first_offset = record.offset;
             fresh.from_start = record.seq == 1;
+            fresh.keeping = fresh.from_start;
             it = open_.emplace(xid, std::move(fresh)).first;
         }
         Open &o = it->second;
@@ -80,6 +115,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
                 o.subxacts.emplace_back(record.subxid, record.offset);
             }
         }
+        keep(o, record);
         return out;
     }
     case wire::StreamEvent::Abort: {
@@ -88,7 +124,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
         Open &o = it->second;
         o.last_offset = record.offset;
         if (record.subxid == 0 || record.subxid == xid) {
-            open_.erase(it);
+            forget(xid);
             return out;
         }
         // A subtransaction aborted: its records and those of the
@@ -105,6 +141,12 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
             o.discarded.pop_back();
         }
         o.discarded.emplace_back(from, record.offset);
+        // what it took back is the end of what is kept
+        while (!o.kept.empty() && o.kept.back().offset >= from) {
+            o.kept_bytes -= o.kept.back().bytes();
+            kept_bytes_ -= o.kept.back().bytes();
+            o.kept.pop_back();
+        }
         for (size_t j = i; j < o.subxacts.size(); j++)
             o.subxact_index.erase(o.subxacts[j].first);
         o.subxacts.resize(i);
@@ -123,7 +165,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
                            ", but its first records lie before where this subscription began reading: it is not "
                            "applied here (SELECT kafka_sync.resnapshot() on the peer brings its rows)";
             if (it != open_.end())
-                open_.erase(it);
+                forget(xid);
             return out;
         }
         Open &o = it->second;
@@ -133,7 +175,7 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
                        std::to_string(kMaxSubtransactions) +
                        " subtransactions, more than this sidecar follows: it is not applied here (SELECT "
                        "kafka_sync.resnapshot() on the peer brings its rows)";
-            open_.erase(it);
+            forget(xid);
             return out;
         }
         if (record.txn_records != o.records)
@@ -147,6 +189,13 @@ StreamTracker::Outcome StreamTracker::add(const Record &record, uint64_t applied
         out.replay.lsn = record.lsn;
         out.replay.commit_ts_ms = record.commit_ts_ms;
         out.replay.discarded = o.discarded;
+        if (o.keeping) {
+            out.replay.kept = true;
+            out.replay.records = std::move(o.kept);
+            kept_bytes_ -= o.kept_bytes;
+            o.kept_bytes = 0;
+            o.kept.clear();
+        }
         return out;
     }
     default: out.kind = Outcome::Kind::Foreign; return out;

@@ -4,10 +4,11 @@
 // librdkafka): the runner feeds it the records marked kafka_sync.stream, in
 // offset order, and acts on what comes out.
 //
-// A streamed transaction's records stay in Kafka until its commit record
-// arrives; then the runner reads them again from the first one (a replay)
-// and applies them as one committed transaction, with the commit record's
-// LSN and time (mark_committed). Until then the subscription's stored offset
+// A streamed transaction's records are kept in memory as they come, up to a
+// budget; when its commit record arrives they are applied as one committed
+// transaction, with the commit record's LSN and time (mark_committed). One
+// that outgrew the budget is read again from Kafka from its first record
+// instead (a replay). Until then the subscription's stored offset
 // is held at the first record of the oldest open one (hold()), so that a
 // restart reads it again from its start; what was committed in between is
 // skipped by its LSN as any record applied before.
@@ -34,6 +35,9 @@ struct StreamReplay {
     int64_t commit_ts_ms = 0;
     // [from, to): what aborted subtransactions took back; disjoint, in order
     std::vector<std::pair<int64_t, int64_t>> discarded;
+    // kept: every record it applies is in records (nothing to read again)
+    bool kept = false;
+    std::vector<Record> records;
 
     // The record at offset, of this transaction, is applied.
     bool applies(const Record &record) const;
@@ -46,6 +50,11 @@ class StreamTracker {
     // a warning). PostgreSQL's own limit is far above: 2^32 subtransactions.
     static constexpr size_t kMaxOpen = 10000;
     static constexpr size_t kMaxSubtransactions = 1000000;
+    // Records of open transactions kept in memory, in Record::bytes(), over
+    // all of them; past it the largest is read again from Kafka at its commit.
+    static constexpr size_t kDefaultKeepBytes = 64u << 20;
+
+    explicit StreamTracker(size_t keep_bytes = kDefaultKeepBytes) : keep_limit_(keep_bytes) {}
 
     struct Outcome {
         enum class Kind {
@@ -66,13 +75,19 @@ class StreamTracker {
     // the last transaction applied before this run (the subscription's
     // last_applied_lsn), to tell a transaction applied before a restart from
     // one whose start this run never saw.
-    Outcome add(const Record &record, uint64_t applied_lsn);
+    // A change it keeps is moved out of record (Wait); any other record is
+    // left as it is.
+    Outcome add(Record &record, uint64_t applied_lsn);
     // The replay of xid was handed over: forget it.
-    void finished(uint32_t xid) { open_.erase(xid); }
-    void reset() { open_.clear(); }
+    void finished(uint32_t xid) { forget(xid); }
+    void reset() {
+        open_.clear();
+        kept_bytes_ = 0;
+    }
     // An ordinary (committed) transaction of xid: a copy streamed before a
     // producer restart is not going to end; forget it.
-    void committed_whole(uint32_t xid) { open_.erase(xid); }
+    void committed_whole(uint32_t xid) { forget(xid); }
+    size_t kept_bytes() const { return kept_bytes_; }
 
     // The first offset of the oldest open transaction; -1 when none is open.
     int64_t hold() const;
@@ -90,9 +105,18 @@ class StreamTracker {
         std::vector<std::pair<uint32_t, int64_t>> subxacts;
         std::unordered_map<uint32_t, size_t> subxact_index;
         std::vector<std::pair<int64_t, int64_t>> discarded; // as StreamReplay's
+        bool keeping = true;                                // every record it applies is in kept
+        std::vector<Record> kept;
+        size_t kept_bytes = 0;
     };
 
+    void forget(uint32_t xid);
+    void drop_kept(Open &o);
+    void keep(Open &o, Record &record);
+
     std::unordered_map<uint32_t, Open> open_;
+    size_t keep_limit_;
+    size_t kept_bytes_ = 0;
 };
 
 } // namespace kafka_sync_sidecar

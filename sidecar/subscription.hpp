@@ -36,6 +36,9 @@ struct SubscriptionConfig {
     // waiting for its next record, and at all before its end is in Kafka.
     int64_t partial_wait_ms = 30 * 1000;
     int64_t partial_hold_ms = 5 * 60 * 1000;
+    // The server's kafka_sync.streamed_transaction_memory: records of the
+    // peer's open streamed transactions kept in memory (stream_tracker.hpp).
+    size_t stream_keep_bytes = 64u << 20;
 
     // Everything that needs a new consumer when it changes (not next_offset,
     // which moves with every commit).
@@ -44,7 +47,7 @@ struct SubscriptionConfig {
                start == other.start && on_error == other.on_error && kafka_config == other.kafka_config &&
                secrets_file_hash == other.secrets_file_hash &&
                allowed_kafka_properties == other.allowed_kafka_properties && partial_wait_ms == other.partial_wait_ms &&
-               partial_hold_ms == other.partial_hold_ms;
+               partial_hold_ms == other.partial_hold_ms && stream_keep_bytes == other.stream_keep_bytes;
     }
 };
 

@@ -25,7 +25,8 @@ constexpr auto kGapCheck = std::chrono::seconds(1);
 } // namespace
 
 SubscriptionRunner::SubscriptionRunner(const std::string &dsn, SubscriptionConfig config)
-    : name_(config.name), config_(std::move(config)), db_(dsn, "kafka_sync_sidecar " + name_) {}
+    : name_(config.name), config_(std::move(config)), db_(dsn, "kafka_sync_sidecar " + name_),
+      streams_(config_.stream_keep_bytes) {}
 
 SubscriptionRunner::~SubscriptionRunner() {
     request_stop();
@@ -608,7 +609,7 @@ void SubscriptionRunner::stream_record(Record record) {
         LOG_WARNING("subscription %s: %s", name_.c_str(), out.note.c_str());
     switch (out.kind) {
     case StreamTracker::Outcome::Kind::Foreign: assembler_.add(std::move(record)); return;
-    case StreamTracker::Outcome::Kind::Replay: start_replay(out.replay); return;
+    case StreamTracker::Outcome::Kind::Replay: start_replay(out.replay, std::move(record)); return;
     case StreamTracker::Outcome::Kind::Wait:
     case StreamTracker::Outcome::Kind::Skip: (void)update_hold(); return;
     }
@@ -618,7 +619,7 @@ void SubscriptionRunner::stream_record(Record record) {
 // committed first (commit order), then its records are read again from the
 // first, and handed to the assembler as one committed transaction ending
 // with the commit record.
-void SubscriptionRunner::start_replay(const StreamReplay &replay) {
+void SubscriptionRunner::start_replay(StreamReplay &replay, Record commit) {
     // no source transaction crosses a commit: an unfinished one is an incomplete copy
     assembler_.end_unfinished("a streamed transaction committed before its last record");
     assembler_.idle();
@@ -626,9 +627,26 @@ void SubscriptionRunner::start_replay(const StreamReplay &replay) {
     execute_steps();
     if (!await_apply() || recoveries_ != recoveries || !db_.connected() || !positioned_)
         return; // recovery reads the commit record again
-    LOG_DEBUG("subscription %s: streamed transaction %u committed at offset %" PRId64 " (lsn %s); applying it from "
-              "offset %" PRId64,
-              name_.c_str(), replay.xid, replay.commit_offset, format_lsn(replay.lsn).c_str(), replay.first_offset);
+    if (replay.kept)
+        LOG_DEBUG("subscription %s: streamed transaction %u committed at offset %" PRId64 " (lsn %s); applying it",
+                  name_.c_str(), replay.xid, replay.commit_offset, format_lsn(replay.lsn).c_str());
+    else
+        LOG_INFO("subscription %s: streamed transaction %u committed at offset %" PRId64 " (lsn %s); its records "
+                 "outgrew kafka_sync.streamed_transaction_memory and are read again from offset %" PRId64,
+                 name_.c_str(), replay.xid, replay.commit_offset, format_lsn(replay.lsn).c_str(), replay.first_offset);
+    if (replay.kept) {
+        // every record is here: hand them over, then go on after the commit record
+        replay_.what = replay;
+        replay_.emitted = 0;
+        whole_first_offset_ = -1;
+        std::vector<Record> records = std::move(replay.records);
+        replay_.what.records.clear();
+        replay_.active = true;
+        for (Record &r : records)
+            replay_record(std::move(r));
+        replay_record(std::move(commit));
+        return;
+    }
     const int64_t careful_through = assembler_.careful_through();
     restart_from(replay.first_offset, careful_through);
     replay_.active = true;

@@ -60,7 +60,7 @@ class SubscriptionRunner {
     // kafka_sync.streaming (stream_tracker.hpp): a record marked
     // kafka_sync.stream outside a replay, and each record read in a replay.
     void stream_record(Record record);
-    void start_replay(const StreamReplay &replay);
+    void start_replay(StreamReplay &replay, Record commit);
     void replay_record(Record record);
     // Tells the server the offset the stored next_offset must not pass (the
     // oldest open streamed transaction's start); false when it failed.

@@ -16,6 +16,7 @@ int apply_max_lsn_jump_mb = 1024 * 1024;
 int apply_max_logged_value_size = 64 * 1024;
 int apply_partial_transaction_wait_ms = 30 * 1000;
 int apply_partial_transaction_hold_ms = 5 * 60 * 1000;
+int apply_streamed_transaction_memory_kb = 64 * 1024;
 int conflict_log_max_rows = 100000;
 int tombstone_retention_s = 7 * 24 * 3600;
 
@@ -74,6 +75,12 @@ void define_settings() {
                             "record is in Kafka, and applies it whole: a peer's transaction that never ends cannot "
                             "hold locks (and the database's apply lock) for longer.",
                             &apply_partial_transaction_hold_ms, 5 * 60 * 1000, 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+                            nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("kafka_sync.streamed_transaction_memory",
+                            "Memory the sidecar keeps, per subscription, for the records of a peer's streamed "
+                            "transactions until they commit.",
+                            "A transaction that outgrows it is read again from Kafka at its commit (0: always).",
+                            &apply_streamed_transaction_memory_kb, 64 * 1024, 0, INT_MAX, PGC_SIGHUP, GUC_UNIT_KB,
                             nullptr, nullptr, nullptr);
     DefineCustomIntVariable("kafka_sync.conflict_log_max_rows",
                             "Number of the newest rows kept in kafka_sync.conflicts (0: log nothing).",

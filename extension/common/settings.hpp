@@ -4,15 +4,16 @@
 #pragma once
 
 /* The apply side (extension/apply/) */
-extern int apply_lock_timeout_ms;             /* kafka_sync.apply_lock_timeout (ms; 0: for ever) */
-extern int apply_dead_letter_max_rows;        /* kafka_sync.dead_letter_max_rows (0: all) */
-extern int apply_max_clock_skew_s;            /* kafka_sync.max_clock_skew (s) */
-extern int apply_max_lsn_jump_mb;             /* kafka_sync.max_lsn_jump (MB; 0: no limit) */
-extern int apply_max_logged_value_size;       /* kafka_sync.max_logged_value_size (bytes) */
-extern int apply_partial_transaction_wait_ms; /* kafka_sync.partial_transaction_wait (ms), read by the sidecar */
-extern int apply_partial_transaction_hold_ms; /* kafka_sync.partial_transaction_hold (ms), read by the sidecar */
-extern int conflict_log_max_rows;             /* kafka_sync.conflict_log_max_rows (0: log nothing) */
-extern int tombstone_retention_s;             /* kafka_sync.tombstone_retention (s) */
+extern int apply_lock_timeout_ms;                /* kafka_sync.apply_lock_timeout (ms; 0: for ever) */
+extern int apply_dead_letter_max_rows;           /* kafka_sync.dead_letter_max_rows (0: all) */
+extern int apply_max_clock_skew_s;               /* kafka_sync.max_clock_skew (s) */
+extern int apply_max_lsn_jump_mb;                /* kafka_sync.max_lsn_jump (MB; 0: no limit) */
+extern int apply_max_logged_value_size;          /* kafka_sync.max_logged_value_size (bytes) */
+extern int apply_partial_transaction_wait_ms;    /* kafka_sync.partial_transaction_wait (ms), read by the sidecar */
+extern int apply_partial_transaction_hold_ms;    /* kafka_sync.partial_transaction_hold (ms), read by the sidecar */
+extern int apply_streamed_transaction_memory_kb; /* kafka_sync.streamed_transaction_memory (kB), read by the sidecar */
+extern int conflict_log_max_rows;                /* kafka_sync.conflict_log_max_rows (0: log nothing) */
+extern int tombstone_retention_s;                /* kafka_sync.tombstone_retention (s) */
 
 namespace kafka_sync {
 

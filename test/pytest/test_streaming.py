@@ -44,6 +44,17 @@ ROW = "repeat('x', 200)"
 @pytest.fixture
 def pair(kafka):
     """(chat1 streaming, chat2 subscribed to it with its sidecar running)."""
+    yield from make_pair(kafka)
+
+
+@pytest.fixture
+def pair_rereading(kafka):
+    """The same, but chat2's sidecar keeps only 256 kB of streamed records in
+    memory: bigger transactions are read again from Kafka at their commit."""
+    yield from make_pair(kafka, sidecar_memory="256kB")
+
+
+def make_pair(kafka, sidecar_memory=None):
     prefix = "ks_stream_" + uuid.uuid4().hex[:8]
     run_dir = Path(BASE_DIR) / uuid.uuid4().hex[:6]
     made = []
@@ -59,6 +70,9 @@ def pair(kafka):
             m.sql("CREATE PUBLICATION kafka_sync FOR TABLE big, small")
         for stmt in COUNTER:
             chat2.sql(stmt)
+        if sidecar_memory:
+            chat2.sql("ALTER SYSTEM SET kafka_sync.streamed_transaction_memory = %s", (sidecar_memory,))
+            chat2.sql("SELECT pg_reload_conf()")
         chat1.create_node(kafka_config=STREAMING_CONFIG)
         chat2.create_node()
         chat2.subscribe(chat1)
@@ -222,6 +236,34 @@ def test_a_producer_restarted_mid_stream_streams_the_transaction_again_and_it_ap
     assert len(starts) == 2 and starts[1] >= hw0 + 1000, starts
     assert len(resets) == 2 and starts[0] < resets[1] < starts[1], (resets, starts)  # one at each worker start
     assert sum(1 for r in records if r.headers.get("kafka_sync.stream") == "commit") == 1
+
+
+def test_streamed_transactions_bigger_than_the_sidecars_memory_are_read_again_from_kafka(pair_rereading):
+    chat1, chat2 = pair_rereading
+    assert count(chat2, "SELECT streamed_transaction_memory_kb FROM kafka_sync.sidecar_subscriptions()") == 256
+    hw0 = high_water(chat1)
+    conn = chat1.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 2000) g")
+            cur.execute("SAVEPOINT s")
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(2001, 4000) g")
+            wait_streamed(chat1, hw0, 3000, "records of the subtransaction in Kafka")
+            cur.execute("ROLLBACK TO SAVEPOINT s")
+            chat1.sql("INSERT INTO small VALUES (1)")  # committed in between
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(5001, 6000) g")
+        conn.commit()
+    finally:
+        conn.close()
+    wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3000, "the streamed transaction applied")
+    ids = [r[0] for r in chat2.sql("SELECT id FROM big ORDER BY id")]
+    assert ids == list(range(1, 2001)) + list(range(5001, 6001))
+    assert "outgrew kafka_sync.streamed_transaction_memory and are read again" in chat2.sidecar.log_text()
+    assert count(chat2, "SELECT count(*) FROM small") == 1
+    assert count(chat2, "SELECT count(*) FROM applied_events") == 3000
+    chat1.sql("INSERT INTO small VALUES (2)")
+    wait_applied(chat1, chat2, "SELECT count(*) FROM small", 2, "a later transaction applied")
+    assert count(chat2, "SELECT count(*) FROM applied_events") == 3000
 
 
 def test_streaming_settings_are_checked(pair):

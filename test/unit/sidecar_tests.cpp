@@ -672,6 +672,10 @@ Record streamed(int64_t offset, const char *event, uint32_t xid, uint32_t subxid
     return make_record(offset, change ? "k" : nullptr, change ? 1 : 0, change ? "row" : nullptr, change ? 3 : 0, h);
 }
 
+StreamTracker::Outcome feed(StreamTracker &t, Record r, uint64_t applied_lsn) {
+    return t.add(r, applied_lsn);
+}
+
 std::string kind_of(const StreamTracker::Outcome &o) {
     switch (o.kind) {
     case StreamTracker::Outcome::Kind::Wait: return "wait";
@@ -711,9 +715,12 @@ void streamed_transaction_is_replayed_at_its_commit_and_holds_the_offset_meanwhi
     CHECK_EQ(std::to_string(o.replay.first_offset) + ".." + std::to_string(o.replay.commit_offset), "10..15");
     CHECK_EQ(format_lsn(o.replay.lsn), "0/200");
     CHECK_EQ(replayed(o.replay, topic), "10 12 14"); // not the committed record, nor the other stream's
+    CHECK_EQ(std::to_string(o.replay.kept), "1");    // and they are kept: nothing to read again
+    CHECK_EQ(replayed(o.replay, o.replay.records), "10 12 14");
+    CHECK_EQ(std::to_string(t.kept_bytes() > 0), "1"); // 701's record
     t.finished(700);
     CHECK_EQ(std::to_string(t.hold()), "13"); // 701 is still open
-    CHECK_EQ(kind_of(t.add(streamed(16, "abort", 701, 701), 0)), "wait");
+    CHECK_EQ(kind_of(feed(t, streamed(16, "abort", 701, 701), 0)), "wait");
     CHECK_EQ(std::to_string(t.hold()), "-1");
 }
 
@@ -725,36 +732,60 @@ void aborted_subtransaction_takes_back_its_records_and_those_begun_after_it() {
         streamed(6, "change", 5, 5, 6),          streamed(7, "abort", 5, 99), // nothing of 99 was streamed
         streamed(8, "commit", 5, 0, 0, 0x300, 6)};
     StreamTracker::Outcome o;
-    for (const Record &r : topic)
+    for (Record &r : topic)
         o = t.add(r, 0);
     CHECK_EQ(kind_of(o), "replay");
     CHECK_EQ(replayed(o.replay, topic), "0 5 6");
+    CHECK_EQ(replayed(o.replay, o.replay.records), "0 5 6"); // what aborted was dropped from what is kept
+}
+
+void kept_records_stay_within_the_budget_and_the_largest_is_read_again() {
+    StreamTracker t(3 * 200); // about three records of a few bytes each
+    for (int i = 0; i < 3; i++) {
+        Record a = streamed(2 * i, "change", 1, 1, i + 1);
+        t.add(a, 0);
+        if (i < 2) {
+            Record b = streamed(2 * i + 1, "change", 2, 2, i + 1);
+            t.add(b, 0);
+        }
+    }
+    CHECK_EQ(std::to_string(t.kept_bytes() <= 3 * 200), "1");
+    Record c1 = streamed(10, "commit", 1, 0, 0, 0x100, 3);
+    StreamTracker::Outcome o1 = t.add(c1, 0);
+    CHECK_EQ(kind_of(o1) + " kept " + std::to_string(o1.replay.kept), "replay kept 0"); // the largest went back
+    t.finished(1);
+    Record c2 = streamed(11, "commit", 2, 0, 0, 0x200, 2);
+    StreamTracker::Outcome o2 = t.add(c2, 0);
+    CHECK_EQ(kind_of(o2) + " kept " + std::to_string(o2.replay.kept) + " " + replayed(o2.replay, o2.replay.records),
+             "replay kept 1 1 3");
+    t.finished(2);
+    CHECK_EQ(std::to_string(t.kept_bytes()), "0");
 }
 
 void stream_started_over_or_begun_before_the_start_is_not_applied_in_part() {
     StreamTracker t;
     // a producer restart: the transaction streams again from its first record
-    t.add(streamed(0, "change", 9, 9, 1), 0);
-    t.add(streamed(1, "change", 9, 9, 2), 0);
-    StreamTracker::Outcome again = t.add(streamed(2, "change", 9, 9, 1), 0);
+    feed(t, streamed(0, "change", 9, 9, 1), 0);
+    feed(t, streamed(1, "change", 9, 9, 2), 0);
+    StreamTracker::Outcome again = feed(t, streamed(2, "change", 9, 9, 1), 0);
     CHECK_EQ(std::to_string(again.note.find("discarded an incomplete copy") != std::string::npos), "1");
     CHECK_EQ(std::to_string(t.hold()), "2");
-    t.add(streamed(3, "change", 9, 9, 2), 0);
-    StreamTracker::Outcome o = t.add(streamed(4, "commit", 9, 0, 0, 0x500, 2), 0);
+    feed(t, streamed(3, "change", 9, 9, 2), 0);
+    StreamTracker::Outcome o = feed(t, streamed(4, "commit", 9, 0, 0, 0x500, 2), 0);
     CHECK_EQ(kind_of(o), "replay");
     CHECK_EQ(std::to_string(o.replay.first_offset), "2");
     t.finished(9);
 
     // its first records lie before where reading began: skipped, with a warning unless applied before
     StreamTracker late;
-    late.add(streamed(20, "change", 11, 11, 7), 0);
-    StreamTracker::Outcome skipped = late.add(streamed(21, "commit", 11, 0, 0, 0x600, 7), 0x500);
+    feed(late, streamed(20, "change", 11, 11, 7), 0);
+    StreamTracker::Outcome skipped = feed(late, streamed(21, "commit", 11, 0, 0, 0x600, 7), 0x500);
     CHECK_EQ(kind_of(skipped), "skip");
     CHECK_EQ(std::to_string(skipped.note.find("before where this subscription began reading") != std::string::npos),
              "1");
     CHECK_EQ(std::to_string(late.hold()), "-1");
-    late.add(streamed(30, "change", 12, 12, 7), 0);
-    StreamTracker::Outcome applied_before = late.add(streamed(31, "commit", 12, 0, 0, 0x600, 7), 0x600);
+    feed(late, streamed(30, "change", 12, 12, 7), 0);
+    StreamTracker::Outcome applied_before = feed(late, streamed(31, "commit", 12, 0, 0, 0x600, 7), 0x600);
     CHECK_EQ(kind_of(applied_before), "skip");
     CHECK_EQ(applied_before.note, "");
 }
@@ -768,20 +799,20 @@ void nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open() {
                                  streamed(16, "change", 1, 1, 5), streamed(17, "change", 1, 4, 6),
                                  streamed(18, "abort", 1, 4),     streamed(19, "commit", 1, 0, 0, 0x700, 6)};
     StreamTracker::Outcome o;
-    for (const Record &r : topic)
+    for (Record &r : topic)
         o = t.add(r, 0);
     CHECK_EQ(kind_of(o), "replay");
     CHECK_EQ(replayed(o.replay, topic), "10 16");
     CHECK_EQ(std::to_string(o.replay.discarded.size()), "2"); // [11,15) took [12,13) in, then [17,18)
 
     StreamTracker r;
-    r.add(streamed(0, "change", 7, 7, 1), 0);
-    r.add(streamed(1, "change", 8, 8, 1), 0);
+    feed(r, streamed(0, "change", 7, 7, 1), 0);
+    feed(r, streamed(1, "change", 8, 8, 1), 0);
     CHECK_EQ(std::to_string(r.hold()), "0");
     std::vector<KafkaHeader> h = {{"kafka_sync.stream", std::string("reset")}};
-    CHECK_EQ(kind_of(r.add(make_record(2, nullptr, 0, nullptr, 0, h), 0)), "wait");
+    CHECK_EQ(kind_of(feed(r, make_record(2, nullptr, 0, nullptr, 0, h), 0)), "wait");
     CHECK_EQ(std::to_string(r.open()) + " " + std::to_string(r.hold()), "0 -1");
-    r.add(streamed(3, "change", 9, 9, 1), 0);
+    feed(r, streamed(3, "change", 9, 9, 1), 0);
     r.committed_whole(9); // committed as an ordinary transaction after a producer restart
     CHECK_EQ(std::to_string(r.open()), "0");
 }
@@ -789,12 +820,12 @@ void nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open() {
 void unreadable_stream_records_go_to_apply_as_they_are() {
     StreamTracker t;
     std::vector<KafkaHeader> h = {{"kafka_sync.stream", std::string("change")}}; // no xid
-    CHECK_EQ(kind_of(t.add(make_record(0, nullptr, 0, "v", 1, h), 0)), "foreign");
+    CHECK_EQ(kind_of(feed(t, make_record(0, nullptr, 0, "v", 1, h), 0)), "foreign");
     h = {{"kafka_sync.stream", std::string("sideways")}, {"kafka_sync.xid", std::string("5")}};
-    CHECK_EQ(kind_of(t.add(make_record(1, nullptr, 0, "v", 1, h), 0)), "foreign");
+    CHECK_EQ(kind_of(feed(t, make_record(1, nullptr, 0, "v", 1, h), 0)), "foreign");
     // a commit without an lsn
     h = {{"kafka_sync.stream", std::string("commit")}, {"kafka_sync.xid", std::string("5")}};
-    CHECK_EQ(kind_of(t.add(make_record(2, nullptr, 0, nullptr, 0, h), 0)), "foreign");
+    CHECK_EQ(kind_of(feed(t, make_record(2, nullptr, 0, nullptr, 0, h), 0)), "foreign");
     CHECK_EQ(std::to_string(t.open()), "0");
 }
 
@@ -861,6 +892,7 @@ int main() {
     aborted_subtransaction_takes_back_its_records_and_those_begun_after_it();
     stream_started_over_or_begun_before_the_start_is_not_applied_in_part();
     nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open();
+    kept_records_stay_within_the_budget_and_the_largest_is_read_again();
     unreadable_stream_records_go_to_apply_as_they_are();
     replayed_record_becomes_a_record_of_the_committed_transaction();
     if (failures) {
