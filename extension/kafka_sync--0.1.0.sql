@@ -878,6 +878,15 @@ CREATE FUNCTION kafka_sync.apply_chunk(
 CREATE FUNCTION kafka_sync.apply_hold(sub_name text, hold_offset int8) RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_hold';
 
+-- The sidecar's open transaction applies a peer's transaction still in
+-- progress (apply_chunk takes its records while they meet no conflict);
+-- apply_stream_commit() gives it the commit record's LSN and time (false:
+-- not to be committed here; the sidecar rolls back and applies it whole).
+CREATE FUNCTION kafka_sync.apply_stream_begin(sub_name text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'kafka_sync_apply_stream_begin';
+CREATE FUNCTION kafka_sync.apply_stream_commit(sub_name text, headers bytea, next_offset int8) RETURNS boolean
+    LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'kafka_sync_apply_stream_commit';
+
 -- Complete source transactions, each committed with its own commit time and
 -- origin (those of one millisecond in one local transaction). CALL it outside
 -- a transaction block. Procedures with transaction control cannot pin
@@ -918,6 +927,8 @@ REVOKE ALL ON FUNCTION kafka_sync._notify_sidecar(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.sidecar_subscriptions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.apply_hold(text, int8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.apply_stream_begin(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kafka_sync.apply_stream_commit(text, bytea, int8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync.report_progress(text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kafka_sync._begin_resync(text, bigint, bigint, pg_lsn) FROM PUBLIC;
@@ -931,6 +942,8 @@ CREATE FUNCTION kafka_sync._sidecar_routines() RETURNS text[] LANGUAGE sql IMMUT
     SELECT ARRAY['FUNCTION kafka_sync.sidecar_subscriptions()',
                  'FUNCTION kafka_sync.apply_chunk(text, int8[], bytea[], bytea[], bytea[], boolean)',
                  'FUNCTION kafka_sync.apply_hold(text, int8)',
+                 'FUNCTION kafka_sync.apply_stream_begin(text)',
+                 'FUNCTION kafka_sync.apply_stream_commit(text, bytea, int8)',
                  'PROCEDURE kafka_sync.apply_transactions(text, int8[], bytea[], bytea[], bytea[], bigint, bigint, bigint)',
                  'FUNCTION kafka_sync.record_failure(text, int8, bytea, bytea, bytea, text)',
                  'FUNCTION kafka_sync.report_progress(text, bigint, text)',

@@ -476,6 +476,35 @@ DbStatus DbSession::begin_resync(const std::string &sub, int64_t gap_offset, int
     return st;
 }
 
+DbStatus DbSession::stream_begin(const std::string &sub) {
+    if (DbStatus u = usable(); !u.ok())
+        return u;
+    const char *params[1] = {sub.c_str()};
+    PGresult *res =
+        PQexecParams(conn_, "SELECT kafka_sync.apply_stream_begin($1::text)", 1, nullptr, params, nullptr, nullptr, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    PQclear(res);
+    return st;
+}
+
+DbStatus DbSession::stream_commit(const std::string &sub, const std::string &headers, int64_t next_offset,
+                                  bool &applies) {
+    applies = false;
+    if (DbStatus u = usable(); !u.ok())
+        return u;
+    const std::string offset = std::to_string(next_offset);
+    const char *params[3] = {sub.c_str(), headers.data(), offset.c_str()};
+    const int lengths[3] = {0, static_cast<int>(headers.size()), 0};
+    const int formats[3] = {0, 1, 0}; // the header blob in binary
+    PGresult *res = PQexecParams(conn_, "SELECT kafka_sync.apply_stream_commit($1::text, $2::bytea, $3::int8)", 3,
+                                 nullptr, params, lengths, formats, 0);
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    if (st.ok())
+        applies = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    return st;
+}
+
 DbStatus DbSession::set_hold(const std::string &sub, int64_t hold_offset) {
     if (DbStatus u = usable(); !u.ok())
         return u;

@@ -98,6 +98,11 @@ class DbSession {
     // kafka_sync.apply_hold(): the next_offset stored from now on stays at or
     // below hold_offset (-1: no hold).
     DbStatus set_hold(const std::string &sub, int64_t hold_offset);
+    // kafka_sync.apply_stream_begin() / apply_stream_commit() (in the open
+    // transaction): a peer's transaction applied while it is in progress;
+    // applies false: not to be committed here (roll back).
+    DbStatus stream_begin(const std::string &sub);
+    DbStatus stream_commit(const std::string &sub, const std::string &headers, int64_t next_offset, bool &applies);
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     // The apply calls are sent without waiting for their result, so that the
     // next records are consumed while the server applies these; one at a

@@ -40,6 +40,19 @@ void StreamTracker::forget(uint32_t xid) {
     open_.erase(it);
 }
 
+std::vector<Record> StreamTracker::stop_keeping(uint32_t xid) {
+    std::vector<Record> out;
+    auto it = open_.find(xid);
+    if (it == open_.end())
+        return out;
+    Open &o = it->second;
+    o.keeping = false;
+    kept_bytes_ -= o.kept_bytes;
+    o.kept_bytes = 0;
+    out.swap(o.kept);
+    return out;
+}
+
 void StreamTracker::keep(Open &o, Record &record) {
     if (!o.keeping)
         return;

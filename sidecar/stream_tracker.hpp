@@ -88,6 +88,9 @@ class StreamTracker {
     // producer restart is not going to end; forget it.
     void committed_whole(uint32_t xid) { forget(xid); }
     size_t kept_bytes() const { return kept_bytes_; }
+    // xid's records are applied as they come (the runner's eager path):
+    // stop keeping them, and hand over what was kept.
+    std::vector<Record> stop_keeping(uint32_t xid);
 
     // The first offset of the oldest open transaction; -1 when none is open.
     int64_t hold() const;

@@ -179,6 +179,12 @@ void SubscriptionRunner::iterate() {
             return;
         }
     }
+    if (eager_.active &&
+        (now - std::max(eager_.last_record, last_apply_result_) > std::chrono::milliseconds(config_.partial_wait_ms) ||
+         now - txn_began_ > std::chrono::milliseconds(config_.partial_hold_ms))) {
+        demote_eager("it held its local transaction open past kafka_sync.partial_transaction_wait or _hold");
+        return;
+    }
     // The stored offset is out of range: when Kafka no longer has those
     // records, look for a snapshot of the peer after them; otherwise (the
     // topic is being re-created, say) try again now and then.
@@ -193,6 +199,8 @@ void SubscriptionRunner::iterate() {
         last_record_ = now;
         received_++;
         position_ = record.offset + 1;
+        if (eager_.active && !eager_owns(record))
+            demote_eager("a record of another transaction came in between");
         if (seeking_snapshot_)
             seeking_record(record);
         else if (await_end_.active)
@@ -215,6 +223,8 @@ void SubscriptionRunner::iterate() {
         if (!await_apply())
             return;
         assembler_.idle();
+        if (eager_.active && !eager_send())
+            return;
     }
     execute_steps();
 }
@@ -281,6 +291,8 @@ bool SubscriptionRunner::await_apply() {
     ApplyResult result;
     DbStatus st = db_.receive_apply(result);
     last_apply_result_ = Clock::now();
+    if (!st.ok() && eager_.active && st.kind != DbStatus::Kind::Lost)
+        return eager_failed(st); // its records wait in Kafka for the commit
     if (!st.ok())
         return apply_failed(st); // apply_transactions: the transactions it committed are skipped when read again
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - in_flight_.started).count();
@@ -481,6 +493,7 @@ bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, con
 
 void SubscriptionRunner::restart_from(int64_t first_offset, int64_t careful_through) {
     recoveries_++;
+    eager_ = Eager(); // its local transaction went with the recovery's rollback
     assembler_.reset();
     await_end_ = AwaitEnd();
     if (replay_.active) {
@@ -576,6 +589,7 @@ void SubscriptionRunner::awaiting_end_record(const Record &record) {
 }
 
 void SubscriptionRunner::forget_streams() {
+    eager_ = Eager();
     streams_.reset();
     replay_ = Replay();
     replay_pending_ = ReplayPending();
@@ -604,15 +618,208 @@ bool SubscriptionRunner::update_hold() {
 }
 
 void SubscriptionRunner::stream_record(Record record) {
+    const bool eager = eager_.active && record.xid == eager_.xid;
+    const bool fresh_start = record.stream == kafka_sync::wire::StreamEvent::Change && record.seq == 1;
+    const size_t open_before = streams_.open();
     StreamTracker::Outcome out = streams_.add(record, applied_lsn_);
     if (!out.note.empty())
         LOG_WARNING("subscription %s: %s", name_.c_str(), out.note.c_str());
     switch (out.kind) {
     case StreamTracker::Outcome::Kind::Foreign: assembler_.add(std::move(record)); return;
-    case StreamTracker::Outcome::Kind::Replay: start_replay(out.replay, std::move(record)); return;
+    case StreamTracker::Outcome::Kind::Replay:
+        if (eager)
+            eager_commit(out.replay, std::move(record));
+        else
+            start_replay(out.replay, std::move(record));
+        return;
     case StreamTracker::Outcome::Kind::Wait:
-    case StreamTracker::Outcome::Kind::Skip: (void)update_hold(); return;
+    case StreamTracker::Outcome::Kind::Skip: break;
     }
+    if (eager && record.stream == kafka_sync::wire::StreamEvent::Change) {
+        eager_add(std::move(record)); // the tracker keeps nothing of it
+        return;
+    }
+    if (eager && record.stream == kafka_sync::wire::StreamEvent::Abort) {
+        // the whole transaction (a subtransaction's abort demoted it before)
+        LOG_DEBUG("subscription %s: streamed transaction %u aborted", name_.c_str(), eager_.xid);
+        demote_eager(std::string());
+    } else if (fresh_start && out.kind == StreamTracker::Outcome::Kind::Wait && streams_.open() == 1 &&
+               open_before == 0) {
+        try_start_eager(record.xid);
+    }
+    (void)update_hold();
+}
+
+bool SubscriptionRunner::eager_owns(const Record &record) const {
+    using kafka_sync::wire::StreamEvent;
+    if (record.xid != eager_.xid)
+        return false;
+    return record.stream == StreamEvent::Change || record.stream == StreamEvent::Commit ||
+           (record.stream == StreamEvent::Abort && (record.subxid == 0 || record.subxid == record.xid));
+}
+
+void SubscriptionRunner::try_start_eager(uint32_t xid) {
+    if (assembler_.careful() || replay_.active || replay_pending_.active || await_end_.active)
+        return;
+    // what committed before it is committed first
+    assembler_.idle();
+    const uint64_t recoveries = recoveries_;
+    execute_steps();
+    if (!await_apply() || recoveries_ != recoveries || txn_open_ || !assembler_.empty() || !db_.connected())
+        return;
+    DbStatus st = db_.exec("BEGIN");
+    if (st.ok()) {
+        txn_open_ = true;
+        st = db_.stream_begin(name_);
+    }
+    if (!st.ok()) {
+        if (st.kind == DbStatus::Kind::Lost) {
+            db_lost(st.message);
+            return;
+        }
+        LOG_WARNING("subscription %s: cannot apply streamed transaction %u while it runs: %s", name_.c_str(), xid,
+                    st.message.c_str());
+        DbStatus rb = db_.exec("ROLLBACK");
+        txn_open_ = false;
+        if (rb.kind == DbStatus::Kind::Lost)
+            db_lost(rb.message);
+        return;
+    }
+    eager_ = Eager();
+    eager_.active = true;
+    eager_.xid = xid;
+    eager_.last_record = Clock::now();
+    txn_careful_ = false;
+    txn_counts_ = ApplyResult();
+    txn_began_ = Clock::now();
+    for (Record &r : streams_.stop_keeping(xid)) {
+        if (eager_.first_offset < 0)
+            eager_.first_offset = r.offset;
+        eager_add(std::move(r));
+    }
+    txn_first_offset_ = txn_last_offset_ = eager_.first_offset;
+    LOG_DEBUG("subscription %s: applying streamed transaction %u while it runs, from offset %" PRId64, name_.c_str(),
+              xid, eager_.first_offset);
+}
+
+void SubscriptionRunner::eager_add(Record record) {
+    if (record.offset <= eager_.last_offset)
+        return; // read again
+    eager_.last_offset = record.offset;
+    eager_.last_record = Clock::now();
+    eager_.chunk_bytes += record.bytes();
+    eager_.chunk.push_back(std::move(record));
+    if (eager_.chunk.size() >= AssemblerLimits().max_records || eager_.chunk_bytes >= AssemblerLimits().max_bytes)
+        (void)eager_send();
+}
+
+// The records not sent yet to apply_chunk, while the server applies the last ones.
+bool SubscriptionRunner::eager_send() {
+    if (eager_.chunk.empty())
+        return true;
+    const ApplyCall call = ApplyCall::chunk(eager_.chunk, false);
+    if (!await_apply() || !eager_.active)
+        return false;
+    std::vector<Record> records = std::move(eager_.chunk);
+    eager_.chunk.clear();
+    eager_.chunk_bytes = 0;
+    txn_last_offset_ = records.back().offset;
+    in_flight_.started = Clock::now();
+    DbStatus st = db_.send_apply(name_, call);
+    if (!st.ok()) {
+        if (st.kind == DbStatus::Kind::Lost) {
+            db_lost(st.message);
+            return false;
+        }
+        return eager_failed(st);
+    }
+    in_flight_.active = true;
+    in_flight_.chunk = true;
+    in_flight_.records = std::move(records);
+    return true;
+}
+
+// Ends the eager path: rolled back, the transaction is applied at its commit
+// (the tracker reads it again from Kafka then). why empty: it aborted.
+void SubscriptionRunner::demote_eager(const std::string &why) {
+    if (!eager_.active)
+        return;
+    if (!why.empty())
+        LOG_INFO("subscription %s: streamed transaction %u is applied at its commit, not while it runs: %s",
+                 name_.c_str(), eager_.xid, why.c_str());
+    (void)await_apply();
+    if (!eager_.active)
+        return; // it failed meanwhile, and eager_failed rolled it back
+    eager_ = Eager();
+    DbStatus st = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (st.kind == DbStatus::Kind::Lost)
+        db_lost(st.message);
+}
+
+// An apply call of the eager path failed: roll back; nothing to read again
+// (the tracker has the transaction, to be read from Kafka at its commit).
+bool SubscriptionRunner::eager_failed(const DbStatus &st) {
+    LOG_INFO("subscription %s: streamed transaction %u is applied at its commit, not while it runs: %s", name_.c_str(),
+             eager_.xid, st.message.c_str());
+    eager_ = Eager();
+    in_flight_.active = false;
+    in_flight_.records.clear();
+    DbStatus rb = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (rb.kind == DbStatus::Kind::Lost) {
+        db_lost(rb.message);
+        return false;
+    }
+    return true;
+}
+
+// The commit record of the transaction applied while it ran.
+void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
+    const int64_t emitted = static_cast<int64_t>(eager_.last_offset >= 0 ? 1 : 0);
+    if (!eager_send() || !await_apply() || !eager_.active) {
+        if (db_.connected() && positioned_) // demoted on the way: the usual way
+            start_replay(replay, std::move(commit));
+        return;
+    }
+    // its own hold goes: the offset stored with it is past its commit record
+    streams_.finished(replay.xid);
+    if (!update_hold() || !eager_.active)
+        return;
+    mark_committed(commit, replay.lsn, replay.commit_ts_ms, emitted + 1, true);
+    bool applies = false;
+    DbStatus st = db_.stream_commit(name_, commit.headers, commit.offset + 1, applies);
+    if (st.ok() && applies) {
+        txn_last_offset_ = commit.offset;
+        st = db_.commit();
+        if (st.ok()) {
+            eager_ = Eager();
+            txn_open_ = false;
+            committed_next_ = commit.offset + 1;
+            applied_ += txn_counts_.applied;
+            skipped_ += txn_counts_.skipped;
+            conflicts_ += txn_counts_.conflicts;
+            apply_problem_.clear();
+            LOG_DEBUG("subscription %s: streamed transaction %u (lsn %s) committed, applied while it ran",
+                      name_.c_str(), replay.xid, format_lsn(replay.lsn).c_str());
+            return;
+        }
+    }
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return;
+    }
+    LOG_INFO("subscription %s: streamed transaction %u (lsn %s) is applied the usual way%s%s", name_.c_str(),
+             replay.xid, format_lsn(replay.lsn).c_str(), st.ok() ? " (applied before, or another incarnation's)" : ": ",
+             st.ok() ? "" : st.message.c_str());
+    eager_ = Eager();
+    DbStatus rb = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (rb.kind == DbStatus::Kind::Lost) {
+        db_lost(rb.message);
+        return;
+    }
+    start_replay(replay, std::move(commit));
 }
 
 // The commit record of a streamed transaction is in: what came before it is

@@ -139,6 +139,29 @@ class SubscriptionRunner {
         int64_t commit_offset = -1;
     };
     ReplayPending replay_pending_;
+    // A streamed transaction applied while it runs (nothing else comes
+    // meanwhile): its records go to apply_chunk as they arrive, in one local
+    // transaction that apply_stream_commit() ends at its commit record.
+    // Anything else in between, a conflict or an error, a rolled-back
+    // subtransaction, or the partial_transaction limits end it (demote):
+    // rolled back, it is applied at its commit as any streamed transaction.
+    struct Eager {
+        bool active = false;
+        uint32_t xid = 0;
+        int64_t first_offset = -1;
+        int64_t last_offset = -1;
+        std::vector<Record> chunk; // not sent yet
+        size_t chunk_bytes = 0;
+        Clock::time_point last_record{};
+    };
+    Eager eager_;
+    bool eager_owns(const Record &record) const;
+    void try_start_eager(uint32_t xid);
+    void eager_add(Record record);
+    bool eager_send();
+    void demote_eager(const std::string &why);
+    bool eager_failed(const DbStatus &st);
+    void eager_commit(StreamReplay &replay, Record commit);
     int64_t hold_sent_ = -1;
     uint64_t recoveries_ = 0; // restart_from / db_lost calls: what was read since is read again
     // Where a recovery that would read from first_offset must read from: the

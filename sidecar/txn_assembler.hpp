@@ -68,6 +68,8 @@ class TxnAssembler {
     int64_t careful_through() const { return careful_through_; }
     // Complete transactions wait in memory: idle() would send them.
     bool has_pending() const { return !pending_.empty(); }
+    // Nothing waits, nothing is half read.
+    bool empty() const { return pending_.empty() && !current_.active && steps_.empty(); }
     // Part of an unfinished source transaction is in the open local transaction.
     bool streaming() const { return current_.active && current_.streaming; }
     // The source transaction being streamed: its LSN and first offset.

@@ -59,6 +59,8 @@ PG_FUNCTION_INFO_V1(kafka_sync_record_failure);
 PG_FUNCTION_INFO_V1(kafka_sync_apply_transactions);
 PG_FUNCTION_INFO_V1(kafka_sync_release_origin);
 PG_FUNCTION_INFO_V1(kafka_sync_apply_hold);
+PG_FUNCTION_INFO_V1(kafka_sync_apply_stream_begin);
+PG_FUNCTION_INFO_V1(kafka_sync_apply_stream_commit);
 }
 
 namespace kafka_sync {
@@ -439,6 +441,60 @@ Datum kafka_sync_apply_hold(PG_FUNCTION_ARGS) {
     strlcpy(session.hold_sub, sub_name, sizeof(session.hold_sub));
     session.hold_offset = hold;
     PG_RETURN_VOID();
+}
+
+/*
+ * apply_stream_begin(sub_name text): the sidecar's open local transaction
+ * applies a peer's transaction while it is still in progress: apply_chunk
+ * takes its records (marked kafka_sync.stream, without commit LSN or time)
+ * as long as they meet no conflict, which would need the commit time. Ended
+ * by apply_stream_commit(), or rolled back.
+ */
+Datum kafka_sync_apply_stream_begin(PG_FUNCTION_ARGS) {
+    if (!IsTransactionBlock())
+        ereport(ERROR, (errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+                        errmsg("kafka_sync.apply_stream_begin() must run inside a transaction block")));
+    if (PG_ARGISNULL(0))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_stream_begin needs a subscription name")));
+    kafka_sync::apply_txn().in_progress = true;
+    PG_RETURN_VOID();
+}
+
+/*
+ * apply_stream_commit(sub_name text, headers bytea, next_offset int8) returns
+ * boolean: the commit record of the transaction apply_stream_begin() began
+ * applying has arrived (its header blob): its LSN and time become the origin's
+ * progress and the rows' commit time, with next_offset, when the sidecar
+ * commits. False: it is not to be committed here (applied before, or another
+ * incarnation's): the sidecar rolls back and applies it the usual way.
+ */
+Datum kafka_sync_apply_stream_commit(PG_FUNCTION_ARGS) {
+    if (!IsTransactionBlock() || !kafka_sync::apply_txn().in_progress)
+        ereport(ERROR, (errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+                        errmsg("kafka_sync.apply_stream_commit() must run in the transaction of "
+                               "kafka_sync.apply_stream_begin()")));
+    if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("apply_stream_commit arguments must not be null")));
+    char *sub_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+    bytea *headers = PG_GETARG_BYTEA_PP(1);
+    const int64 next_offset = PG_GETARG_INT64(2);
+
+    MemoryContext call_context = CurrentMemoryContext;
+    OwnerContext definer;
+    become_function_owner(fcinfo->flinfo->fn_oid, &definer);
+    SPI_connect();
+    ApplyContext ctx;
+    ErrorContextCallback errcallback;
+    begin_apply(&ctx, sub_name, false, call_context, &errcallback);
+    const bool applies = stream_commit_applies(&ctx, VARDATA_ANY(headers), (int)VARSIZE_ANY_EXHDR(headers));
+    if (applies)
+        finish_local_transaction(&ctx, next_offset);
+    error_context_stack = errcallback.previous;
+    SPI_finish();
+    restore_user(&definer);
+    PG_RETURN_BOOL(applies);
 }
 
 /*

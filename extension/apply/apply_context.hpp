@@ -114,6 +114,8 @@ void finish_local_transaction(ApplyContext *ctx, int64 next_offset);
 
 /* Decodes ctx->current into ctx->headers / ctx->rec (rec NULL: nothing to apply); raises ERROR when it cannot. */
 void decode_record(ApplyContext *ctx);
+/* The commit record of an in-progress transaction applied here: false when not to commit it (see there). */
+bool stream_commit_applies(ApplyContext *ctx, const char *headers, int headers_len);
 /* ERROR unless the subscription may write relid. */
 void check_target_allowed(ApplyContext *ctx, Oid relid);
 

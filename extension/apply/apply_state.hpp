@@ -46,6 +46,10 @@ struct ApplyTxn {
     static constexpr int kMaxLocked = 64; // tables whose lock is noted; more are locked again (cheap)
 
     bool apply_lock_held = false;
+    // kafka_sync.apply_stream_begin(): this local transaction applies a
+    // peer's transaction while it is still in progress (its records have no
+    // commit LSN or time yet); apply_stream_commit() ends it.
+    bool in_progress = false;
     int nlocked = 0;
     Oid locked[kMaxLocked];
     // The executor state of the table last written (in TopTransactionContext).

@@ -116,6 +116,12 @@ void apply_decoded(ApplyContext *ctx) {
     remote.sub_name = ctx->sub->name;
     remote.peer = ctx->sub->peer;
     remote.local_node = ctx->sub->local_node ? ctx->sub->local_node : "";
+    remote.in_progress = headers->stream && !headers->has_lsn;
+    if (remote.in_progress && (rec->op == 'd' || rec->op == 't'))
+        ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
+                        errmsg("a %s of a transaction still in progress at the peer is applied at its commit",
+                               rec->op == 'd' ? "delete" : "truncate"),
+                        errdetail("The version it leaves behind is the transaction's commit time.")));
     const char *node =
         !headers->origin.empty() ? headers->origin.c_str() : (rec->origin ? rec->origin : ctx->sub->peer);
     remote.row_origin = rec->op == 'r' && rec->row_origin ? rec->row_origin : node;

@@ -157,7 +157,7 @@ void decode_record(ApplyContext *ctx) {
         ctx->counters.skipped++; /* an older incarnation's: superseded */
         return;
     }
-    if (headers->stream && !headers->has_lsn)
+    if (headers->stream && !headers->has_lsn && !(kafka_sync::apply_txn().in_progress && !ctx->careful))
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
                         errmsg("the record belongs to a transaction that was in progress when it was sent "
                                "(header kafka_sync.stream) and has no commit LSN"),
@@ -198,6 +198,38 @@ void decode_record(ApplyContext *ctx) {
     check_metadata(ctx, headers, rec);
     ctx->current_op = rec->op;
     ctx->rec = rec;
+}
+
+/*
+ * apply_stream_commit(): the commit record (headers) of the transaction this
+ * local transaction applied while it was in progress, checked as any
+ * record's metadata. Sets what finish_local_transaction records; false when
+ * the transaction is not to be committed here (applied before, or from
+ * another incarnation of the peer: the sidecar then applies it the usual
+ * way, which deals with both).
+ */
+bool stream_commit_applies(ApplyContext *ctx, const char *headers_data, int headers_len) {
+    kafka_sync::DecodedHeaders *headers = ctx->decoded_headers;
+    kafka_sync::ks_guard([&]() {
+        std::string error;
+        if (!kafka_sync::decode_headers(headers_data, headers_len, *headers, error))
+            throw kafka_sync::Error(ERRCODE_DATA_EXCEPTION, error);
+    });
+    if (!headers->stream || !headers->has_lsn || !headers->has_commit_ts)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("apply_stream_commit needs a streamed transaction's commit record "
+                               "(kafka_sync.stream, kafka_sync.lsn and kafka_sync.commit_ts headers)")));
+    const char *current = ctx->sub->incarnation;
+    if (!headers->incarnation.empty() && (!current || strcmp(current, headers->incarnation.c_str()) != 0))
+        return false;
+    if (headers->lsn <= ctx->progress)
+        return false;
+    ctx->decoded->reset(); /* no record of its own: the headers are checked */
+    check_metadata(ctx, headers, ctx->decoded);
+    ctx->max_lsn = headers->lsn;
+    ctx->max_lsn_commit_ms = headers->commit_ts_ms;
+    ctx->origin_ts_ms = headers->commit_ts_ms;
+    return true;
 }
 
 static bool listed_table(const Subscription *sub, Oid relid) {

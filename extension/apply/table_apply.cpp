@@ -257,6 +257,12 @@ bool decided(const Change &ch, kafka_sync::ChangeOp op, kafka_sync::LocalState s
         return d.action == Action::Apply;
     TargetInfo *t = ch.t;
     const char *kind = kafka_sync::conflict_kind_name(d.kind);
+    if (ch.remote->in_progress)
+        ereport(ERROR, (errcode(ERRCODE_KAFKA_SYNC_CONFLICT),
+                        errmsg("a change of a transaction still in progress at the peer meets a conflict (%s) on %s",
+                               kind, t->qualified_name),
+                        errdetail("Resolving it needs the transaction's commit time, known at its commit."),
+                        errhint("The sidecar applies the transaction when its commit record arrives.")));
     char *key_json = params_json(t, key);
     if (d.action == Action::Refuse)
         raise_conflict(kind, t->qualified_name, key_json, local, ch.remote->version);

@@ -30,6 +30,9 @@ struct RemoteChange {
     const char *local_node; /* this node's name ("" when not a node) */
     RowVersion version;     /* of the incoming change (a snapshot row: its own time) */
     const char *row_origin; /* the node that made the change (a snapshot row: its last writer) */
+    /* a change of a transaction still in progress: its version (commit time) is not known, so a
+       conflict, which would need it, is an ERROR (the sidecar applies the transaction at its commit) */
+    bool in_progress;
 };
 
 /*

@@ -155,6 +155,62 @@ def test_a_streamed_transaction_is_in_kafka_before_its_commit_and_applied_whole_
     wait_applied(chat1, chat2, "SELECT count(*) FROM small", 2, "a later transaction applied")
 
 
+def sidecar_writes_in_progress(chat2):
+    """chat2's sidecar holds an open local transaction that wrote rows of big."""
+    return count(chat2, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                        "JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE c.relname = 'big' AND l.mode = 'RowExclusiveLock' "
+                        "AND a.application_name LIKE 'kafka_sync_sidecar%'") > 0
+
+
+def test_a_streamed_transaction_alone_is_applied_while_it_runs_and_committed_with_it(pair):
+    chat1, chat2 = pair
+    hw0 = high_water(chat1)
+    conn = chat1.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 4000) g")
+            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
+            wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
+                       diagnostics=chat2.diagnostics)
+            assert count(chat2, "SELECT count(*) FROM big") == 0, "rows of an open transaction are visible"
+            cur.execute("UPDATE big SET v = 'updated' WHERE id <= 10")
+        conn.commit()
+    finally:
+        conn.close()
+    wait_applied(chat1, chat2, "SELECT count(*) FROM big", 4000, "the streamed transaction applied")
+    assert count(chat2, "SELECT count(*) FROM big WHERE v = 'updated'") == 10
+    assert count(chat2, "SELECT count(*) FROM applied_events") == 4010
+    assert "applied the usual way" not in chat2.sidecar.log_text()
+    assert "not while it runs" not in chat2.sidecar.log_text()
+    # the rows carry the source's commit time and the peer's origin, as any applied transaction's
+    src_ts = chat1.sql("SELECT pg_xact_commit_timestamp(xmin) FROM big WHERE id = 1")[0][0]
+    dst_ts = chat2.sql("SELECT pg_xact_commit_timestamp(xmin) FROM big WHERE id = 1")[0][0]
+    assert abs((src_ts - dst_ts).total_seconds()) < 0.002, (src_ts, dst_ts)
+    lsn = chat1.sql("SELECT pg_current_wal_lsn()")[0][0]
+    progress = chat2.sql("SELECT remote_lsn FROM pg_replication_origin_status")[0][0]
+    assert progress is not None and progress <= lsn
+
+
+def test_a_conflict_of_a_transaction_in_progress_waits_for_its_commit_time(pair):
+    chat1, chat2 = pair
+    chat2.sql("INSERT INTO big VALUES (7, 'local, older')")  # a local row the streamed insert meets
+    hw0 = high_water(chat1)
+    conn = chat1.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
+            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
+        conn.commit()
+    finally:
+        conn.close()
+    wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3000, "the streamed transaction applied")
+    # last update wins, by the commit time the transaction has only at its commit
+    assert chat2.sql("SELECT v FROM big WHERE id = 7")[0][0] == "x" * 200
+    assert count(chat2, "SELECT count(*) FROM kafka_sync.conflicts") == 1
+    assert "is applied at its commit, not while it runs" in chat2.sidecar.log_text()
+
+
 def test_an_aborted_streamed_transaction_and_a_rolled_back_savepoint_apply_nothing_of_theirs(pair):
     chat1, chat2 = pair
     hw0 = high_water(chat1)
