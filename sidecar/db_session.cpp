@@ -476,6 +476,18 @@ DbStatus DbSession::begin_resync(const std::string &sub, int64_t gap_offset, int
     return st;
 }
 
+DbStatus DbSession::count_enabled_subscriptions(int64_t &count) {
+    count = 0;
+    if (DbStatus u = usable(); !u.ok())
+        return u;
+    PGresult *res = PQexec(conn_, "SELECT count(*) FROM kafka_sync.sidecar_subscriptions()");
+    DbStatus st = check(res, PGRES_TUPLES_OK);
+    if (st.ok())
+        count = int_column(res, 0, 0);
+    PQclear(res);
+    return st;
+}
+
 DbStatus DbSession::stream_begin(const std::string &sub) {
     if (DbStatus u = usable(); !u.ok())
         return u;

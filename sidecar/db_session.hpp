@@ -102,6 +102,8 @@ class DbSession {
     // transaction): a peer's transaction applied while it is in progress;
     // applies false: not to be committed here (roll back).
     DbStatus stream_begin(const std::string &sub);
+    // The database's enabled subscriptions (of every sidecar).
+    DbStatus count_enabled_subscriptions(int64_t &count);
     DbStatus stream_commit(const std::string &sub, const std::string &headers, int64_t next_offset, bool &applies);
     DbStatus read_subscriptions(std::vector<SubscriptionConfig> &out, const std::string *only_sub = nullptr);
     // The apply calls are sent without waiting for their result, so that the

@@ -77,7 +77,7 @@ StreamTracker::Outcome StreamTracker::add(Record &record, uint64_t applied_lsn) 
     Outcome out;
     if (record.stream == wire::StreamEvent::Reset) {
         // the producer decodes again from before everything open: what it does not stream again never ends
-        open_.clear();
+        reset();
         return out;
     }
     const uint32_t xid = record.xid;

@@ -321,6 +321,8 @@ bool SubscriptionRunner::await_apply() {
 }
 
 void SubscriptionRunner::execute_steps() {
+    if (eager_.active && !assembler_.empty())
+        demote_eager("another transaction is to be applied"); // never inside its local transaction
     for (const std::string &note : assembler_.take_notes())
         LOG_WARNING("subscription %s: %s", name_.c_str(), note.c_str());
     std::vector<ApplyStep> steps = assembler_.take_steps();
@@ -625,7 +627,10 @@ void SubscriptionRunner::stream_record(Record record) {
     if (!out.note.empty())
         LOG_WARNING("subscription %s: %s", name_.c_str(), out.note.c_str());
     switch (out.kind) {
-    case StreamTracker::Outcome::Kind::Foreign: assembler_.add(std::move(record)); return;
+    case StreamTracker::Outcome::Kind::Foreign:
+        demote_eager("an unreadable stream record came in between"); // the assembler applies it on its own
+        assembler_.add(std::move(record));
+        return;
     case StreamTracker::Outcome::Kind::Replay:
         if (eager)
             eager_commit(out.replay, std::move(record));
@@ -643,9 +648,11 @@ void SubscriptionRunner::stream_record(Record record) {
         // the whole transaction (a subtransaction's abort demoted it before)
         LOG_DEBUG("subscription %s: streamed transaction %u aborted", name_.c_str(), eager_.xid);
         demote_eager(std::string());
+    } else if (eager) {
+        demote_eager("its commit record is not applied here"); // skipped by the tracker (see its warning)
     } else if (fresh_start && out.kind == StreamTracker::Outcome::Kind::Wait && streams_.open() == 1 &&
                open_before == 0) {
-        try_start_eager(record.xid);
+        try_start_eager(record.xid, record);
     }
     (void)update_hold();
 }
@@ -654,13 +661,23 @@ bool SubscriptionRunner::eager_owns(const Record &record) const {
     using kafka_sync::wire::StreamEvent;
     if (record.xid != eager_.xid)
         return false;
-    return record.stream == StreamEvent::Change || record.stream == StreamEvent::Commit ||
+    // not a copy starting over (a producer restarted), nor a commit that cannot be applied as one
+    return (record.stream == StreamEvent::Change && record.seq != 1) ||
+           (record.stream == StreamEvent::Commit && record.has_lsn && record.has_commit_ts) ||
            (record.stream == StreamEvent::Abort && (record.subxid == 0 || record.subxid == record.xid));
 }
 
-void SubscriptionRunner::try_start_eager(uint32_t xid) {
+void SubscriptionRunner::try_start_eager(uint32_t xid, Record &first) {
     if (assembler_.careful() || replay_.active || replay_pending_.active || await_end_.active)
         return;
+    // Only as the database's one subscription: this local transaction holds the database's apply lock for
+    // as long as the source transaction runs, and another peer's changes would wait for it.
+    int64_t enabled = 0;
+    if (DbStatus st = db_.count_enabled_subscriptions(enabled); !st.ok() || enabled != 1) {
+        if (st.kind == DbStatus::Kind::Lost)
+            db_lost(st.message);
+        return;
+    }
     // what committed before it is committed first
     assembler_.idle();
     const uint64_t recoveries = recoveries_;
@@ -692,7 +709,10 @@ void SubscriptionRunner::try_start_eager(uint32_t xid) {
     txn_careful_ = false;
     txn_counts_ = ApplyResult();
     txn_began_ = Clock::now();
-    for (Record &r : streams_.stop_keeping(xid)) {
+    std::vector<Record> kept = streams_.stop_keeping(xid);
+    if (kept.empty())
+        kept.push_back(std::move(first)); // over the memory budget: the tracker did not take it
+    for (Record &r : kept) {
         if (eager_.first_offset < 0)
             eager_.first_offset = r.offset;
         eager_add(std::move(r));
@@ -707,6 +727,7 @@ void SubscriptionRunner::eager_add(Record record) {
         return; // read again
     eager_.last_offset = record.offset;
     eager_.last_record = Clock::now();
+    eager_.records++;
     eager_.chunk_bytes += record.bytes();
     eager_.chunk.push_back(std::move(record));
     if (eager_.chunk.size() >= AssemblerLimits().max_records || eager_.chunk_bytes >= AssemblerLimits().max_bytes)
@@ -780,6 +801,13 @@ void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
     if (!eager_send() || !await_apply() || !eager_.active) {
         if (db_.connected() && positioned_) // demoted on the way: the usual way
             start_replay(replay, std::move(commit));
+        return;
+    }
+    if (commit.txn_records != eager_.records) {
+        // not every record it streamed went this way: the usual way checks and tells
+        demote_eager("it applied " + std::to_string(eager_.records) + " records, its commit record says " +
+                     std::to_string(commit.txn_records));
+        start_replay(replay, std::move(commit));
         return;
     }
     // its own hold goes: the offset stored with it is past its commit record

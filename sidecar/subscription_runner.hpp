@@ -152,11 +152,12 @@ class SubscriptionRunner {
         int64_t last_offset = -1;
         std::vector<Record> chunk; // not sent yet
         size_t chunk_bytes = 0;
+        int64_t records = 0; // handed to it (sent or not)
         Clock::time_point last_record{};
     };
     Eager eager_;
     bool eager_owns(const Record &record) const;
-    void try_start_eager(uint32_t xid);
+    void try_start_eager(uint32_t xid, Record &first);
     void eager_add(Record record);
     bool eager_send();
     void demote_eager(const std::string &why);

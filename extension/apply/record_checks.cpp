@@ -157,7 +157,8 @@ void decode_record(ApplyContext *ctx) {
         ctx->counters.skipped++; /* an older incarnation's: superseded */
         return;
     }
-    if (headers->stream && !headers->has_lsn && !(kafka_sync::apply_txn().in_progress && !ctx->careful))
+    if (headers->stream && !headers->has_lsn &&
+        !(headers->stream_change && kafka_sync::apply_txn().in_progress && !ctx->careful))
         ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
                         errmsg("the record belongs to a transaction that was in progress when it was sent "
                                "(header kafka_sync.stream) and has no commit LSN"),

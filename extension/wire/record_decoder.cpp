@@ -659,6 +659,7 @@ bool decode_headers(const char *data, size_t len, DecodedHeaders &out, std::stri
         out.commit_ts_ms = facts.commit_ts_ms;
         out.has_txn_end = facts.txn_end;
         out.stream = facts.stream != wire::StreamEvent::None;
+        out.stream_change = facts.stream == wire::StreamEvent::Change;
         out.origin.assign(facts.origin.data(), facts.origin.size());
         out.incarnation.assign(facts.incarnation.data(), facts.incarnation.size());
         if (all) {

@@ -68,14 +68,15 @@ struct DecodedHeaders {
     uint64_t lsn = 0;
     bool has_commit_ts = false;
     int64_t commit_ts_ms = 0;
-    bool has_txn_end = false; // the last record of its source transaction
-    bool stream = false;      // a kafka_sync.stream header: part of a streamed transaction
-    std::string origin;       // empty when absent
-    std::string incarnation;  // kafka_sync.incarnation: the peer's system, timeline and node creation; empty: absent
-    std::string as_json;      // every header, for dead letters
+    bool has_txn_end = false;   // the last record of its source transaction
+    bool stream = false;        // a kafka_sync.stream header: part of a streamed transaction
+    bool stream_change = false; // and that header says "change" (a record of it, not its end)
+    std::string origin;         // empty when absent
+    std::string incarnation;    // kafka_sync.incarnation: the peer's system, timeline and node creation; empty: absent
+    std::string as_json;        // every header, for dead letters
 
     void reset() {
-        has_lsn = has_commit_ts = has_txn_end = stream = false;
+        has_lsn = has_commit_ts = has_txn_end = stream = stream_change = false;
         lsn = 0;
         commit_ts_ms = 0;
         origin.clear();

@@ -192,6 +192,30 @@ def test_a_streamed_transaction_alone_is_applied_while_it_runs_and_committed_wit
     assert progress is not None and progress <= lsn
 
 
+@pytest.fixture
+def pair_keeping_nothing(kafka):
+    """chat2's sidecar keeps no streamed record in memory."""
+    yield from make_pair(kafka, sidecar_memory="0")
+
+
+def test_a_transaction_applied_while_it_runs_with_nothing_kept_in_memory_applies_every_record(pair_keeping_nothing):
+    chat1, chat2 = pair_keeping_nothing
+    hw0 = high_water(chat1)
+    conn = chat1.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
+            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
+            wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
+                       diagnostics=chat2.diagnostics)
+        conn.commit()
+    finally:
+        conn.close()
+    wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3000, "the streamed transaction applied")
+    assert count(chat2, "SELECT min(id) FROM big") == 1  # its first record too
+    assert count(chat2, "SELECT count(*) FROM applied_events") == 3000
+
+
 def test_a_conflict_of_a_transaction_in_progress_waits_for_its_commit_time(pair):
     chat1, chat2 = pair
     chat2.sql("INSERT INTO big VALUES (7, 'local, older')")  # a local row the streamed insert meets

@@ -811,7 +811,8 @@ void nested_aborts_merge_and_a_reset_or_a_whole_copy_closes_what_is_open() {
     CHECK_EQ(std::to_string(r.hold()), "0");
     std::vector<KafkaHeader> h = {{"kafka_sync.stream", std::string("reset")}};
     CHECK_EQ(kind_of(feed(r, make_record(2, nullptr, 0, nullptr, 0, h), 0)), "wait");
-    CHECK_EQ(std::to_string(r.open()) + " " + std::to_string(r.hold()), "0 -1");
+    CHECK_EQ(std::to_string(r.open()) + " " + std::to_string(r.hold()) + " " + std::to_string(r.kept_bytes()),
+             "0 -1 0");
     feed(r, streamed(3, "change", 9, 9, 1), 0);
     r.committed_whole(9); // committed as an ordinary transaction after a producer restart
     CHECK_EQ(std::to_string(r.open()), "0");
