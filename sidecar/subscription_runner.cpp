@@ -670,6 +670,12 @@ bool SubscriptionRunner::eager_owns(const Record &record) const {
 void SubscriptionRunner::try_start_eager(uint32_t xid, Record &first) {
     if (assembler_.careful() || replay_.active || replay_pending_.active || await_end_.active)
         return;
+    // what committed before it is committed first
+    assembler_.idle();
+    const uint64_t recoveries = recoveries_;
+    execute_steps();
+    if (!await_apply() || recoveries_ != recoveries || txn_open_ || !assembler_.empty() || !db_.connected())
+        return;
     // Only as the database's one subscription: this local transaction holds the database's apply lock for
     // as long as the source transaction runs, and another peer's changes would wait for it.
     int64_t enabled = 0;
@@ -678,12 +684,6 @@ void SubscriptionRunner::try_start_eager(uint32_t xid, Record &first) {
             db_lost(st.message);
         return;
     }
-    // what committed before it is committed first
-    assembler_.idle();
-    const uint64_t recoveries = recoveries_;
-    execute_steps();
-    if (!await_apply() || recoveries_ != recoveries || txn_open_ || !assembler_.empty() || !db_.connected())
-        return;
     DbStatus st = db_.exec("BEGIN");
     if (st.ok()) {
         txn_open_ = true;
