@@ -310,13 +310,8 @@ bool SubscriptionRunner::await_apply() {
     }
     LOG_DEBUG("subscription %s: apply_transactions of offsets %" PRId64 "..%" PRId64 " took %.1f ms", name_.c_str(),
               txn_first_offset_, txn_last_offset_, ms);
-    committed_next_ = txn_last_offset_ + 1;
-    if (replay_pending_.active && txn_last_offset_ >= replay_pending_.commit_offset)
-        replay_pending_.active = false;
-    applied_ += result.applied;
-    skipped_ += result.skipped;
-    conflicts_ += result.conflicts;
-    apply_problem_.clear();
+    txn_counts_ = result; // apply_transactions committed its own local transactions
+    note_committed();
     return true;
 }
 
@@ -392,30 +387,9 @@ bool SubscriptionRunner::run_step(ApplyStep &step) {
         st = db_.commit();
         if (!st.ok())
             return apply_failed(st);
-        txn_open_ = false;
-        committed_next_ = txn_last_offset_ + 1;
-        if (replay_pending_.active && txn_last_offset_ >= replay_pending_.commit_offset)
-            replay_pending_.active = false;
-        applied_ += txn_counts_.applied;
-        skipped_ += txn_counts_.skipped;
-        conflicts_ += txn_counts_.conflicts;
-        dead_letters_ += txn_counts_.dead_letters;
-        if (txn_counts_.dead_letters > 0)
-            LOG_WARNING("subscription %s: %" PRId64 " records of offsets %" PRId64 "..%" PRId64
-                        " could not be applied and were kept in kafka_sync.dead_letters",
-                        name_.c_str(), txn_counts_.dead_letters, txn_first_offset_, txn_last_offset_);
-        if (txn_careful_)
-            retry_backoff_ms_ = 1000;
-        apply_problem_.clear();
+        note_committed();
         return true;
-    case ApplyStep::Kind::Rollback:
-        st = db_.exec("ROLLBACK");
-        txn_open_ = false;
-        if (st.kind == DbStatus::Kind::Lost) {
-            db_lost(st.message);
-            return false;
-        }
-        return true;
+    case ApplyStep::Kind::Rollback: return roll_back();
     }
     return true;
 }
@@ -429,12 +403,8 @@ bool SubscriptionRunner::apply_failed(const DbStatus &st) {
         db_lost(st.message);
         return false;
     }
-    DbStatus rb = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (rb.kind == DbStatus::Kind::Lost) {
-        db_lost(rb.message);
+    if (!roll_back())
         return false;
-    }
     // The same SQLSTATEs can come from the data itself (a type that does not
     // exist here): believe "dropped or paused" only when the list agrees.
     if (st.kind == DbStatus::Kind::Gone && !still_enabled()) {
@@ -463,18 +433,14 @@ bool SubscriptionRunner::apply_failed(const DbStatus &st) {
 
 // Careful mode with on_error = 'pause' found a record it cannot apply.
 bool SubscriptionRunner::pause_on_record(const std::vector<Record> &records, const ApplyResult &result) {
-    DbStatus st = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (st.kind == DbStatus::Kind::Lost) {
-        db_lost(st.message);
+    if (!roll_back())
         return false;
-    }
     const int64_t offset = *result.failed_offset;
     const Record *failed = nullptr;
     for (const Record &r : records)
         if (r.offset == offset)
             failed = &r;
-    st = db_.record_failure(name_, offset, failed, result.failed_error);
+    DbStatus st = db_.record_failure(name_, offset, failed, result.failed_error);
     if (st.ok() || st.kind == DbStatus::Kind::Gone) {
         LOG_WARNING("subscription %s paused: the record at offset %" PRId64 " cannot be applied: %s", name_.c_str(),
                     offset, one_line(result.failed_error).c_str());
@@ -529,13 +495,8 @@ void SubscriptionRunner::roll_back_partial(bool stalled) {
                     "); rolling back what was applied of it and reading it again",
                     name_.c_str(), stalled ? "no record came for a while" : "it was held open too long",
                     replay_.what.xid, replay_.what.first_offset);
-        DbStatus st = db_.exec("ROLLBACK");
-        txn_open_ = false;
-        if (st.kind == DbStatus::Kind::Lost) {
-            db_lost(st.message);
-            return;
-        }
-        restart_from(replay_.what.first_offset, assembler_.careful_through());
+        if (roll_back())
+            restart_from(replay_.what.first_offset, assembler_.careful_through());
         return;
     }
     AwaitEnd a;
@@ -554,12 +515,8 @@ void SubscriptionRunner::roll_back_partial(bool stalled) {
                     "its last record is not in Kafka yet; rolling back what was applied of it (it held locks), and "
                     "applying it when its last record is there (kafka_sync.partial_transaction_hold)",
                     name_.c_str(), format_lsn(a.lsn).c_str(), a.first_offset, config_.partial_hold_ms / 1000.0);
-    DbStatus st = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (st.kind == DbStatus::Kind::Lost) {
-        db_lost(st.message);
+    if (!roll_back())
         return;
-    }
     // The consumer reads on from where it is: every record since the first
     // belongs to the transaction (the assembler saw no end).
     assembler_.reset();
@@ -696,10 +653,7 @@ void SubscriptionRunner::try_start_eager(uint32_t xid, Record &first) {
         }
         LOG_WARNING("subscription %s: cannot apply streamed transaction %u while it runs: %s", name_.c_str(), xid,
                     st.message.c_str());
-        DbStatus rb = db_.exec("ROLLBACK");
-        txn_open_ = false;
-        if (rb.kind == DbStatus::Kind::Lost)
-            db_lost(rb.message);
+        (void)roll_back();
         return;
     }
     eager_ = Eager();
@@ -772,10 +726,7 @@ void SubscriptionRunner::demote_eager(const std::string &why) {
     if (!eager_.active)
         return; // it failed meanwhile, and eager_failed rolled it back
     eager_ = Eager();
-    DbStatus st = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (st.kind == DbStatus::Kind::Lost)
-        db_lost(st.message);
+    (void)roll_back();
 }
 
 // An apply call of the eager path failed: roll back; nothing to read again
@@ -786,18 +737,11 @@ bool SubscriptionRunner::eager_failed(const DbStatus &st) {
     eager_ = Eager();
     in_flight_.active = false;
     in_flight_.records.clear();
-    DbStatus rb = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (rb.kind == DbStatus::Kind::Lost) {
-        db_lost(rb.message);
-        return false;
-    }
-    return true;
+    return roll_back();
 }
 
 // The commit record of the transaction applied while it ran.
 void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
-    const int64_t emitted = static_cast<int64_t>(eager_.last_offset >= 0 ? 1 : 0);
     if (!eager_send() || !await_apply() || !eager_.active) {
         if (db_.connected() && positioned_) // demoted on the way: the usual way
             start_replay(replay, std::move(commit));
@@ -814,7 +758,7 @@ void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
     streams_.finished(replay.xid);
     if (!update_hold() || !eager_.active)
         return;
-    mark_committed(commit, replay.lsn, replay.commit_ts_ms, emitted + 1, true);
+    mark_committed(commit, replay.lsn, replay.commit_ts_ms, eager_.records + 1, true); // its last record
     bool applies = false;
     DbStatus st = db_.stream_commit(name_, commit.headers, commit.offset + 1, applies);
     if (st.ok() && applies) {
@@ -822,12 +766,7 @@ void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
         st = db_.commit();
         if (st.ok()) {
             eager_ = Eager();
-            txn_open_ = false;
-            committed_next_ = commit.offset + 1;
-            applied_ += txn_counts_.applied;
-            skipped_ += txn_counts_.skipped;
-            conflicts_ += txn_counts_.conflicts;
-            apply_problem_.clear();
+            note_committed();
             LOG_DEBUG("subscription %s: streamed transaction %u (lsn %s) committed, applied while it ran",
                       name_.c_str(), replay.xid, format_lsn(replay.lsn).c_str());
             return;
@@ -841,13 +780,8 @@ void SubscriptionRunner::eager_commit(StreamReplay &replay, Record commit) {
              replay.xid, format_lsn(replay.lsn).c_str(), st.ok() ? " (applied before, or another incarnation's)" : ": ",
              st.ok() ? "" : st.message.c_str());
     eager_ = Eager();
-    DbStatus rb = db_.exec("ROLLBACK");
-    txn_open_ = false;
-    if (rb.kind == DbStatus::Kind::Lost) {
-        db_lost(rb.message);
-        return;
-    }
-    start_replay(replay, std::move(commit));
+    if (roll_back())
+        start_replay(replay, std::move(commit));
 }
 
 // The commit record of a streamed transaction is in: what came before it is
@@ -920,6 +854,37 @@ void SubscriptionRunner::replay_record(Record record) {
     streams_.finished(r.xid);
     assembler_.add(std::move(record));
     (void)update_hold();
+}
+
+// ROLLBACK of the open local transaction; false when the connection went
+// with it (db_lost has reset what was read).
+bool SubscriptionRunner::roll_back() {
+    DbStatus st = db_.exec("ROLLBACK");
+    txn_open_ = false;
+    if (st.kind == DbStatus::Kind::Lost) {
+        db_lost(st.message);
+        return false;
+    }
+    return true;
+}
+
+// The local transaction (or apply_transactions' ones) committed: what it applied counts.
+void SubscriptionRunner::note_committed() {
+    txn_open_ = false;
+    committed_next_ = txn_last_offset_ + 1;
+    if (replay_pending_.active && txn_last_offset_ >= replay_pending_.commit_offset)
+        replay_pending_.active = false;
+    applied_ += txn_counts_.applied;
+    skipped_ += txn_counts_.skipped;
+    conflicts_ += txn_counts_.conflicts;
+    dead_letters_ += txn_counts_.dead_letters;
+    if (txn_counts_.dead_letters > 0)
+        LOG_WARNING("subscription %s: %" PRId64 " records of offsets %" PRId64 "..%" PRId64
+                    " could not be applied and were kept in kafka_sync.dead_letters",
+                    name_.c_str(), txn_counts_.dead_letters, txn_first_offset_, txn_last_offset_);
+    if (txn_careful_)
+        retry_backoff_ms_ = 1000;
+    apply_problem_.clear();
 }
 
 bool SubscriptionRunner::still_enabled() {

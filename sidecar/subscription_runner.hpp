@@ -70,6 +70,8 @@ class SubscriptionRunner {
     void note_kafka_state(const std::string &problem);
     void db_lost(const std::string &message);
     bool still_enabled();
+    bool roll_back();
+    void note_committed();
     void shutdown();
     // Sleeps unless a stop is requested; false when it is.
     bool sleep_ms(int ms);

@@ -154,22 +154,17 @@ void emit_record(LogicalDecodingContext *ctx, PluginState *state, bool tombstone
     if (rec->value.size() >= kafka_sync::kFrameNull || rec->key.size() >= kafka_sync::kFrameNull)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("kafka_sync record is larger than 4 GB")));
     OutputPluginPrepareWrite(ctx, true);
-    if (state->stream_subxid != InvalidTransactionId) {
-        kafka_sync::StreamRecordFrame frame;
-        frame.subxid = state->stream_subxid;
-        frame.key_len = rec->has_key ? static_cast<uint32>(rec->key.size()) : kafka_sync::kFrameNull;
-        frame.value_len = tombstone ? kafka_sync::kFrameNull : static_cast<uint32>(rec->value.size());
-        appendStringInfoChar(ctx->out, kafka_sync::kFrameStreamRecord);
-        appendBinaryStringInfo(ctx->out, reinterpret_cast<const char *>(&frame), sizeof(frame));
-        if (rec->has_key)
-            appendBinaryStringInfo(ctx->out, rec->key.data(), static_cast<int>(rec->key.size()));
-        if (!tombstone)
-            appendBinaryStringInfo(ctx->out, rec->value.data(), static_cast<int>(rec->value.size()));
-    } else if (state->kafka_framing) {
+    if (state->kafka_framing) {
+        const bool streamed = state->stream_subxid != InvalidTransactionId;
+        appendStringInfoChar(ctx->out, streamed ? kafka_sync::kFrameStreamRecord : kafka_sync::kFrameRecord);
+        if (streamed) {
+            kafka_sync::StreamRecordFrame stream;
+            stream.subxid = state->stream_subxid;
+            appendBinaryStringInfo(ctx->out, reinterpret_cast<const char *>(&stream), sizeof(stream));
+        }
         kafka_sync::RecordFrame frame;
         frame.key_len = rec->has_key ? static_cast<uint32>(rec->key.size()) : kafka_sync::kFrameNull;
         frame.value_len = tombstone ? kafka_sync::kFrameNull : static_cast<uint32>(rec->value.size());
-        appendStringInfoChar(ctx->out, kafka_sync::kFrameRecord);
         appendBinaryStringInfo(ctx->out, reinterpret_cast<const char *>(&frame), sizeof(frame));
         if (rec->has_key)
             appendBinaryStringInfo(ctx->out, rec->key.data(), static_cast<int>(rec->key.size()));

@@ -47,12 +47,11 @@ struct StreamStartFrame {
     uint32_t xid;
 };
 
-// A record of the open block's transaction, as RecordFrame, with the
-// subtransaction the change belongs to (the top-level xid for its own).
+// A record of the open block's transaction: the subtransaction the change
+// belongs to (the top-level xid for its own), then a RecordFrame with its key
+// and value.
 struct StreamRecordFrame {
     uint32_t subxid;
-    uint32_t key_len;
-    uint32_t value_len;
 };
 
 // subxid == xid: the whole transaction aborted; otherwise that

@@ -45,6 +45,33 @@ void frames_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId
     resetStringInfo(ctx->out);
 }
 
+/* A RecordFrame and the key and value after it, which end the frame. */
+struct FramedRecord {
+    const char *key;
+    size_t key_len;
+    bool has_key;
+    const char *value;
+    size_t value_len;
+    bool has_value;
+};
+
+FramedRecord framed_record(const char *body, size_t len, const char *what) {
+    RecordFrame f;
+    if (len < sizeof(f))
+        elog(ERROR, "kafka_sync: malformed %s frame", what);
+    memcpy(&f, body, sizeof(f));
+    FramedRecord r;
+    r.has_key = f.key_len != kFrameNull;
+    r.has_value = f.value_len != kFrameNull;
+    r.key_len = r.has_key ? f.key_len : 0;
+    r.value_len = r.has_value ? f.value_len : 0;
+    if (len != sizeof(f) + r.key_len + r.value_len)
+        elog(ERROR, "kafka_sync: malformed %s frame", what);
+    r.key = body + sizeof(f);
+    r.value = r.key + r.key_len;
+    return r;
+}
+
 void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) {
     auto *w = static_cast<NodeWorker *>(ctx->output_writer_private);
     const char *data = ctx->out->data;
@@ -61,18 +88,8 @@ void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) 
         break;
     }
     case kFrameRecord: {
-        RecordFrame f;
-        if (len < 1 + sizeof(f))
-            elog(ERROR, "kafka_sync: malformed record frame");
-        memcpy(&f, data + 1, sizeof(f));
-        const bool has_key = f.key_len != kFrameNull;
-        const bool has_value = f.value_len != kFrameNull;
-        const size_t key_len = has_key ? f.key_len : 0;
-        const size_t value_len = has_value ? f.value_len : 0;
-        if (len != 1 + sizeof(f) + key_len + value_len)
-            elog(ERROR, "kafka_sync: malformed record frame");
-        const char *key = data + 1 + sizeof(f);
-        node_worker_add_record(w, key, key_len, has_key, key + key_len, value_len, has_value);
+        const FramedRecord r = framed_record(data + 1, len - 1, "record");
+        node_worker_add_record(w, r.key, r.key_len, r.has_key, r.value, r.value_len, r.has_value);
         break;
     }
     case kFrameCommit: {
@@ -96,14 +113,8 @@ void frames_write(LogicalDecodingContext *ctx, XLogRecPtr, TransactionId, bool) 
         if (len < 1 + sizeof(f))
             elog(ERROR, "kafka_sync: malformed stream record frame");
         memcpy(&f, data + 1, sizeof(f));
-        const bool has_key = f.key_len != kFrameNull;
-        const bool has_value = f.value_len != kFrameNull;
-        const size_t key_len = has_key ? f.key_len : 0;
-        const size_t value_len = has_value ? f.value_len : 0;
-        if (len != 1 + sizeof(f) + key_len + value_len)
-            elog(ERROR, "kafka_sync: malformed stream record frame");
-        const char *key = data + 1 + sizeof(f);
-        node_worker_add_stream_record(w, f.subxid, key, key_len, has_key, key + key_len, value_len, has_value);
+        const FramedRecord r = framed_record(data + 1 + sizeof(f), len - 1 - sizeof(f), "stream record");
+        node_worker_add_stream_record(w, f.subxid, r.key, r.key_len, r.has_key, r.value, r.value_len, r.has_value);
         break;
     }
     case kFrameStreamStop:

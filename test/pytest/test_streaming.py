@@ -11,6 +11,7 @@ row event it applies, so a row applied twice (after a restart) shows.
 
 import os
 import signal
+from contextlib import contextmanager
 import uuid
 from pathlib import Path
 
@@ -104,31 +105,40 @@ def wait_applied(chat1, chat2, query, expected, what):
                diagnostics=lambda: f"{query} = {count(chat2, query)}\n{chat1.diagnostics()}\n{chat2.diagnostics()}")
 
 
+@contextmanager
+def streamed_transaction(chat1, rows):
+    """An open transaction on chat1 that inserted ids 1..rows of big, once
+    1,000 of its records are in Kafka: the block goes on inside it (a
+    cursor), and it commits when the block ends."""
+    hw0 = high_water(chat1)
+    conn = chat1.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, %s) g", (rows,))
+            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
+            yield cur
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def stream_headers(records):
     return [r.headers.get("kafka_sync.stream") for r in records]
 
 
 def test_a_streamed_transaction_is_in_kafka_before_its_commit_and_applied_whole_after_it(pair):
     chat1, chat2 = pair
-    hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 4000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-            # committed meanwhile: applied at once; the stored offset stays at the stream's start
-            chat1.sql("INSERT INTO small VALUES (1)")
-            wait_applied(chat1, chat2, "SELECT count(*) FROM small", 1, "the small transaction applied")
-            assert count(chat2, "SELECT count(*) FROM big") == 0, "part of an open transaction was applied"
-            records = consume(chat1.kafka.bootstrap, chat1.topic, idle_timeout=1.0)
-            first_streamed = min(r.offset for r in records if r.headers.get("kafka_sync.stream") == "change")
-            next_offset = count(chat2, "SELECT next_offset FROM kafka_sync.subscription")
-            assert next_offset is not None and next_offset <= first_streamed, \
-                f"stored offset {next_offset} passed the open transaction's first record {first_streamed}"
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(4001, 5000) g")
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 4000) as cur:
+        # committed meanwhile: applied at once; the stored offset stays at the stream's start
+        chat1.sql("INSERT INTO small VALUES (1)")
+        wait_applied(chat1, chat2, "SELECT count(*) FROM small", 1, "the small transaction applied")
+        assert count(chat2, "SELECT count(*) FROM big") == 0, "part of an open transaction was applied"
+        records = consume(chat1.kafka.bootstrap, chat1.topic, idle_timeout=1.0)
+        first_streamed = min(r.offset for r in records if r.headers.get("kafka_sync.stream") == "change")
+        next_offset = count(chat2, "SELECT next_offset FROM kafka_sync.subscription")
+        assert next_offset is not None and next_offset <= first_streamed, \
+            f"stored offset {next_offset} passed the open transaction's first record {first_streamed}"
+        cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(4001, 5000) g")
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 5000, "the streamed transaction applied")
     assert count(chat2, "SELECT count(*) FROM applied_events") == 5000
 
@@ -165,19 +175,11 @@ def sidecar_writes_in_progress(chat2):
 
 def test_a_streamed_transaction_alone_is_applied_while_it_runs_and_committed_with_it(pair):
     chat1, chat2 = pair
-    hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 4000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-            wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
-                       diagnostics=chat2.diagnostics)
-            assert count(chat2, "SELECT count(*) FROM big") == 0, "rows of an open transaction are visible"
-            cur.execute("UPDATE big SET v = 'updated' WHERE id <= 10")
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 4000) as cur:
+        wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
+                   diagnostics=chat2.diagnostics)
+        assert count(chat2, "SELECT count(*) FROM big") == 0, "rows of an open transaction are visible"
+        cur.execute("UPDATE big SET v = 'updated' WHERE id <= 10")
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 4000, "the streamed transaction applied")
     assert count(chat2, "SELECT count(*) FROM big WHERE v = 'updated'") == 10
     assert count(chat2, "SELECT count(*) FROM applied_events") == 4010
@@ -200,17 +202,9 @@ def pair_keeping_nothing(kafka):
 
 def test_a_transaction_applied_while_it_runs_with_nothing_kept_in_memory_applies_every_record(pair_keeping_nothing):
     chat1, chat2 = pair_keeping_nothing
-    hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-            wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
-                       diagnostics=chat2.diagnostics)
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 3000):
+        wait_until(lambda: sidecar_writes_in_progress(chat2), 30, "the sidecar applying it while it runs",
+                   diagnostics=chat2.diagnostics)
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3000, "the streamed transaction applied")
     assert count(chat2, "SELECT min(id) FROM big") == 1  # its first record too
     assert count(chat2, "SELECT count(*) FROM applied_events") == 3000
@@ -219,15 +213,8 @@ def test_a_transaction_applied_while_it_runs_with_nothing_kept_in_memory_applies
 def test_a_conflict_of_a_transaction_in_progress_waits_for_its_commit_time(pair):
     chat1, chat2 = pair
     chat2.sql("INSERT INTO big VALUES (7, 'local, older')")  # a local row the streamed insert meets
-    hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 3000):
+        pass  # committed as it is
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3000, "the streamed transaction applied")
     # last update wins, by the commit time the transaction has only at its commit
     assert chat2.sql("SELECT v FROM big WHERE id = 7")[0][0] == "x" * 200
@@ -267,20 +254,12 @@ def test_an_aborted_streamed_transaction_and_a_rolled_back_savepoint_apply_nothi
 
 def test_a_sidecar_killed_while_a_transaction_streams_applies_everything_once(pair):
     chat1, chat2 = pair
-    hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-            chat1.sql("INSERT INTO big VALUES (100000, 'committed in between')")
-            wait_applied(chat1, chat2, "SELECT count(*) FROM big", 1, "the transaction in between applied")
-            chat2.sidecar.kill9()
-            chat2.sidecar.start()
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(3001, 4000) g")
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 3000) as cur:
+        chat1.sql("INSERT INTO big VALUES (100000, 'committed in between')")
+        wait_applied(chat1, chat2, "SELECT count(*) FROM big", 1, "the transaction in between applied")
+        chat2.sidecar.kill9()
+        chat2.sidecar.start()
+        cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(3001, 4000) g")
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 4001, "everything applied after the restart")
     chat1.sql("INSERT INTO small VALUES (1)")
     wait_applied(chat1, chat2, "SELECT count(*) FROM small", 1, "a later transaction applied")
@@ -292,20 +271,13 @@ def test_a_sidecar_killed_while_a_transaction_streams_applies_everything_once(pa
 def test_a_producer_restarted_mid_stream_streams_the_transaction_again_and_it_applies_once(pair):
     chat1, chat2 = pair
     hw0 = high_water(chat1)
-    conn = chat1.connect(autocommit=False)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(1, 3000) g")
-            wait_streamed(chat1, hw0, 1000, "records of the open transaction in Kafka")
-            pid = chat1.sql("SELECT worker_pid FROM kafka_sync.node_status")[0][0]
-            os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: chat1.sql("SELECT worker_pid FROM kafka_sync.node_status")[0][0] not in (None, pid)
-                       and chat1.sql("SELECT state FROM kafka_sync.node_status")[0][0] == "streaming", 60,
-                       "a new producer worker streaming", diagnostics=chat1.diagnostics)
-            cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(3001, 3500) g")
-        conn.commit()
-    finally:
-        conn.close()
+    with streamed_transaction(chat1, 3000) as cur:
+        pid = chat1.sql("SELECT worker_pid FROM kafka_sync.node_status")[0][0]
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: chat1.sql("SELECT worker_pid FROM kafka_sync.node_status")[0][0] not in (None, pid)
+                   and chat1.sql("SELECT state FROM kafka_sync.node_status")[0][0] == "streaming", 60,
+                   "a new producer worker streaming", diagnostics=chat1.diagnostics)
+        cur.execute(f"INSERT INTO big SELECT g, {ROW} FROM generate_series(3001, 3500) g")
     wait_applied(chat1, chat2, "SELECT count(*) FROM big", 3500, "the transaction applied")
     assert count(chat2, "SELECT count(*) FROM applied_events") == 3500
     records = consume(chat1.kafka.bootstrap, chat1.topic, idle_timeout=1.0)
